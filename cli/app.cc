@@ -1,0 +1,46 @@
+#include "app.h"
+
+#include <exception>
+
+#include <CLI/CLI.hpp>
+
+#include "config_commands.h"
+#include "output.h"
+
+namespace dsv3::cli {
+
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{"dsv3ctl: train DeepSeek-V3-style models and manage training jobs", "dsv3ctl"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show the help of every command");
+  CliContext ctx{out, err};
+  AddConfigCommands(app, ctx);
+
+  // CLI11 parses argv-style input; keep the strings alive while it reads them.
+  std::vector<std::string> storage;
+  storage.reserve(args.size() + 1);
+  storage.push_back("dsv3ctl");
+  storage.insert(storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : storage) argv.push_back(s.data());
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::CallForHelp& e) {
+    out << app.help();
+    return kExitOk;
+  } catch (const CLI::CallForAllHelp& e) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return kExitOk;
+  } catch (const CLI::ParseError& e) {
+    // The help of the (sub)command that failed, after the reason.
+    err << "dsv3ctl: " << e.what() << "\n";
+    err << "Run with --help for usage.\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    err << "dsv3ctl: " << e.what() << "\n";
+    return kExitFailed;
+  }
+  return ctx.exit_code;
+}
+
+}  // namespace dsv3::cli

@@ -1,0 +1,214 @@
+#include "dsv3/common/estimator.h"
+
+#include <algorithm>
+
+namespace dsv3::config {
+namespace {
+
+int64_t NormParams(const ModelConfig& m, int64_t width) {
+  return m.norm_type == "layernorm" ? 2 * width : width;  // LayerNorm has a bias
+}
+
+int64_t AttentionParams(const ModelConfig& m) {
+  const MlaConfig& a = m.mla;
+  const int64_t d = a.d_model;
+  const int64_t qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim;
+  int64_t q = 0;
+  if (a.q_lora_rank > 0) {
+    // eq. (6)-(8): c_Q = W_DQ h, then RMSNorm, then up-projection to per-head q.
+    q = d * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * a.num_heads * qk_head;
+  } else {
+    q = d * a.num_heads * qk_head;
+  }
+  // eq. (1)-(5): [c_KV; k_R] = W_DKV h (one matrix, as HF's kv_a_proj_with_mqa), RMSNorm on
+  // c_KV, then W_UK / W_UV stacked in kv_b_proj.
+  const int64_t kv = d * (a.d_latent + a.qk_rope_head_dim) + a.d_latent +
+                     a.d_latent * a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim);
+  const int64_t out = a.num_heads * a.v_head_dim * d;  // eq. (11)
+  return q + kv + out;
+}
+
+int64_t SwigluParams(int64_t d, int64_t hidden) { return 3 * d * hidden; }
+
+struct BlockParams {
+  int64_t attention, ffn, norms, activated_ffn;
+};
+
+BlockParams Block(const ModelConfig& m, bool moe) {
+  const int64_t d = m.mla.d_model;
+  BlockParams b{};
+  b.attention = AttentionParams(m);
+  b.norms = 2 * NormParams(m, d);
+  if (moe) {
+    const MoeConfig& e = m.moe;
+    const int64_t expert = SwigluParams(d, e.expert_intermediate_size);
+    const int64_t shared = e.num_shared_experts * SwigluParams(d, e.shared_intermediate_size);
+    const int64_t router = e.num_experts * d;
+    b.ffn = router + e.num_experts * expert + shared;
+    b.activated_ffn = router + e.num_experts_per_token * expert + shared;
+  } else {
+    b.ffn = SwigluParams(d, m.dense_intermediate_size);
+    b.activated_ffn = b.ffn;
+  }
+  return b;
+}
+
+// Average number of keys a query attends to in a causal window over a sequence of T.
+double AverageContext(int64_t seq_length, const std::optional<int64_t>& window) {
+  double sum = 0;
+  for (int64_t t = 0; t < seq_length; ++t) {
+    int64_t visible = t + 1;
+    if (window) visible = std::min(visible, *window);
+    sum += static_cast<double>(visible);
+  }
+  return seq_length > 0 ? sum / static_cast<double>(seq_length) : 0.0;
+}
+
+}  // namespace
+
+std::vector<bool> LayerPlan(const ModelConfig& m) {
+  std::vector<bool> plan(static_cast<size_t>(std::max<int64_t>(m.num_layers, 0)), true);
+  for (int64_t i = 0; i < m.num_layers; ++i) {
+    const bool dense = i < m.first_k_dense_layers ||
+                       (m.dense_layer_interval > 0 && (i + 1) % m.dense_layer_interval == 0);
+    plan[static_cast<size_t>(i)] = !dense;
+  }
+  return plan;
+}
+
+void ResolveModelDefaults(ModelConfig& m) {
+  MlaConfig& a = m.mla;
+  const int64_t head_dim = a.num_heads > 0 ? a.d_model / a.num_heads : 0;
+  if (a.qk_nope_head_dim == 0) a.qk_nope_head_dim = head_dim;
+  if (a.v_head_dim == 0) a.v_head_dim = head_dim;
+  if (a.qk_rope_head_dim == 0) a.qk_rope_head_dim = std::max<int64_t>(2, (head_dim / 2) & ~int64_t{1});
+  MoeConfig& e = m.moe;
+  if (e.shared_intermediate_size == 0) e.shared_intermediate_size = e.expert_intermediate_size;
+  if (m.dense_intermediate_size == 0) {
+    // Same activated FFN width as an MoE layer: DeepSeek-V3's 18432 = (8 + 1) x 2048.
+    m.dense_intermediate_size = e.num_experts_per_token * e.expert_intermediate_size +
+                                e.num_shared_experts * e.shared_intermediate_size;
+  }
+}
+
+ParamCounts CountParameters(const ModelConfig& model_in, bool use_mtp, int64_t num_predict_tokens) {
+  ModelConfig m = model_in;
+  ResolveModelDefaults(m);
+  const int64_t d = m.mla.d_model;
+  ParamCounts p;
+  p.embedding = m.vocab_size * d;
+  p.lm_head = m.tie_word_embeddings ? 0 : m.vocab_size * d;
+  p.final_norm = NormParams(m, d);
+  p.one_routed_expert = SwigluParams(d, m.moe.expert_intermediate_size);
+
+  const std::vector<bool> plan = LayerPlan(m);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const BlockParams b = Block(m, plan[i]);
+    LayerParams l;
+    l.index = static_cast<int64_t>(i);
+    l.moe = plan[i];
+    l.attention = b.attention;
+    l.ffn = b.ffn;
+    l.norms = b.norms;
+    l.total = b.attention + b.ffn + b.norms;
+    l.activated = b.attention + b.activated_ffn + b.norms;
+    p.attention += b.attention;
+    p.layer_norms += b.norms;
+    if (plan[i]) {
+      p.router += m.moe.num_experts * d;
+      p.routed_experts += m.moe.num_experts * p.one_routed_expert;
+      p.shared_experts += m.moe.num_shared_experts * SwigluParams(d, m.moe.shared_intermediate_size);
+    } else {
+      p.dense_ffn += b.ffn;
+    }
+    p.main_total += l.total;
+    p.main_activated += l.activated;
+    p.layers.push_back(l);
+  }
+  const int64_t shared_io = p.embedding + p.lm_head + p.final_norm;
+  p.main_total += shared_io;
+  p.main_activated += shared_io;
+
+  p.mtp_modules = use_mtp ? std::max<int64_t>(0, num_predict_tokens - 1) : 0;
+  if (p.mtp_modules > 0) {
+    // The MTP block is an MoE block whenever the main model has MoE layers (as in V3).
+    const bool moe = std::find(plan.begin(), plan.end(), true) != plan.end();
+    const BlockParams b = Block(m, moe);
+    const int64_t extra = 3 * NormParams(m, d) + 2 * d * d;  // enorm, hnorm, out norm, eh_proj
+    const int64_t module = b.attention + b.ffn + b.norms + extra;
+    const int64_t module_active = b.attention + b.activated_ffn + b.norms + extra;
+    p.mtp_total = p.mtp_modules * module;
+    p.mtp_activated = p.mtp_modules * module_active;
+    p.mtp_hf_stored = p.mtp_modules * (module + p.embedding + m.vocab_size * d);
+  }
+  p.total = p.main_total + p.mtp_total;
+  p.activated = p.main_activated + p.mtp_activated;
+  return p;
+}
+
+Estimate EstimateConfig(const Config& c) {
+  Estimate est;
+  const ModelConfig& m = c.model;
+  const TrainingConfig& t = c.training;
+  est.params = CountParameters(m, t.use_mtp, t.num_predict_tokens);
+  const ParamCounts& p = est.params;
+
+  // ---- FLOPs: 6 per multiply-accumulate-parameter per token for forward + backward.
+  const MlaConfig& a = m.mla;
+  const double context = AverageContext(t.seq_length, a.sliding_window);
+  const double attn_per_layer =
+      6.0 * static_cast<double>(a.num_heads) *
+      static_cast<double>(a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) * context;
+  int64_t main_norms = p.final_norm;
+  for (const auto& l : p.layers) main_norms += l.norms;
+  const int64_t latent_norms = a.d_latent + (a.q_lora_rank > 0 ? a.q_lora_rank : 0);
+  const int64_t main_matmul = p.main_activated - p.embedding - main_norms -
+                              latent_norms * static_cast<int64_t>(p.layers.size()) +
+                              (m.tie_word_embeddings ? p.embedding : 0);  // tied head still multiplies
+  est.flops.dense_matmul = 6.0 * static_cast<double>(main_matmul);
+  est.flops.attention = attn_per_layer * static_cast<double>(p.layers.size());
+  if (p.mtp_modules > 0) {
+    const int64_t module_active = p.mtp_activated / p.mtp_modules;
+    const int64_t d = a.d_model;
+    const int64_t module_norms = 5 * (m.norm_type == "layernorm" ? 2 * d : d) + latent_norms;
+    const int64_t module_matmul = module_active - module_norms + m.vocab_size * d;  // + shared head
+    est.flops.mtp = static_cast<double>(p.mtp_modules) * (6.0 * static_cast<double>(module_matmul) + attn_per_layer);
+  }
+  est.flops.total = est.flops.dense_matmul + est.flops.attention + est.flops.mtp;
+  est.flops.forward = (est.flops.dense_matmul + est.flops.attention) / 3.0;
+
+  // ---- Memory per GPU.
+  MemoryEstimate& mem = est.memory;
+  const bool mixed = t.use_bf16 || t.use_fp16 || t.use_fp8;
+  mem.weight_bytes = mixed ? 2 : 4;
+  const int moments = t.optimizer == "sgd" ? 0 : 8;  // Adam: fp32 m and v
+  mem.optimizer_bytes = moments + (mixed ? 4 : 0);   // + fp32 master weights
+  const DistributedConfig& dist = c.distributed;
+  const double model_parallel = static_cast<double>(dist.tensor_parallel_size * dist.pipeline_parallel_size);
+  const double dp = static_cast<double>(std::max<int64_t>(1, dist.data_parallel_size));
+  const double ep = static_cast<double>(dist.expert_parallel_size);
+  const double expert_dp = std::max(1.0, dp / ep);  // replicas of each expert
+  const int64_t mtp_experts = p.mtp_modules > 0 && p.routed_experts > 0
+                                  ? p.mtp_modules * m.moe.num_experts * p.one_routed_expert
+                                  : 0;
+  const double experts = static_cast<double>(p.routed_experts + mtp_experts) / ep / model_parallel;
+  const double others = static_cast<double>(p.total - p.routed_experts - mtp_experts) / model_parallel;
+  mem.params_on_gpu = static_cast<int64_t>(experts + others);
+  const int stage = static_cast<int>(c.derived.effective_zero_stage);
+  const auto sharded = [&](double bytes_per_param, bool shard) {
+    return shard ? bytes_per_param * (others / dp + experts / expert_dp)
+                 : bytes_per_param * (others + experts);
+  };
+  mem.weights = sharded(mem.weight_bytes, stage >= 3);
+  mem.gradients = sharded(mem.weight_bytes, stage >= 2);
+  const double optimizer = sharded(mem.optimizer_bytes, stage >= 1);
+  if (c.derived.optimizer_offload) {
+    mem.host_optimizer = optimizer;
+  } else {
+    mem.optimizer = optimizer;
+  }
+  mem.total = mem.weights + mem.gradients + mem.optimizer;
+  return est;
+}
+
+}  // namespace dsv3::config

@@ -1,0 +1,180 @@
+#include "dsv3/common/hf_import.h"
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "config_codec.h"
+#include "dsv3/common/config.h"
+
+namespace dsv3::config {
+namespace {
+
+using nlohmann::json;
+using internal::Show;
+
+class HfReader {
+ public:
+  HfReader(const json& hf, HfImportResult& out) : hf_(hf), out_(out) {}
+
+  // A required positive integer field.
+  int64_t Int(const char* key) {
+    auto v = OptInt(key);
+    if (!v && !hf_.contains(key)) out_.errors.push_back({std::string("/") + key, "is required"});
+    return v.value_or(0);
+  }
+  // An optional integer; null and absent give nullopt.
+  std::optional<int64_t> OptInt(const char* key) {
+    auto it = hf_.find(key);
+    if (it == hf_.end() || it->is_null()) return std::nullopt;
+    if (it->is_number_integer() && it->get<int64_t>() >= 0) return it->get<int64_t>();
+    if (it->is_number_float() && std::floor(it->get<double>()) == it->get<double>() && it->get<double>() >= 0)
+      return static_cast<int64_t>(it->get<double>());
+    out_.errors.push_back({std::string("/") + key, "expected a non-negative integer, got " + Show(*it)});
+    return std::nullopt;
+  }
+  std::optional<double> OptNumber(const char* key) {
+    auto it = hf_.find(key);
+    if (it == hf_.end() || it->is_null()) return std::nullopt;
+    if (it->is_number()) return it->get<double>();
+    out_.errors.push_back({std::string("/") + key, "expected a number, got " + Show(*it)});
+    return std::nullopt;
+  }
+  std::optional<bool> OptBool(const char* key) {
+    auto it = hf_.find(key);
+    if (it == hf_.end() || it->is_null()) return std::nullopt;
+    if (it->is_boolean()) return it->get<bool>();
+    out_.errors.push_back({std::string("/") + key, "expected true or false, got " + Show(*it)});
+    return std::nullopt;
+  }
+  std::optional<std::string> OptString(const char* key) {
+    auto it = hf_.find(key);
+    if (it == hf_.end() || it->is_null()) return std::nullopt;
+    if (it->is_string()) return it->get<std::string>();
+    out_.errors.push_back({std::string("/") + key, "expected a string, got " + Show(*it)});
+    return std::nullopt;
+  }
+
+ private:
+  const json& hf_;
+  HfImportResult& out_;
+};
+
+}  // namespace
+
+HfImportResult ImportHfConfig(const json& hf) {
+  HfImportResult out;
+  if (!hf.is_object()) {
+    out.errors.push_back({"", "a HuggingFace config.json is a JSON object, got " + Show(hf)});
+    return out;
+  }
+  HfReader r(hf, out);
+  Config c;
+  ModelConfig& m = c.model;
+  MlaConfig& a = m.mla;
+  MoeConfig& e = m.moe;
+
+  if (auto type = r.OptString("model_type")) {
+    if (*type != "deepseek_v2" && *type != "deepseek_v3") {
+      out.warnings.push_back({"/model_type", "\"" + *type + "\" is not deepseek_v2 or deepseek_v3; importing the fields anyway"});
+    }
+    c.experiment_name = *type + "_imported";
+  }
+  if (auto act = r.OptString("hidden_act"); act && *act != "silu") {
+    out.errors.push_back({"/hidden_act", "\"" + *act + "\" is not supported; dsv3's FFNs are SwiGLU (\"silu\")"});
+  }
+
+  a.d_model = r.Int("hidden_size");
+  m.num_layers = r.Int("num_hidden_layers");
+  a.num_heads = r.Int("num_attention_heads");
+  a.num_kv_heads = r.OptInt("num_key_value_heads").value_or(a.num_heads);
+  a.q_lora_rank = r.OptInt("q_lora_rank").value_or(0);  // null: no query compression (V2-Lite)
+  a.d_latent = r.Int("kv_lora_rank");
+  a.qk_nope_head_dim = r.Int("qk_nope_head_dim");
+  a.qk_rope_head_dim = r.Int("qk_rope_head_dim");
+  a.v_head_dim = r.Int("v_head_dim");
+  a.rope_theta = r.OptNumber("rope_theta").value_or(10000.0);
+  a.attn_dropout = r.OptNumber("attention_dropout").value_or(0.0);
+  a.max_context_length = r.OptInt("max_position_embeddings").value_or(a.max_context_length);
+  if (auto it = hf.find("rope_scaling"); it != hf.end() && !it->is_null()) {
+    out.warnings.push_back({"/rope_scaling", "YaRN rope scaling is not implemented; imported without it, so "
+                                             "max_context_length is the original (pre-scaling) context"});
+    if (it->is_object() && it->contains("original_max_position_embeddings") &&
+        (*it)["original_max_position_embeddings"].is_number_integer()) {
+      a.max_context_length = (*it)["original_max_position_embeddings"].get<int64_t>();
+    }
+  }
+
+  m.vocab_size = r.Int("vocab_size");
+  m.norm_type = "rmsnorm";
+  m.norm_eps = r.OptNumber("rms_norm_eps").value_or(1e-6);
+  m.tie_word_embeddings = r.OptBool("tie_word_embeddings").value_or(false);
+  m.init_method_std = r.OptNumber("initializer_range").value_or(m.init_method_std);
+  m.dense_intermediate_size = r.Int("intermediate_size");
+  m.first_k_dense_layers = r.OptInt("first_k_dense_replace").value_or(0);
+
+  // HF: layer i is MoE when i >= first_k_dense_replace and i % moe_layer_freq == 0.
+  // dsv3: dense when i < first_k_dense_layers or (i + 1) % dense_layer_interval == 0.
+  // freq 1 -> no interval; freq 2 -> interval 2 (odd layers dense in both). Others differ.
+  const int64_t freq = r.OptInt("moe_layer_freq").value_or(1);
+  if (freq == 1) {
+    m.dense_layer_interval = 0;
+  } else if (freq == 2) {
+    m.dense_layer_interval = 2;
+  } else {
+    out.errors.push_back({"/moe_layer_freq", std::to_string(freq) + " has no dsv3 equivalent (supported: 1 or 2)"});
+  }
+
+  const auto routed = r.OptInt("n_routed_experts");
+  if (!routed) {
+    if (!hf.contains("n_routed_experts")) out.errors.push_back({"/n_routed_experts", "is required (a DeepSeek MoE model)"});
+  } else {
+    e.num_experts = *routed;
+  }
+  e.num_experts_per_token = r.Int("num_experts_per_tok");
+  e.expert_intermediate_size = r.Int("moe_intermediate_size");
+  e.num_shared_experts = r.OptInt("n_shared_experts").value_or(0);
+  e.shared_intermediate_size = e.expert_intermediate_size;
+  e.n_group = r.OptInt("n_group").value_or(1);
+  e.topk_group = r.OptInt("topk_group").value_or(1);
+  e.routed_scaling_factor = r.OptNumber("routed_scaling_factor").value_or(1.0);
+  e.score_func = r.OptString("scoring_func").value_or("softmax");
+  e.norm_topk_prob = r.OptBool("norm_topk_prob").value_or(false);
+  e.dropout = 0.0;
+  e.router_noise_std = 0.0;
+  e.capacity_factor = 0.0;  // HF's DeepSeek MoE is dropless
+  const std::string method = r.OptString("topk_method").value_or("greedy");
+  if (method == "noaux_tc") {
+    e.use_aux_loss_free = true;
+  } else if (method == "greedy") {
+    e.n_group = 1;  // plain top-k ignores groups
+    e.topk_group = 1;
+  } else if (method == "group_limited_greedy") {
+    out.warnings.push_back({"/topk_method", "\"group_limited_greedy\" scores a group by its best expert; dsv3 "
+                                            "scores it by the sum of its top-2 (DeepSeek-V3), so routing can differ"});
+  } else {
+    out.errors.push_back({"/topk_method", "\"" + method + "\" is not one of: greedy, group_limited_greedy, noaux_tc"});
+  }
+  const double alpha = r.OptNumber("aux_loss_alpha").value_or(0.0);
+  if (r.OptBool("seq_aux").value_or(false)) {
+    e.seq_aux_loss_weight = alpha;
+    e.router_aux_loss_weight = 0.0;
+    e.balance_loss_type = "none";
+  } else {
+    e.router_aux_loss_weight = alpha;
+    e.balance_loss_type = alpha > 0 ? "load" : "none";
+  }
+  if (e.score_func != "softmax" && e.score_func != "sigmoid") {
+    out.errors.push_back({"/scoring_func", "\"" + e.score_func + "\" is not one of: softmax, sigmoid"});
+  }
+
+  const int64_t nextn = r.OptInt("num_nextn_predict_layers").value_or(0);
+  c.training.use_mtp = nextn > 0;
+  c.training.num_predict_tokens = nextn + 1;
+  if (c.training.seq_length > a.max_context_length) c.training.seq_length = a.max_context_length;
+
+  out.config = ToJson(c);
+  return out;
+}
+
+}  // namespace dsv3::config
