@@ -303,7 +303,7 @@ void AddImportHf(CLI::App& parent, CliContext& ctx) {
     } else {
       try {
         hf = json::parse(in, nullptr, true, true);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {
         why = std::string("is not valid JSON: ") + e.what();
       }
     }

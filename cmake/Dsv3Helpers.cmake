@@ -59,13 +59,14 @@ function(dsv3_add_fuzzer)
     target_link_libraries(${F_NAME} PRIVATE nlohmann_json::nlohmann_json)
     set(exe $<TARGET_FILE:${F_NAME}>)
   else()
-    set(exe ${CMAKE_CURRENT_BINARY_DIR}/${F_NAME})
+    set(exe ${CMAKE_CURRENT_BINARY_DIR}/fuzzers/${F_NAME})
     set(incs)
     foreach(d ${F_INCLUDES})
       list(APPEND incs -I${d})
     endforeach()
     add_custom_command(
       OUTPUT ${exe}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/fuzzers
       COMMAND ${DSV3_CLANGXX} ${flags} ${incs} ${F_SOURCES} -o ${exe}
       DEPENDS ${F_SOURCES}
       IMPLICIT_DEPENDS CXX ${F_SOURCES}

@@ -55,9 +55,10 @@ bool ParseJson(std::string_view text, const std::string& where, json& out, LoadS
   try {
     out = json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/true,
                       /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
-    // nlohmann's message carries the line and column: "[json.exception.parse_error.101]
-    // parse error at line 3, column 5: ..." -- keep everything after the tag.
+  } catch (const json::exception& e) {
+    // parse_error, or out_of_range for numbers beyond double. nlohmann's message carries the
+    // line and column: "[json.exception.parse_error.101] parse error at line 3, column 5:
+    // ..." -- keep everything after the tag.
     std::string what = e.what();
     const size_t tag_end = what.find("] ");
     if (tag_end != std::string::npos) what = what.substr(tag_end + 2);
@@ -143,9 +144,9 @@ void HoistDistributedSections(json& doc, LoadState& st) {
     if (doc.contains(name)) {
       st.errors.push_back({std::string("/distributed/") + name,
                            std::string("given both here and as top-level \"") + name + "\"; keep one"});
-      continue;
+    } else {
+      doc[name] = *inner;
     }
-    doc[name] = *inner;
     dist->erase(inner);
   }
 }

@@ -56,6 +56,8 @@ void CheckModel(Config& c, Checker& ck) {
     ck.Error("/model/mla/d_latent", Num(a.d_latent) + " exceeds d_model (" + Num(a.d_model) +
                                         "); the KV latent compresses the hidden state (1/4 to 1/2 of d_model is usual)");
   }
+  // Without GQA in the file, every query head has its own key/value head.
+  if (!ck.Given("/model/mla/num_kv_heads")) a.num_kv_heads = a.num_heads;
   if (ck.Clean({"/model/mla/num_kv_heads", "/model/mla/num_heads"}) && a.num_heads % a.num_kv_heads != 0) {
     ck.Error("/model/mla/num_kv_heads", Num(a.num_kv_heads) + " does not divide num_heads (" +
                                             Num(a.num_heads) + ")");
@@ -316,7 +318,8 @@ void CheckData(Config& c, Checker& ck) {
     sum += s.weight;
   }
   c.derived.source_weight_sum = sum;
-  if (sum > 0) {
+  // Already-normalized weights are left bit-identical, so resolving is idempotent.
+  if (sum > 0 && std::fabs(sum - 1.0) > 1e-12) {
     for (auto& s : d.sources) s.weight /= sum;
     if (std::fabs(sum - 1.0) > 1e-6) {
       ck.Warn("/data/sources", "weights sum to " + Num(sum) + "; normalized to 1");

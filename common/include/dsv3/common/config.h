@@ -21,7 +21,7 @@ struct MlaConfig {
   int64_t d_model = 1024;
   int64_t d_latent = 256;  // KV latent width = DeepSeek's kv_lora_rank
   int64_t num_heads = 16;
-  int64_t num_kv_heads = 16;  // heads produced by the KV up-projection; divides num_heads
+  int64_t num_kv_heads = 16;  // heads of the KV up-projection; divides num_heads; absent = num_heads
   bool use_fp8_kv = false;
   int64_t max_context_length = 4096;
   bool use_flash_mla = false;

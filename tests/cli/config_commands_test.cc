@@ -1,0 +1,141 @@
+// dsv3ctl config verbs, driven through RunCli: exit codes, text and JSON output.
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "app.h"
+#include "dsv3/common/config_io.h"
+#include "test_util.h"
+
+namespace dsv3::cli {
+namespace {
+
+using nlohmann::json;
+
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+
+CliRun Cli(std::vector<std::string> args) {
+  std::ostringstream out, err;
+  const int code = RunCli(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::string Config(const std::string& name) { return std::string(DSV3_SOURCE_DIR) + "/configs/" + name; }
+
+class ConfigCommandsTest : public ::testing::Test {
+ protected:
+  std::string Write(const std::string& name, const std::string& text) {
+    const auto path = dir_.path() / name;
+    std::ofstream(path) << text;
+    return path.string();
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(ConfigCommandsTest, ValidateAcceptsEveryShippedConfig) {
+  const CliRun r = Cli({"config", "validate", Config("train_config_nano.json"), Config("train_config_tiny.json"),
+                     Config("train_config_small.json"), Config("train_config_large.json"),
+                     Config("deepspeed_zero1.json"), Config("deepspeed_zero2.json"), Config("deepspeed_zero3.json")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("train_config_nano.json: valid\n"), std::string::npos);
+  EXPECT_NE(r.out.find("deepspeed_zero3.json: valid (DeepSpeed config)\n"), std::string::npos);
+}
+
+TEST_F(ConfigCommandsTest, ValidatePrintsEveryErrorWithItsPathAndExitsOne) {
+  const std::string bad = Write("bad.json", R"({"model": {"num_layer": 4, "moe": {"num_experts_per_token": 9}},
+                                                "training": {"use_fp16": true}})");
+  const CliRun r = Cli({"config", "validate", bad});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.out, bad + ": /model/num_layer: unknown field \"num_layer\" (did you mean \"num_layers\"?)\n" +
+                       bad + ": /model/moe/num_experts_per_token: 9 exceeds num_experts (8)\n" + bad +
+                       ": /training/use_fp16: true together with use_bf16; choose one mixed-precision mode\n" + bad +
+                       ": invalid (3 errors)\n");
+}
+
+TEST_F(ConfigCommandsTest, ValidateJsonOutput) {
+  const std::string bad = Write("bad.json", R"({"seed": -1})");
+  const CliRun r = Cli({"config", "validate", Config("train_config_nano.json"), bad, "--output", "json"});
+  EXPECT_EQ(r.code, 1);
+  const json report = json::parse(r.out);
+  ASSERT_EQ(report.size(), 2u);
+  EXPECT_TRUE(report[0]["valid"].get<bool>());
+  EXPECT_FALSE(report[1]["valid"].get<bool>());
+  EXPECT_EQ(report[1]["errors"][0]["path"], "/seed");
+  EXPECT_EQ(report[1]["errors"][0]["message"], "-1 is out of range: must be >= 0");
+}
+
+TEST_F(ConfigCommandsTest, UsageErrorsExitTwo) {
+  EXPECT_EQ(Cli({}).code, 2);
+  EXPECT_EQ(Cli({"config"}).code, 2);
+  EXPECT_EQ(Cli({"config", "validate"}).code, 2);
+  EXPECT_EQ(Cli({"config", "frobnicate"}).code, 2);
+  EXPECT_EQ(Cli({"config", "show", Config("train_config_nano.json"), "--output", "yaml"}).code, 2);
+  EXPECT_EQ(Cli({"config", "show", Config("train_config_nano.json"), "--gpus", "0"}).code, 2);
+  const CliRun help = Cli({"config", "validate", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--output"), std::string::npos);
+}
+
+TEST_F(ConfigCommandsTest, ShowPrintsAResolvedConfigThatLoadsAgain) {
+  const CliRun r = Cli({"config", "show", Config("train_config_small.json"), "--gpus", "4"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("//   gradient_accumulation_steps: 16"), std::string::npos) << r.out;  // 256/(4x4)
+  // The text output, comments included, is itself a valid config.
+  const config::LoadResult again = config::LoadConfigText(r.out);
+  ASSERT_TRUE(again.ok()) << again.errors[0].ToString();
+  EXPECT_EQ(again.config.distributed.data_parallel_size, 4);
+  EXPECT_EQ(again.config.model.num_layers, 16);
+  EXPECT_EQ(again.config.derived.effective_zero_stage, 1);
+}
+
+TEST_F(ConfigCommandsTest, ShowJsonHasConfigDerivedAndWarnings) {
+  const std::string cfg = Write("w.json", R"({"data": {"sources": [{"subset": "dolma_v1_6_cc", "weight": 2}]}})");
+  const CliRun r = Cli({"config", "show", cfg, "--output", "json"});
+  ASSERT_EQ(r.code, 0);
+  const json j = json::parse(r.out);
+  EXPECT_DOUBLE_EQ(j["config"]["data"]["sources"][0]["weight"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(j["derived"]["source_weight_sum"].get<double>(), 2.0);
+  EXPECT_EQ(j["warnings"][0]["path"], "/data/sources");
+}
+
+TEST_F(ConfigCommandsTest, EstimateOnDeepSeekV3Prints671B) {
+  const std::string out = (dir_.path() / "v3.json").string();
+  const CliRun imported = Cli({"config", "import-hf", std::string(DSV3_SOURCE_DIR) + "/tests/data/hf/deepseek_v3_config.json",
+                            "-o", out});
+  ASSERT_EQ(imported.code, 0) << imported.err;
+  EXPECT_NE(imported.err.find("/rope_scaling"), std::string::npos);  // the warning
+  const CliRun r = Cli({"config", "estimate", out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("main model"), std::string::npos);
+  EXPECT_NE(r.out.find("671,026,404,352  671.03B"), std::string::npos) << r.out;
+  const CliRun j = Cli({"config", "estimate", out, "--output", "json"});
+  ASSERT_EQ(j.code, 0);
+  EXPECT_EQ(json::parse(j.out)["parameters"]["main_total"].get<int64_t>(), 671026404352);
+}
+
+TEST_F(ConfigCommandsTest, EstimateListsLayersOnRequest) {
+  const CliRun r = Cli({"config", "estimate", Config("train_config_nano.json"), "--layers"});
+  ASSERT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("  0    dense     67.65K  147.46K  215.36K    215.36K\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  3      moe     67.65K  443.39K  511.30K    216.38K\n"), std::string::npos) << r.out;
+}
+
+TEST_F(ConfigCommandsTest, ImportHfJsonOutputAndErrors) {
+  const std::string hf = Write("hf.json", R"({"hidden_size": 64})");
+  const CliRun r = Cli({"config", "import-hf", hf, "--output", "json"});
+  EXPECT_EQ(r.code, 1);
+  const json j = json::parse(r.out);
+  EXPECT_TRUE(j["config"].is_null());
+  EXPECT_EQ(j["errors"][0]["path"], "/num_hidden_layers");
+  EXPECT_EQ(Cli({"config", "import-hf", (dir_.path() / "missing.json").string()}).code, 1);
+}
+
+}  // namespace
+}  // namespace dsv3::cli

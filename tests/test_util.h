@@ -1,0 +1,39 @@
+// Small helpers shared by the test suites.
+#pragma once
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dsv3/common/config_io.h"
+
+namespace dsv3::test {
+
+// A fresh directory under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("dsv3_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline std::vector<std::string> ErrorPaths(const config::LoadResult& r) {
+  std::vector<std::string> out;
+  for (const auto& e : r.errors) out.push_back(e.path);
+  return out;
+}
+
+}  // namespace dsv3::test
