@@ -306,6 +306,16 @@ void CheckData(Config& c, Checker& ck) {
   if (d.sources.empty() && ck.Clean({"/data/sources"})) {
     ck.Error("/data/sources", "at least one source is required (subset ids: dolma_v1_6_cc, dolma_v1_6_c4, ...)");
   }
+  const auto require_subset = [&ck](const std::vector<DataSource>& sources, const std::string& list) {
+    for (size_t i = 0; i < sources.size(); ++i) {
+      const std::string path = list + "/" + std::to_string(i) + "/subset";
+      if (sources[i].subset.empty() && ck.Clean({path.c_str()})) {
+        ck.Error(path, "is required: the Dolma subset id of the source (dolma_v1_6_cc, dolma_v1_6_c4, ...)");
+      }
+    }
+  };
+  require_subset(d.sources, "/data/sources");
+  require_subset(c.validation.sources, "/validation/sources");
   std::set<std::string> names;
   double sum = 0;
   for (size_t i = 0; i < d.sources.size(); ++i) {

@@ -93,6 +93,8 @@ const BadConfig kBadConfigs[] = {
       "give one of them or make them agree"}},
     {"no_sources", R"({"data": {"sources": []}})",
      {"/data/sources: at least one source is required (subset ids: dolma_v1_6_cc, dolma_v1_6_c4, ...)"}},
+    {"source_without_subset", R"({"data": {"sources": [{"name": "web", "paths": ["x/*.json.gz"]}]}})",
+     {"/data/sources/0/subset: is required: the Dolma subset id of the source (dolma_v1_6_cc, dolma_v1_6_c4, ...)"}},
     {"duplicate_source_names",
      R"({"data": {"sources": [{"subset": "dolma_v1_6_cc"}, {"subset": "dolma_v1_6_cc"}]}})",
      {"/data/sources/1/name: \"dolma_v1_6_cc\" names two sources; give each source its own name"}},
