@@ -1,0 +1,234 @@
+// DeepSeek-V3 building blocks (arXiv 2412.19437): norms, RoPE, SwiGLU, Multi-head Latent
+// Attention with its compressed KV cache, DeepSeekMoE with its router, the decoder layer and
+// the multi-token-prediction module. The full model is in model.h.
+//
+// Submodules and parameters are registered under the names of HF's DeepseekV3 modules
+// (self_attn.kv_a_proj_with_mqa, mlp.gate, ...) so the checkpoint adapter
+// (hf_state_dict.h) only adds prefixes and splits stacked expert weights.
+//
+// Shape legend for tensor suffixes:
+//   B batch   T query tokens   S key positions (cache)   D d_model   H query heads
+//   K key/value heads   C d_latent (kv_lora_rank)   Q q_lora_rank   N qk_nope_head_dim
+//   R qk_rope_head_dim   V v_head_dim   E experts   F FFN hidden   X flattened tokens (B*T)
+//   k experts per token
+//
+// RoPE layout: rotary pairs are INTERLEAVED (dims 2i and 2i+1 rotate together), as in
+// DeepSeek's reference inference code. HF's DeepseekV3 checkpoints store q_b_proj /
+// kv_a_proj_with_mqa in this same layout and permute to split-half at run time, so exported
+// weights need no permutation.
+//
+// Thread safety: modules are not thread-safe; one rank drives one model from one thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "dsv3/common/config.h"
+
+namespace dsv3::model {
+
+// The precision for reductions, softmax and routing: fp32, or fp64 when the model runs in
+// double (gradient checks).
+c10::ScalarType UpcastType(c10::ScalarType activation);
+
+// ------------------------------------------------------------------ norms
+// RMSNorm (weight) or LayerNorm (weight + bias), computed in fp32 and cast back.
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(int64_t dim, double eps, bool layernorm = false);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+
+ private:
+  double eps_;
+  bool layernorm_;
+};
+TORCH_MODULE(Norm);
+
+Norm MakeNorm(const config::ModelConfig& cfg, int64_t dim);
+
+// ------------------------------------------------------------------ RoPE
+// Rotates interleaved pairs of the last dim of x_...TR (R even) by position x frequency,
+// frequency_i = theta^(-2i/R). positions_T are absolute token positions.
+torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions_T, double theta);
+
+// ------------------------------------------------------------------ SwiGLU FFN
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(int64_t dim, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+// ------------------------------------------------------------------ MLA
+// The compressed KV cache of one layer: only c_KV (after its norm) and the shared RoPE key
+// are kept, S positions each. With use_fp8_kv, both are stored in float8 e4m3 with one fp32
+// scale per position.
+struct LatentCache {
+  torch::Tensor c_kv_BSC, k_rope_BSR;
+  torch::Tensor c_kv_scale_BS1, k_rope_scale_BS1;  // fp8 only
+  int64_t length = 0;
+};
+
+class MultiHeadLatentAttentionImpl : public torch::nn::Module {
+ public:
+  explicit MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg);
+
+  // Training path (eq. 1-11): keys/values are up-projected for every head. positions_T are
+  // the absolute positions of the T tokens. x_BTD -> y_BTD.
+  torch::Tensor forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+
+  // Inference path: appends the T new tokens' c_KV and k_R to `cache`, then attends over the
+  // whole cache with W_UK absorbed into the query and W_UV into the output, so per-head keys
+  // and values are never materialized. Equal to forward() up to rounding.
+  torch::Tensor ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache);
+
+  torch::nn::Linear q_proj{nullptr};                          // q_lora_rank == 0
+  torch::nn::Linear q_a_proj{nullptr}, q_b_proj{nullptr};     // q_lora_rank > 0
+  Norm q_a_layernorm{nullptr};
+  torch::nn::Linear kv_a_proj_with_mqa{nullptr}, kv_b_proj{nullptr}, o_proj{nullptr};
+  Norm kv_a_layernorm{nullptr};
+
+ private:
+  // q_nope_BTHN and the RoPE-rotated q_rope_BTHR for tokens at positions_T.
+  std::pair<torch::Tensor, torch::Tensor> Queries(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  // Causal (and sliding-window) mask: true where query position may see key position.
+  torch::Tensor VisibleMask(const torch::Tensor& query_pos_T, const torch::Tensor& key_pos_S) const;
+  void AppendToCache(LatentCache& cache, const torch::Tensor& c_kv_BTC, const torch::Tensor& k_rope_BTR) const;
+
+  int64_t num_heads_, num_kv_heads_, d_latent_, nope_, rope_, v_dim_;
+  double rope_theta_, scale_, dropout_;
+  std::optional<int64_t> window_;
+  bool use_rope_, fp8_cache_;
+};
+TORCH_MODULE(MultiHeadLatentAttention);
+
+// ------------------------------------------------------------------ MoE
+struct Routing {
+  torch::Tensor expert_XK;  // selected experts (int64)
+  torch::Tensor gate_XK;    // their gate values (eq. 13: from the scores, never the bias)
+  torch::Tensor probs_XE;   // scores normalised per token, for the balance losses
+  torch::Tensor keep_XK;    // false where capacity dropped the assignment
+};
+
+// The router ("gate" in HF): affinity scores, optional noise, aux-loss-free bias for
+// selection, group-limited top-k, normalised and scaled gates, capacity dropping.
+class RouterImpl : public torch::nn::Module {
+ public:
+  explicit RouterImpl(const config::ModelConfig& cfg);
+  // noise_std: the already annealed router noise (0 outside training).
+  Routing Route(const torch::Tensor& x_XD, double noise_std, bool apply_capacity);
+  torch::Tensor weight;                   // E x D
+  torch::Tensor e_score_correction_bias;  // E, buffer: selection only (eq. 16)
+
+  const config::MoeConfig& options() const { return moe_; }
+
+ private:
+  config::MoeConfig moe_;
+};
+TORCH_MODULE(Router);
+
+// Expert weights stacked over experts: expert e computes down_e(silu(gate_e x) * up_e x).
+class GroupedExpertsImpl : public torch::nn::Module {
+ public:
+  GroupedExpertsImpl(int64_t num_experts, int64_t dim, int64_t hidden);
+  torch::Tensor gate_proj, up_proj;  // E x F x D
+  torch::Tensor down_proj;           // E x D x F
+};
+TORCH_MODULE(GroupedExperts);
+
+// The balance losses of one routing over B sequences of T tokens, weighted as configured:
+// router_aux_loss_weight x (balance_loss_type "load": E * sum_i f_i P_i, Switch style, f_i
+// the fraction of assignments to expert i, P_i its mean probability; "entropy":
+// log E - H(mean routing distribution)) + seq_aux_loss_weight x the sequence-wise loss of
+// eq. (17)-(20). Differentiable through probs_XE.
+torch::Tensor ComputeBalanceLoss(const config::MoeConfig& moe, const Routing& routing, int64_t batch, int64_t seq);
+
+struct MoeOutput {
+  torch::Tensor y_BTD;
+  torch::Tensor balance_loss;  // weighted sum of the configured balance losses (scalar)
+};
+
+// Per-layer statistics accumulated over forward passes until taken.
+struct MoeStats {
+  torch::Tensor tokens_per_expert_E;  // int64, assignments kept after capacity
+  int64_t assignments = 0;            // tokens x k
+  int64_t dropped = 0;                // assignments dropped by capacity
+  double balance_loss = 0;            // of the last forward
+};
+
+class MoEImpl : public torch::nn::Module {
+ public:
+  explicit MoEImpl(const config::ModelConfig& cfg);
+  MoeOutput forward(const torch::Tensor& x_BTD);
+
+  // Linear annealing of router_noise_std: 1 at the start of training, 0 at the end.
+  void SetNoiseScale(double scale) { noise_scale_ = scale; }
+  // Statistics since the last call; resets them.
+  MoeStats TakeStats();
+  // Aux-loss-free balancing (paper §2.1.2): b_i += speed * sign(mean load - load_i), with
+  // `load_E` the global batch's per-expert token counts. Call after each optimizer step.
+  void UpdateBias(const torch::Tensor& load_E);
+
+  Router gate{nullptr};
+  GroupedExperts experts{nullptr};
+  FeedForward shared_experts{nullptr};  // num_shared_experts x shared size, as one SwiGLU
+
+ private:
+  config::MoeConfig moe_;
+  double noise_scale_ = 1.0;
+  MoeStats stats_;
+};
+TORCH_MODULE(MoE);
+
+// ------------------------------------------------------------------ decoder layer
+struct LayerOutput {
+  torch::Tensor h_BTD;
+  torch::Tensor balance_loss;  // 0 for dense layers
+};
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const config::ModelConfig& cfg, bool moe);
+  LayerOutput forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  // forward() through the attention cache (inference).
+  torch::Tensor ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache);
+  bool is_moe() const { return !moe.is_empty(); }
+
+  Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  MultiHeadLatentAttention self_attn{nullptr};
+  FeedForward dense_mlp{nullptr};  // registered as "mlp" when dense
+  MoE moe{nullptr};                // registered as "mlp" when MoE
+
+ private:
+  torch::Tensor Mlp(const torch::Tensor& x_BTD, torch::Tensor* balance_loss);
+};
+TORCH_MODULE(DecoderLayer);
+
+// Runs layer.forward with activation checkpointing: only the input is kept; the backward
+// pass re-runs the layer under grad mode with the RNG state of the first run restored, so
+// dropout and router noise repeat exactly, and MoE statistics are not counted twice.
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+
+// True while a checkpointed layer is being recomputed in the backward pass.
+bool InRecompute();
+
+// ------------------------------------------------------------------ MTP module
+// Multi-token prediction depth k (eq. 21-22): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]),
+// then one decoder layer; `norm` precedes the shared output head. The embedding half comes
+// first, as in HF's and Megatron's layers (the paper writes [h; Emb]: the same up to a
+// column permutation of eh_proj).
+class MtpModuleImpl : public torch::nn::Module {
+ public:
+  MtpModuleImpl(const config::ModelConfig& cfg, bool moe);
+  Norm enorm{nullptr}, hnorm{nullptr}, norm{nullptr};
+  torch::nn::Linear eh_proj{nullptr};
+  DecoderLayer block{nullptr};
+};
+TORCH_MODULE(MtpModule);
+
+}  // namespace dsv3::model

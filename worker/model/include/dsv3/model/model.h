@@ -1,0 +1,87 @@
+// The DeepSeek-V3 model: embedding, decoder layers (dense or MoE by the layer plan of the
+// config, see config::LayerPlan), final norm, output head, and the multi-token-prediction
+// modules. Built from a resolved config (config::LoadConfigFile), so its parameter count
+// equals config::CountParameters exactly.
+//
+// The model knows nothing of distribution, checkpoint files or data loading; the trainer
+// drives it through this interface. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "dsv3/common/config.h"
+#include "dsv3/model/layers.h"
+
+namespace dsv3::model {
+
+struct ModelOutput {
+  torch::Tensor logits_BTV;    // main head
+  torch::Tensor loss;          // main + mtp_loss_weight * mtp + balance (what to backprop)
+  torch::Tensor main_loss;     // next-token cross entropy
+  torch::Tensor mtp_loss;      // mean over MTP depths (0 without MTP)
+  torch::Tensor balance_loss;  // sum over MoE layers of the weighted balance losses
+  int64_t tokens = 0;          // target tokens of the main loss
+};
+
+struct SamplingOptions {
+  double temperature = 0.0;  // 0: greedy
+  double top_p = 1.0;        // nucleus: smallest set of tokens with probability >= top_p
+  uint64_t seed = 0;         // for temperature > 0
+  std::optional<int64_t> eos_token;  // stop after emitting it
+};
+
+class DeepSeekV3Impl : public torch::nn::Module {
+ public:
+  explicit DeepSeekV3Impl(const config::Config& cfg);
+
+  // tokens_BW: windows of W = T + 1 token ids (int64): inputs are [:, :T], main targets
+  // [:, 1:]. MTP depth d (1-based) predicts token i+1+d from position i over the first T-d
+  // positions (eq. 21-25). Target id -100 is ignored in the losses.
+  ModelOutput forward(const torch::Tensor& tokens_BW);
+
+  // Main-head logits for tokens_BT (no losses, no MTP): x -> logits_BTV.
+  torch::Tensor Logits(const torch::Tensor& tokens_BT);
+
+  // Logits through the compressed KV caches (one per layer), appending tokens_BT to them.
+  // positions continue from the caches' length. Inference only (eval mode, no grad).
+  torch::Tensor LogitsCached(const torch::Tensor& tokens_BT, std::vector<LatentCache>& caches);
+
+  // Greedy or sampled continuation of `prompt` (batch 1) through the cached path.
+  // Returns only the new tokens.
+  std::vector<int64_t> Generate(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
+                                const SamplingOptions& options = {});
+
+  // Router noise annealing: fraction of training done in [0, 1].
+  void SetTrainingProgress(double fraction);
+  // MoE statistics per MoE layer (main layers, then MTP blocks) since the last call.
+  std::vector<MoeStats> TakeMoeStats();
+  // Aux-loss-free bias update from the global batch's loads, one tensor per MoE layer in
+  // the order of TakeMoeStats().
+  void UpdateRouterBiases(const std::vector<torch::Tensor>& loads_E);
+  std::vector<MoE> MoeLayers() const;
+
+  int64_t NumParameters() const;
+  const config::Config& config() const { return cfg_; }
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  Norm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+  torch::nn::ModuleList mtp{nullptr};
+
+ private:
+  torch::Tensor Head(const torch::Tensor& h_BTD);
+  // Decoder stack over embeddings; adds the layers' balance losses to *balance.
+  torch::Tensor Trunk(const torch::Tensor& x_BTD, const torch::Tensor& positions_T, torch::Tensor* balance);
+  LayerOutput RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  void InitWeights();
+
+  config::Config cfg_;
+};
+TORCH_MODULE(DeepSeekV3);
+
+}  // namespace dsv3::model

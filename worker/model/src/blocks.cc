@@ -1,0 +1,63 @@
+// Norms, RoPE and the SwiGLU FFN.
+#include <cmath>
+
+#include "dsv3/common/check.h"
+#include "dsv3/model/layers.h"
+
+namespace dsv3::model {
+
+NormImpl::NormImpl(int64_t dim, double eps, bool layernorm) : eps_(eps), layernorm_(layernorm) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  if (layernorm_) bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+c10::ScalarType UpcastType(c10::ScalarType t) { return t == torch::kDouble ? torch::kDouble : torch::kFloat; }
+
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  // Statistics in fp32 whatever the activation dtype: bf16 sums of squares lose precision.
+  const auto precision = UpcastType(x.scalar_type());
+  const torch::Tensor xf = x.to(precision);
+  if (layernorm_) {
+    return torch::layer_norm(xf, {xf.size(-1)}, weight.to(precision), bias.to(precision), eps_)
+        .to(x.scalar_type());
+  }
+  const torch::Tensor normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return weight * normed.to(x.scalar_type());
+}
+
+Norm MakeNorm(const config::ModelConfig& cfg, int64_t dim) {
+  return Norm(dim, cfg.norm_eps, cfg.norm_type == "layernorm");
+}
+
+torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions_T, double theta) {
+  DSV3_CHECK(x_BTHR.dim() == 4) << "RoPE expects B x T x H x R, got " << x_BTHR.sizes();
+  const int64_t B = x_BTHR.size(0), T = x_BTHR.size(1), H = x_BTHR.size(2), R = x_BTHR.size(3);
+  DSV3_CHECK(R % 2 == 0) << "RoPE needs an even rotary dim, got " << R;
+  DSV3_CHECK(positions_T.numel() == T) << positions_T.numel() << " positions for " << T << " tokens";
+  const auto fopts = torch::TensorOptions().dtype(UpcastType(x_BTHR.scalar_type())).device(x_BTHR.device());
+  // frequency_i = theta^(-2i/R), i = 0 .. R/2-1 (RoFormer; DeepSeek's reference code).
+  const torch::Tensor inv_freq = torch::pow(theta, -torch::arange(0, R, 2, fopts) / static_cast<double>(R));
+  const torch::Tensor angle_TP = positions_T.to(fopts).unsqueeze(1) * inv_freq.unsqueeze(0);
+  const torch::Tensor cos = angle_TP.cos().view({1, T, 1, R / 2});
+  const torch::Tensor sin = angle_TP.sin().view({1, T, 1, R / 2});
+  const torch::Tensor pairs = x_BTHR.to(fopts.dtype()).reshape({B, T, H, R / 2, 2});
+  const torch::Tensor x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);
+  return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1)
+      .reshape({B, T, H, R})
+      .to(x_BTHR.scalar_type());
+}
+
+FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t hidden) {
+  const auto linear = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  gate_proj = register_module("gate_proj", linear(dim, hidden));
+  up_proj = register_module("up_proj", linear(dim, hidden));
+  down_proj = register_module("down_proj", linear(hidden, dim));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+}  // namespace dsv3::model

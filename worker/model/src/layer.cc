@@ -1,0 +1,119 @@
+// Decoder layer, activation checkpointing and the MTP module.
+#include <cstdint>
+
+#include "dsv3/common/check.h"
+#include "dsv3/model/layers.h"
+#include "dsv3/model/torch_compat.h"
+
+namespace dsv3::model {
+namespace {
+
+thread_local bool g_in_recompute = false;
+
+class RecomputeScope {
+ public:
+  RecomputeScope() : previous_(g_in_recompute) { g_in_recompute = true; }
+  ~RecomputeScope() { g_in_recompute = previous_; }
+
+ private:
+  bool previous_;
+};
+
+// Reentrant checkpoint: forward runs without building a graph (autograd::Function runs
+// forward with grad disabled) and keeps only its inputs; backward re-runs the layer with
+// grad enabled and backpropagates through that fresh graph, which accumulates parameter
+// gradients directly, as PyTorch's reentrant torch.utils.checkpoint does.
+struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                                                torch::Tensor positions, DecoderLayerImpl* layer) {
+    ctx->saved_data["layer"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
+    ctx->saved_data["rng"] = compat::GetRngState(x.device());
+    ctx->saved_data["positions"] = positions;
+    ctx->save_for_backward({x});
+    LayerOutput out = layer->forward(x, positions);
+    return {out.h_BTD, out.balance_loss};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
+    const torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const torch::Tensor positions = ctx->saved_data["positions"].toTensor();
+    const torch::Device device = x.device();
+    const torch::Tensor rng_now = compat::GetRngState(device);
+    compat::SetRngState(device, ctx->saved_data["rng"].toTensor());
+    LayerOutput out;
+    {
+      RecomputeScope recompute;
+      torch::AutoGradMode grad_on(true);
+      out = layer->forward(x, positions);
+    }
+    compat::SetRngState(device, rng_now);
+    std::vector<torch::Tensor> outputs, output_grads;
+    if (grads[0].defined()) {
+      outputs.push_back(out.h_BTD);
+      output_grads.push_back(grads[0]);
+    }
+    if (grads[1].defined() && out.balance_loss.requires_grad()) {
+      outputs.push_back(out.balance_loss);
+      output_grads.push_back(grads[1]);
+    }
+    if (!outputs.empty()) torch::autograd::backward(outputs, output_grads);
+    return {x.grad(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool InRecompute() { return g_in_recompute; }
+
+DecoderLayerImpl::DecoderLayerImpl(const config::ModelConfig& cfg, bool moe_layer) {
+  const int64_t D = cfg.mla.d_model;
+  input_layernorm = register_module("input_layernorm", MakeNorm(cfg, D));
+  self_attn = register_module("self_attn", MultiHeadLatentAttention(cfg));
+  post_attention_layernorm = register_module("post_attention_layernorm", MakeNorm(cfg, D));
+  if (moe_layer) {
+    moe = register_module("mlp", MoE(cfg));
+  } else {
+    dense_mlp = register_module("mlp", FeedForward(D, cfg.dense_intermediate_size));
+  }
+}
+
+torch::Tensor DecoderLayerImpl::Mlp(const torch::Tensor& x_BTD, torch::Tensor* balance_loss) {
+  if (moe.is_empty()) {
+    if (balance_loss != nullptr) *balance_loss = torch::zeros({}, x_BTD.options().dtype(torch::kFloat));
+    return dense_mlp(x_BTD);
+  }
+  MoeOutput out = moe(x_BTD);
+  if (balance_loss != nullptr) *balance_loss = out.balance_loss;
+  return out.y_BTD;
+}
+
+LayerOutput DecoderLayerImpl::forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T) {
+  // Pre-norm residual blocks: h = x + Attn(norm(x)); out = h + FFN(norm(h)).
+  const torch::Tensor h = x_BTD + self_attn(input_layernorm(x_BTD), positions_T);
+  LayerOutput out;
+  out.h_BTD = h + Mlp(post_attention_layernorm(h), &out.balance_loss);
+  return out;
+}
+
+torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache) {
+  const torch::Tensor h = x_BTD + self_attn->ForwardCached(input_layernorm(x_BTD), cache);
+  return h + Mlp(post_attention_layernorm(h), nullptr);
+}
+
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T) {
+  const torch::autograd::variable_list out = CheckpointFunction::apply(x_BTD, positions_T, &layer);
+  return {out[0], out[1]};
+}
+
+MtpModuleImpl::MtpModuleImpl(const config::ModelConfig& cfg, bool moe_block) {
+  const int64_t D = cfg.mla.d_model;
+  enorm = register_module("enorm", MakeNorm(cfg, D));
+  hnorm = register_module("hnorm", MakeNorm(cfg, D));
+  eh_proj = register_module("eh_proj", torch::nn::Linear(torch::nn::LinearOptions(2 * D, D).bias(false)));
+  block = register_module("block", DecoderLayer(cfg, moe_block));
+  norm = register_module("norm", MakeNorm(cfg, D));
+}
+
+}  // namespace dsv3::model

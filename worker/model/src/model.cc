@@ -1,0 +1,211 @@
+// The full DeepSeek-V3 model: trunk, heads, losses, MTP (eq. 21-25) and generation.
+#include "dsv3/model/model.h"
+
+#include <algorithm>
+#include <random>
+
+#include "dsv3/common/check.h"
+#include "dsv3/common/estimator.h"
+
+namespace dsv3::model {
+namespace {
+
+constexpr int64_t kIgnoreIndex = -100;
+
+torch::Tensor CrossEntropy(const torch::Tensor& logits_BTV, const torch::Tensor& targets_BT) {
+  return torch::nn::functional::cross_entropy(
+      logits_BTV.reshape({-1, logits_BTV.size(-1)}).to(UpcastType(logits_BTV.scalar_type())), targets_BT.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+}
+
+// Greedy argmax, or temperature + nucleus sampling with a seeded generator (on the CPU, so
+// the same seed gives the same text on every device).
+int64_t PickToken(const torch::Tensor& logits_V, const SamplingOptions& options, std::mt19937_64& rng) {
+  const torch::Tensor logits = logits_V.to(torch::kCPU).to(torch::kDouble);
+  if (options.temperature <= 0) return logits.argmax().item<int64_t>();
+  const torch::Tensor probs = torch::softmax(logits / options.temperature, -1);
+  const auto sorted = probs.sort(-1, /*descending=*/true);
+  const torch::Tensor p = std::get<0>(sorted), idx = std::get<1>(sorted);
+  const double* pp = p.data_ptr<double>();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  // Nucleus: the smallest prefix whose mass reaches top_p.
+  int64_t n = 0;
+  double mass = 0;
+  while (n < p.numel() && (n == 0 || mass < options.top_p)) mass += pp[n++];
+  double u = std::uniform_real_distribution<double>(0.0, mass)(rng);
+  for (int64_t i = 0; i < n; ++i) {
+    u -= pp[i];
+    if (u <= 0) return ip[i];
+  }
+  return ip[n - 1];
+}
+
+}  // namespace
+
+DeepSeekV3Impl::DeepSeekV3Impl(const config::Config& cfg) : cfg_(cfg) {
+  config::ModelConfig& m = cfg_.model;
+  config::ResolveModelDefaults(m);
+  const int64_t D = m.mla.d_model;
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(m.vocab_size, D));
+  layers = register_module("layers", torch::nn::ModuleList());
+  const std::vector<bool> plan = config::LayerPlan(m);
+  for (bool moe : plan) layers->push_back(DecoderLayer(m, moe));
+  norm = register_module("norm", MakeNorm(m, D));
+  if (!m.tie_word_embeddings) {
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(D, m.vocab_size).bias(false)));
+  }
+  mtp = register_module("mtp", torch::nn::ModuleList());
+  if (cfg_.training.use_mtp) {
+    const bool moe = std::find(plan.begin(), plan.end(), true) != plan.end();
+    for (int64_t d = 1; d < cfg_.training.num_predict_tokens; ++d) mtp->push_back(MtpModule(m, moe));
+  }
+  InitWeights();
+}
+
+void DeepSeekV3Impl::InitWeights() {
+  torch::NoGradGuard no_grad;
+  // Every matrix ~ N(0, init_method_std); norms start at 1 (weight) and 0 (bias).
+  for (auto& p : named_parameters()) {
+    if (p.value().dim() >= 2) p.value().normal_(0.0, cfg_.model.init_method_std);
+  }
+}
+
+int64_t DeepSeekV3Impl::NumParameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
+  if (lm_head.is_empty()) return torch::matmul(h_BTD, embed_tokens->weight.t());
+  return lm_head(h_BTD);
+}
+
+LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD,
+                                     const torch::Tensor& positions_T) {
+  if (cfg_.model.gradient_checkpointing && is_training() && torch::GradMode::is_enabled()) {
+    return CheckpointedForward(layer, x_BTD, positions_T);
+  }
+  return layer.forward(x_BTD, positions_T);
+}
+
+torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const torch::Tensor& positions_T,
+                                    torch::Tensor* balance) {
+  torch::Tensor h = x_BTD;
+  for (const auto& module : *layers) {
+    LayerOutput out = RunLayer(*module->as<DecoderLayerImpl>(), h, positions_T);
+    h = out.h_BTD;
+    if (balance != nullptr) *balance = *balance + out.balance_loss;
+  }
+  return h;
+}
+
+ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW) {
+  DSV3_CHECK(tokens_BW.dim() == 2 && tokens_BW.size(1) >= 2) << "expected B x (T+1) token windows, got "
+                                                            << tokens_BW.sizes();
+  const int64_t T = tokens_BW.size(1) - 1;
+  DSV3_CHECK(T <= cfg_.model.mla.max_context_length)
+      << T << " tokens exceed max_context_length " << cfg_.model.mla.max_context_length;
+  const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(tokens_BW.device());
+  const torch::Tensor inputs_BT = tokens_BW.narrow(1, 0, T);
+  const torch::Tensor targets_BT = tokens_BW.narrow(1, 1, T);
+
+  ModelOutput out;
+  out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
+  const torch::Tensor h_BTD = Trunk(embed_tokens(inputs_BT), torch::arange(T, iopts), &out.balance_loss);
+  out.logits_BTV = Head(norm(h_BTD));
+  out.main_loss = CrossEntropy(out.logits_BTV, targets_BT);
+  out.tokens = (targets_BT != kIgnoreIndex).sum().item<int64_t>();
+
+  // MTP (eq. 21-24): depth d combines h^{d-1}_i with Emb(t_{i+d}) and predicts t_{i+d+1}.
+  out.mtp_loss = torch::zeros_like(out.balance_loss);
+  torch::Tensor previous_BTD = h_BTD;
+  int64_t depths = 0;
+  for (const auto& module : *mtp) {
+    auto& m = *module->as<MtpModuleImpl>();
+    const int64_t d = depths + 1;
+    const int64_t L = T - d;
+    if (L <= 0) break;
+    const torch::Tensor emb_BLD = embed_tokens(tokens_BW.narrow(1, d, L));
+    const torch::Tensor joined =
+        m.eh_proj(torch::cat({m.enorm(emb_BLD), m.hnorm(previous_BTD.narrow(1, 0, L))}, -1));
+    LayerOutput block = RunLayer(*m.block, joined, torch::arange(L, iopts));
+    out.balance_loss = out.balance_loss + block.balance_loss;
+    out.mtp_loss = out.mtp_loss + CrossEntropy(Head(m.norm(block.h_BTD)), tokens_BW.narrow(1, d + 1, L));
+    previous_BTD = block.h_BTD;
+    ++depths;
+  }
+  if (depths > 0) out.mtp_loss = out.mtp_loss / static_cast<double>(depths);  // eq. (25)
+  out.loss = out.main_loss + cfg_.training.mtp_loss_weight * out.mtp_loss + out.balance_loss;
+  return out;
+}
+
+torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT) {
+  const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(tokens_BT.device());
+  return Head(norm(Trunk(embed_tokens(tokens_BT), torch::arange(tokens_BT.size(1), iopts), nullptr)));
+}
+
+torch::Tensor DeepSeekV3Impl::LogitsCached(const torch::Tensor& tokens_BT, std::vector<LatentCache>& caches) {
+  DSV3_CHECK(caches.size() == layers->size()) << caches.size() << " caches for " << layers->size() << " layers";
+  torch::Tensor h = embed_tokens(tokens_BT);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    h = layers[i]->as<DecoderLayerImpl>()->ForwardCached(h, caches[i]);
+  }
+  return Head(norm(h));
+}
+
+std::vector<int64_t> DeepSeekV3Impl::Generate(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
+                                              const SamplingOptions& options) {
+  DSV3_CHECK(!prompt.empty()) << "generation needs a prompt of at least one token";
+  const bool was_training = is_training();
+  eval();
+  torch::NoGradGuard no_grad;
+  const torch::Device device = embed_tokens->weight.device();
+  const int64_t max_length = cfg_.model.mla.max_context_length;
+  std::vector<LatentCache> caches(layers->size());
+  std::mt19937_64 rng(options.seed);
+  std::vector<int64_t> generated;
+  std::vector<int64_t> context(prompt.end() - std::min<int64_t>(prompt.size(), max_length), prompt.end());
+  torch::Tensor logits = LogitsCached(torch::tensor(context, torch::kLong).view({1, -1}).to(device), caches);
+  while (static_cast<int64_t>(generated.size()) < max_new_tokens) {
+    const int64_t next = PickToken(logits[0][logits.size(1) - 1], options, rng);
+    generated.push_back(next);
+    if (options.eos_token && next == *options.eos_token) break;
+    if (caches[0].length >= max_length) break;  // the context window is full
+    logits = LogitsCached(torch::tensor({next}, torch::kLong).view({1, 1}).to(device), caches);
+  }
+  train(was_training);
+  return generated;
+}
+
+void DeepSeekV3Impl::SetTrainingProgress(double fraction) {
+  const double scale = std::clamp(1.0 - fraction, 0.0, 1.0);
+  for (auto& moe : MoeLayers()) moe->SetNoiseScale(scale);
+}
+
+std::vector<MoE> DeepSeekV3Impl::MoeLayers() const {
+  std::vector<MoE> out;
+  for (const auto& module : *layers) {
+    auto* layer = module->as<DecoderLayerImpl>();
+    if (layer->is_moe()) out.push_back(layer->moe);
+  }
+  for (const auto& module : *mtp) {
+    auto* block = module->as<MtpModuleImpl>()->block.get();
+    if (block->is_moe()) out.push_back(block->moe);
+  }
+  return out;
+}
+
+std::vector<MoeStats> DeepSeekV3Impl::TakeMoeStats() {
+  std::vector<MoeStats> out;
+  for (auto& moe : MoeLayers()) out.push_back(moe->TakeStats());
+  return out;
+}
+
+void DeepSeekV3Impl::UpdateRouterBiases(const std::vector<torch::Tensor>& loads_E) {
+  std::vector<MoE> moes = MoeLayers();
+  DSV3_CHECK(loads_E.size() == moes.size()) << loads_E.size() << " load vectors for " << moes.size() << " MoE layers";
+  for (size_t i = 0; i < moes.size(); ++i) moes[i]->UpdateBias(loads_E[i]);
+}
+
+}  // namespace dsv3::model
