@@ -177,4 +177,78 @@ HfImportResult ImportHfConfig(const json& hf) {
   return out;
 }
 
+HfImportResult ExportHfConfig(const Config& c) {
+  HfImportResult out;
+  const ModelConfig& m = c.model;
+  const MlaConfig& a = m.mla;
+  const MoeConfig& e = m.moe;
+  if (m.norm_type != "rmsnorm") out.errors.push_back({"/model/norm_type", "HF DeepseekV3 uses RMSNorm only"});
+  if (m.dense_layer_interval != 0 && m.dense_layer_interval != 2) {
+    out.errors.push_back({"/model/dense_layer_interval", std::to_string(m.dense_layer_interval) +
+                                                             " has no moe_layer_freq equivalent (0 or 2 have)"});
+  }
+  if (a.num_kv_heads != a.num_heads) {
+    out.errors.push_back({"/model/mla/num_kv_heads", "HF DeepseekV3 has one key/value head per query head"});
+  }
+  if (!a.use_rope) out.errors.push_back({"/model/mla/use_rope", "HF DeepseekV3 always applies RoPE"});
+  if (a.sliding_window) out.errors.push_back({"/model/mla/sliding_window", "HF DeepseekV3 has no sliding window"});
+  if (e.score_func == "softmax" && e.n_group > 1) {
+    out.errors.push_back({"/model/moe/n_group", "group-limited softmax routing scores groups differently in HF"});
+  }
+  if (e.shared_intermediate_size != e.expert_intermediate_size && e.num_shared_experts > 0) {
+    out.errors.push_back({"/model/moe/shared_intermediate_size",
+                          "HF sizes shared experts as n_shared_experts x moe_intermediate_size"});
+  }
+  // Softmax top-k without groups is HF's "greedy"; sigmoid with the bias is "noaux_tc".
+  std::string method = "greedy";
+  if (e.use_aux_loss_free) method = "noaux_tc";
+  else if (e.n_group > 1) method = "group_limited_greedy";
+  if (e.use_aux_loss_free && e.score_func != "sigmoid") {
+    out.errors.push_back({"/model/moe/use_aux_loss_free", "HF's noaux_tc routing uses sigmoid scores"});
+  }
+  const int64_t nextn = c.training.use_mtp ? c.training.num_predict_tokens - 1 : 0;
+  out.config = {
+      {"architectures", {"DeepseekV3ForCausalLM"}},
+      {"model_type", "deepseek_v3"},
+      {"hidden_act", "silu"},
+      {"hidden_size", a.d_model},
+      {"num_hidden_layers", m.num_layers},
+      {"num_attention_heads", a.num_heads},
+      {"num_key_value_heads", a.num_kv_heads},
+      {"q_lora_rank", a.q_lora_rank > 0 ? json(a.q_lora_rank) : json()},
+      {"kv_lora_rank", a.d_latent},
+      {"qk_nope_head_dim", a.qk_nope_head_dim},
+      {"qk_rope_head_dim", a.qk_rope_head_dim},
+      {"v_head_dim", a.v_head_dim},
+      {"rope_theta", a.rope_theta},
+      {"rope_scaling", nullptr},
+      {"max_position_embeddings", a.max_context_length},
+      {"attention_dropout", a.attn_dropout},
+      {"attention_bias", false},
+      {"intermediate_size", m.dense_intermediate_size},
+      {"moe_intermediate_size", e.expert_intermediate_size},
+      {"n_routed_experts", e.num_experts},
+      {"n_shared_experts", e.num_shared_experts},
+      {"num_experts_per_tok", e.num_experts_per_token},
+      {"first_k_dense_replace", m.first_k_dense_layers},
+      {"moe_layer_freq", m.dense_layer_interval == 2 ? 2 : 1},
+      {"n_group", e.n_group},
+      {"topk_group", e.topk_group},
+      {"topk_method", method},
+      {"routed_scaling_factor", e.routed_scaling_factor},
+      {"scoring_func", e.score_func},
+      {"norm_topk_prob", e.norm_topk_prob},
+      {"aux_loss_alpha", e.seq_aux_loss_weight > 0 ? e.seq_aux_loss_weight : e.router_aux_loss_weight},
+      {"seq_aux", e.seq_aux_loss_weight > 0},
+      {"vocab_size", m.vocab_size},
+      {"rms_norm_eps", m.norm_eps},
+      {"tie_word_embeddings", m.tie_word_embeddings},
+      {"initializer_range", m.init_method_std},
+      {"num_nextn_predict_layers", nextn},
+      {"torch_dtype", c.training.use_bf16 ? "bfloat16" : c.training.use_fp16 ? "float16" : "float32"},
+      {"use_cache", true},
+  };
+  return out;
+}
+
 }  // namespace dsv3::config

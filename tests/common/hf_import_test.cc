@@ -104,5 +104,28 @@ TEST(HfImport, UnsupportedAndMissingFieldsAreErrors) {
   EXPECT_FALSE(ImportHfConfig(json::array()).ok());
 }
 
+TEST(HfExport, ImportOfTheExportReproducesTheModelSection) {
+  for (const char* name : {"deepseek_v3_config.json", "deepseek_v2_lite_config.json"}) {
+    const LoadResult original = Import(ReadHf(name));
+    ASSERT_TRUE(original.ok()) << name;
+    const HfImportResult exported = ExportHfConfig(original.config);
+    ASSERT_TRUE(exported.ok()) << name << ": " << (exported.errors.empty() ? "" : exported.errors[0].ToString());
+    const LoadResult again = Import(exported.config);
+    ASSERT_TRUE(again.ok()) << name;
+    EXPECT_EQ(ToJson(again.config)["model"], ToJson(original.config)["model"]) << name;
+    EXPECT_EQ(again.config.training.num_predict_tokens, original.config.training.num_predict_tokens);
+  }
+}
+
+TEST(HfExport, WhatHfCannotExpressIsAnError) {
+  const LoadResult r = LoadConfigText(R"({"model": {"norm_type": "layernorm", "dense_layer_interval": 3,
+                                                    "mla": {"num_kv_heads": 8, "sliding_window": 128}}})");
+  ASSERT_TRUE(r.ok());
+  std::vector<std::string> paths;
+  for (const auto& e : ExportHfConfig(r.config).errors) paths.push_back(e.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{"/model/norm_type", "/model/dense_layer_interval",
+                                             "/model/mla/num_kv_heads", "/model/mla/sliding_window"}));
+}
+
 }  // namespace
 }  // namespace dsv3::config

@@ -20,4 +20,9 @@ struct HfImportResult {
 
 HfImportResult ImportHfConfig(const nlohmann::json& hf_config);
 
+// The inverse: a HF DeepseekV3 `config.json` for a resolved config's model, as written next
+// to exported weights. Errors name what HF's DeepseekV3 cannot express (LayerNorm, a dense
+// layer interval other than 0 or 2, GQA inside MLA, softmax routing with aux-loss-free bias).
+HfImportResult ExportHfConfig(const Config& config);
+
 }  // namespace dsv3::config
