@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "config_commands.h"
+#include "data_commands.h"
 #include "output.h"
 
 namespace dsv3::cli {
@@ -15,6 +16,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   app.set_help_all_flag("--help-all", "Show the help of every command");
   CliContext ctx{out, err};
   AddConfigCommands(app, ctx);
+  AddDataCommands(app, ctx);
 
   // CLI11 parses argv-style input; keep the strings alive while it reads them.
   std::vector<std::string> storage;

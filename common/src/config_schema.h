@@ -149,6 +149,7 @@ template <class V> void Visit(V& v, DataConfig& c) {
     s.Field("type", c.tokenizer.type, OneOf({"byte", "sentencepiece"}));
     s.Field("model", c.tokenizer.model, None());
   });
+  v.Field("reset_attention_mask", c.reset_attention_mask, None());
 }
 
 template <class V> void Visit(V& v, DistributedConfig& c) {

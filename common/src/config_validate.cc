@@ -339,6 +339,12 @@ void CheckData(Config& c, Checker& ck) {
     DataSource& s = c.validation.sources[i];
     if (s.name.empty()) s.name = s.subset;
   }
+  // The byte tokenizer's 256 bytes + BOS, EOS, PAD (worker/data/tokenizer.h).
+  constexpr int64_t kByteTokenizerVocab = 259;
+  if (d.tokenizer.type == "byte" && c.model.vocab_size < kByteTokenizerVocab && ck.Clean({"/model/vocab_size"})) {
+    ck.Error("/model/vocab_size", std::to_string(c.model.vocab_size) + " does not cover the byte tokenizer's " +
+                                      std::to_string(kByteTokenizerVocab) + " ids (256 bytes + BOS, EOS, PAD)");
+  }
   if (d.tokenizer.type == "sentencepiece" && d.tokenizer.model.empty() && ck.Clean({"/data/tokenizer/type"})) {
     ck.Error("/data/tokenizer/model", "is required with type \"sentencepiece\" (the .model file)");
   }

@@ -107,7 +107,7 @@ TEST_F(ConfigCommandsTest, ShowJsonHasConfigDerivedAndWarnings) {
 
 TEST_F(ConfigCommandsTest, EstimateOnDeepSeekV3Prints671B) {
   const std::string out = (dir_.path() / "v3.json").string();
-  const CliRun imported = Cli({"config", "import-hf", std::string(DSV3_SOURCE_DIR) + "/tests/data/hf/deepseek_v3_config.json",
+  const CliRun imported = Cli({"config", "import-hf", std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/hf/deepseek_v3_config.json",
                             "-o", out});
   ASSERT_EQ(imported.code, 0) << imported.err;
   EXPECT_NE(imported.err.find("/rope_scaling"), std::string::npos);  // the warning

@@ -100,6 +100,8 @@ const BadConfig kBadConfigs[] = {
      {"/data/sources/1/name: \"dolma_v1_6_cc\" names two sources; give each source its own name"}},
     {"sentencepiece_without_model", R"({"data": {"tokenizer": {"type": "sentencepiece"}}})",
      {"/data/tokenizer/model: is required with type \"sentencepiece\" (the .model file)"}},
+    {"vocab_below_byte_tokenizer", R"({"model": {"vocab_size": 200}})",
+     {"/model/vocab_size: 200 does not cover the byte tokenizer's 259 ids (256 bytes + BOS, EOS, PAD)"}},
     {"wandb_enabled", R"({"logging": {"wandb": {"enabled": true}}})",
      {"/logging/wandb/enabled: true is not supported: Weights & Biases needs its network service; use "
       "logging.tensorboard (real TensorBoard event files) instead"}},

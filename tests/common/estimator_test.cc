@@ -26,7 +26,7 @@ int64_t Sum(const std::map<std::string, int64_t>& tensors, const std::string& pr
 }
 
 Config DeepSeekV3() {
-  std::ifstream in(std::string(DSV3_SOURCE_DIR) + "/tests/data/hf/deepseek_v3_config.json");
+  std::ifstream in(std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/hf/deepseek_v3_config.json");
   const HfImportResult imported = ImportHfConfig(nlohmann::json::parse(in));
   EXPECT_TRUE(imported.ok());
   LoadResult r = LoadConfigText(imported.config.dump());

@@ -15,7 +15,7 @@ namespace {
 using nlohmann::json;
 
 json ReadHf(const char* name) {
-  std::ifstream in(std::string(DSV3_SOURCE_DIR) + "/tests/data/hf/" + name);
+  std::ifstream in(std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/hf/" + name);
   return json::parse(in);
 }
 

@@ -23,7 +23,10 @@ inline config::Config SmallModelConfig(const nlohmann::json& overrides = nlohman
                  {"num_shared_experts", 1}, {"dropout", 0.0}, {"router_noise_std", 0.0}, {"capacity_factor", 0.0}}}}},
       {"training", {{"use_bf16", false}, {"seq_length", 16}, {"global_batch_size", 4}, {"micro_batch_size", 4},
                     {"train_steps", 10}, {"use_mtp", true}, {"num_predict_tokens", 2}}},
-      {"data", {{"sources", {{{"subset", "dolma_v1_6_cc"}, {"paths", {"x"}}}}}}},
+      // Model tests read no data; a sentencepiece tokenizer (never loaded) lets the vocab be
+      // smaller than the byte tokenizer's 259 ids.
+      {"data", {{"sources", {{{"subset", "dolma_v1_6_cc"}, {"paths", {"x"}}}}},
+                {"tokenizer", {{"type", "sentencepiece"}, {"model", "unused.model"}}}}},
   };
   base.merge_patch(overrides);
   const config::LoadResult r = config::LoadConfigText(base.dump());

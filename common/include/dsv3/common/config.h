@@ -143,6 +143,9 @@ struct DataConfig {
   PreprocessingConfig preprocessing;
   std::vector<DataSource> sources = DefaultDolmaSources();
   TokenizerConfig tokenizer;  // (dsv3)
+  // (dsv3) Megatron's --reset-attention-mask: tokens attend only within their document and
+  // positions restart at each document inside a packed window.
+  bool reset_attention_mask = false;
 };
 
 // ---------------------------------------------------------------- distributed
