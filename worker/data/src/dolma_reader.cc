@@ -7,7 +7,7 @@
 #include <cstring>
 #include <memory>
 
-#include <nlohmann/json.hpp>
+#include "json_line.h"
 
 namespace dsv3::data {
 
@@ -24,15 +24,13 @@ using GzHandle = std::unique_ptr<std::remove_pointer_t<gzFile>, GzCloser>;
 
 // Parses one line; returns an empty message on success.
 std::string ParseLine(const std::string& line, Document& doc) {
-  const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return "malformed JSON";
-  if (!j.is_object()) return "not a JSON object";
-  auto text = j.find("text");
-  if (text == j.end()) return "no \"text\" field";
-  if (!text->is_string()) return "\"text\" is not a string";
-  doc.text = text->get<std::string>();
-  auto id = j.find("id");
-  if (id != j.end()) doc.id = id->is_string() ? id->get<std::string>() : id->dump();
+  internal::DolmaFields fields;
+  if (!internal::ScanDolmaLine(line, fields).empty()) return "malformed JSON";
+  if (!fields.is_object) return "not a JSON object";
+  if (!fields.has_text) return "no \"text\" field";
+  if (!fields.text_is_string) return "\"text\" is not a string";
+  doc.text = std::move(fields.text);
+  doc.id = std::move(fields.id);
   return "";
 }
 

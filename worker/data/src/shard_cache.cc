@@ -117,10 +117,13 @@ FileResult TokenizeFile(const InputFile& in, const Tokenizer& t) {
     // The split key: the document id, or its place in the file when it has none.
     const std::string key = doc.id.empty() ? in.path + ":" + std::to_string(doc.line) : doc.id;
     docs.push_back(static_cast<uint64_t>(offset));
-    docs.push_back(std::stoull(Fnv1aHex(key), nullptr, 16));
-    for (int32_t id : ids) {
-      if (dtype == 2) tokens16.push_back(static_cast<uint16_t>(id));
-      else tokens32.push_back(static_cast<uint32_t>(id));
+    docs.push_back(Fnv1a(key));
+    if (dtype == 2) {
+      const size_t old = tokens16.size();
+      tokens16.resize(old + ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) tokens16[old + i] = static_cast<uint16_t>(ids[i]);
+    } else {
+      tokens32.insert(tokens32.end(), ids.begin(), ids.end());
     }
     offset += static_cast<int64_t>(ids.size());
   });

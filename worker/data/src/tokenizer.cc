@@ -49,14 +49,18 @@ std::unique_ptr<Tokenizer> MakeTokenizer(const config::TokenizerConfig& cfg, int
   return tokenizer;
 }
 
-std::string Fnv1aHex(std::string_view bytes) {
+uint64_t Fnv1a(std::string_view bytes) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : bytes) {
     h ^= c;
     h *= 1099511628211ull;
   }
+  return h;
+}
+
+std::string Fnv1aHex(std::string_view bytes) {
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(Fnv1a(bytes)));
   return buf;
 }
 

@@ -42,7 +42,8 @@ void TrainSentencePiece(const std::string& text_file, const std::string& model_p
 // Whether this build has libsentencepiece.
 bool HaveSentencePiece();
 
-// FNV-1a 64 of bytes, as 16 hex digits: cache keys, not security.
+// FNV-1a 64 of bytes (and as 16 hex digits): cache keys and split keys, not security.
+uint64_t Fnv1a(std::string_view bytes);
 std::string Fnv1aHex(std::string_view bytes);
 
 }  // namespace dsv3::data
