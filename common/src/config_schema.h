@@ -125,6 +125,8 @@ template <class V> void Visit(V& v, TrainingConfig& c) {
   v.Field("adam_beta2", c.adam_beta2, Probability());
   v.Field("adam_eps", c.adam_eps, Above(0));
   v.Field("mtp_loss_weight", c.mtp_loss_weight, AtLeast(0));
+  v.Field("intra_op_threads", c.intra_op_threads, Between(0, 4096));
+  v.Field("skip_nonfinite_steps", c.skip_nonfinite_steps, None());
 }
 
 template <class V> void Visit(V& v, DataSource& c) {
@@ -212,6 +214,7 @@ template <class V> void Visit(V& v, LoggingConfig& c) {
     s.Field("enabled", c.tensorboard.enabled, None());
     s.Field("log_dir", c.tensorboard.log_dir, NonEmpty());
   });
+  v.Field("peak_tflops", c.peak_tflops, AtLeast(0));
 }
 
 template <class V> void Visit(V& v, CheckpointingConfig& c) {

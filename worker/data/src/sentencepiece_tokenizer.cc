@@ -1,4 +1,7 @@
-// The sentencepiece tokenizer, compiled only when libsentencepiece is found.
+// The sentencepiece tokenizer: a plugin (libdsv3_sentencepiece.so) that tokenizer.cc loads
+// with dlopen(RTLD_LOCAL | RTLD_DEEPBIND). Debian's libsentencepiece carries its own copy of
+// protobuf-lite whose exported symbols collide with the libprotobuf that LibTorch loads
+// (a crash during start-up when both are linked); loaded privately, each keeps its own.
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -52,12 +55,12 @@ class SentencePieceTokenizer final : public Tokenizer {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> MakeSentencePieceTokenizer(const std::string& model_path) {
-  return std::make_unique<SentencePieceTokenizer>(model_path);
+Tokenizer* MakeSentencePieceTokenizerImpl(const std::string& model_path) {
+  return new SentencePieceTokenizer(model_path);
 }
 
-void TrainSentencePiece(const std::string& text_file, const std::string& model_prefix, int64_t vocab_size,
-                        int num_threads) {
+void TrainSentencePieceImpl(const std::string& text_file, const std::string& model_prefix, int64_t vocab_size,
+                            int num_threads) {
   std::ostringstream args;
   args << "--input=" << text_file << " --model_prefix=" << model_prefix << " --vocab_size=" << vocab_size
        << " --model_type=unigram --character_coverage=0.9995 --byte_fallback=true"
@@ -67,6 +70,16 @@ void TrainSentencePiece(const std::string& text_file, const std::string& model_p
   if (!status.ok()) throw std::runtime_error("SentencePiece training failed: " + status.ToString());
 }
 
-bool HaveSentencePiece() { return true; }
-
 }  // namespace dsv3::data
+
+// The plugin's entry points, looked up with dlsym. Exceptions cross the boundary as the
+// same C++ runtime is shared.
+extern "C" {
+dsv3::data::Tokenizer* dsv3_sentencepiece_make(const std::string* model_path) {
+  return dsv3::data::MakeSentencePieceTokenizerImpl(*model_path);
+}
+void dsv3_sentencepiece_train(const std::string* text_file, const std::string* model_prefix, int64_t vocab_size,
+                              int num_threads) {
+  dsv3::data::TrainSentencePieceImpl(*text_file, *model_prefix, vocab_size, num_threads);
+}
+}

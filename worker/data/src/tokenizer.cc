@@ -1,6 +1,9 @@
 #include "dsv3/data/tokenizer.h"
 
+#include <dlfcn.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 
 namespace dsv3::data {
@@ -27,10 +30,62 @@ class ByteTokenizer final : public Tokenizer {
   std::string Fingerprint() const override { return "byte-v1"; }
 };
 
+
+// The sentencepiece plugin (see sentencepiece_tokenizer.cc), loaded on first use.
+struct SentencePiecePlugin {
+  using Make = Tokenizer* (*)(const std::string*);
+  using Train = void (*)(const std::string*, const std::string*, int64_t, int);
+  Make make = nullptr;
+  Train train = nullptr;
+  std::string error;
+};
+
+const SentencePiecePlugin& Plugin() {
+  static const SentencePiecePlugin plugin = [] {
+    SentencePiecePlugin p;
+#ifdef DSV3_SENTENCEPIECE_PLUGIN
+    std::string path = DSV3_SENTENCEPIECE_PLUGIN;
+    if (const char* env = std::getenv("DSV3_SENTENCEPIECE_PLUGIN")) path = env;
+    // Where LibTorch's libprotobuf is loaded, the plugin's protobuf-lite must bind to itself
+    // (RTLD_DEEPBIND); elsewhere plain loading keeps sentencepiece's own logging (std::cerr
+    // through copy relocations, which DEEPBIND breaks) working.
+    const bool protobuf_loaded = dlopen("libprotobuf.so.32", RTLD_NOW | RTLD_NOLOAD) != nullptr;
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | (protobuf_loaded ? RTLD_DEEPBIND : 0));
+    if (handle == nullptr) {
+      const char* why = dlerror();
+      p.error = "cannot load the sentencepiece plugin " + path + ": " + (why ? why : "unknown error");
+      return p;
+    }
+    p.make = reinterpret_cast<SentencePiecePlugin::Make>(dlsym(handle, "dsv3_sentencepiece_make"));
+    p.train = reinterpret_cast<SentencePiecePlugin::Train>(dlsym(handle, "dsv3_sentencepiece_train"));
+    if (p.make == nullptr || p.train == nullptr) p.error = path + " is not the dsv3 sentencepiece plugin";
+#else
+    p.error = "this build has no libsentencepiece (install libsentencepiece-dev and rebuild)";
+#endif
+    return p;
+  }();
+  return plugin;
+}
+
+std::unique_ptr<Tokenizer> MakeSentencePieceTokenizer(const std::string& model_path) {
+  const SentencePiecePlugin& p = Plugin();
+  if (p.make == nullptr) {
+    throw std::runtime_error("/data/tokenizer/type: \"sentencepiece\" is not available: " + p.error +
+                             "; or use \"byte\"");
+  }
+  return std::unique_ptr<Tokenizer>(p.make(&model_path));
+}
+
 }  // namespace
 
-// Defined in sentencepiece_tokenizer.cc, or below when the build has no sentencepiece.
-std::unique_ptr<Tokenizer> MakeSentencePieceTokenizer(const std::string& model_path);
+void TrainSentencePiece(const std::string& text_file, const std::string& model_prefix, int64_t vocab_size,
+                        int num_threads) {
+  const SentencePiecePlugin& p = Plugin();
+  if (p.train == nullptr) throw std::runtime_error("training a SentencePiece model is not available: " + p.error);
+  p.train(&text_file, &model_prefix, vocab_size, num_threads);
+}
+
+bool HaveSentencePiece() { return Plugin().make != nullptr; }
 
 std::unique_ptr<Tokenizer> MakeTokenizer(const config::TokenizerConfig& cfg, int64_t model_vocab_size) {
   std::unique_ptr<Tokenizer> tokenizer;
@@ -49,31 +104,6 @@ std::unique_ptr<Tokenizer> MakeTokenizer(const config::TokenizerConfig& cfg, int
   return tokenizer;
 }
 
-uint64_t Fnv1a(std::string_view bytes) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
-std::string Fnv1aHex(std::string_view bytes) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(Fnv1a(bytes)));
-  return buf;
-}
-
-#ifndef DSV3_WITH_SENTENCEPIECE
-std::unique_ptr<Tokenizer> MakeSentencePieceTokenizer(const std::string&) {
-  throw std::runtime_error(
-      "/data/tokenizer/type: \"sentencepiece\" is not available in this build (built without libsentencepiece; "
-      "install libsentencepiece-dev and rebuild, or use \"byte\")");
-}
-void TrainSentencePiece(const std::string&, const std::string&, int64_t, int) {
-  throw std::runtime_error("training a SentencePiece model needs a build with libsentencepiece");
-}
-bool HaveSentencePiece() { return false; }
-#endif
 
 }  // namespace dsv3::data

@@ -110,6 +110,8 @@ struct TrainingConfig {
   double adam_eps = 1e-8;
   // (dsv3)
   double mtp_loss_weight = 0.3;  // lambda of eq. (25)
+  int64_t intra_op_threads = 0;  // LibTorch threads per rank; 0 = cores / ranks on the node
+  bool skip_nonfinite_steps = false;  // false: a NaN/Inf loss stops the run naming the step
 };
 
 // ---------------------------------------------------------------- data
@@ -211,6 +213,7 @@ struct TensorBoardConfig {
 struct LoggingConfig {
   WandbConfig wandb;
   TensorBoardConfig tensorboard;
+  double peak_tflops = 0;  // (dsv3) per-device peak for MFU; 0 = measured at start-up
 };
 
 struct CheckpointingConfig {  // (dsv3) the guide names the section without fields

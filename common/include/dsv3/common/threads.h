@@ -8,4 +8,12 @@ namespace dsv3 {
 // time, so any BLAS links). Returns whether OpenBLAS was found. Call before the first matmul.
 bool LimitOpenBlasThreads(int n);
 
+// OpenBLAS 0.3.21 falls back to its Prescott (SSE3) kernels on CPUs it cannot name, such as
+// this project's virtual Xeons: 3.2x slower on the nano model. The variable that picks the
+// kernels is read when libopenblas loads, so this re-executes the process (execv of
+// /proc/self/exe with `argv`) with OPENBLAS_CORETYPE set to SkylakeX (AVX-512 F/BW/DQ/VL) or
+// Haswell (AVX2 + FMA) when: the variable is unset, OpenBLAS reports Prescott, and the CPU
+// has those features. Returns only when nothing needed doing (or exec failed).
+void PreferFastOpenBlasKernels(char** argv);
+
 }  // namespace dsv3

@@ -43,7 +43,21 @@ void TrainSentencePiece(const std::string& text_file, const std::string& model_p
 bool HaveSentencePiece();
 
 // FNV-1a 64 of bytes (and as 16 hex digits): cache keys and split keys, not security.
-uint64_t Fnv1a(std::string_view bytes);
-std::string Fnv1aHex(std::string_view bytes);
+// Inline: the sentencepiece plugin uses it too.
+inline uint64_t Fnv1a(std::string_view bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+inline std::string Fnv1aHex(std::string_view bytes) {
+  static const char kDigits[] = "0123456789abcdef";
+  uint64_t h = Fnv1a(bytes);
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<size_t>(i)] = kDigits[h & 0xF];
+  return out;
+}
 
 }  // namespace dsv3::data

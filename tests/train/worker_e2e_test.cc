@@ -1,0 +1,143 @@
+// dsv3-worker as a user runs it: the nano config on the synthetic corpus trains to a loss
+// clearly below its start; SIGTERM saves a checkpoint and exits 0; --resume latest continues.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "dsv3/ckpt/checkpoint.h"
+#include "dsv3/data/synth.h"
+#include "test_util.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Starts dsv3-worker in `cwd` with stdout+stderr to `log`.
+pid_t StartWorker(const fs::path& cwd, const std::vector<std::string>& args, const fs::path& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (chdir(cwd.c_str()) != 0) _exit(127);
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv;
+    std::string exe = DSV3_WORKER_PATH;
+    argv.push_back(exe.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(exe.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int WaitExit(pid_t pid, int timeout_s) {
+  for (int i = 0; i < timeout_s * 10; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+std::string Read(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<json> Events(const fs::path& metrics, const std::string& kind) {
+  std::vector<json> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    const json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("event", "") == kind) out.push_back(j);
+  }
+  return out;
+}
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data::SynthesizeDolma((dir_.path() / "data" / "sample").string(), 400, 1);
+    fs::create_directories(dir_.path() / "configs");
+    fs::copy_file(std::string(DSV3_SOURCE_DIR) + "/configs/train_config_nano.json",
+                  dir_.path() / "configs" / "train_config_nano.json");
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
+  const pid_t pid = StartWorker(dir_.path(), {"--config", "configs/train_config_nano.json"}, dir_.path() / "log.txt");
+  ASSERT_EQ(WaitExit(pid, 600), 0) << Read(dir_.path() / "log.txt");
+  const std::string log = Read(dir_.path() / "log.txt");
+  EXPECT_NE(log.find("dsv3-worker: finished at step 160; checkpoint saved to ./outputs/nano/checkpoints/checkpoint_160"),
+            std::string::npos)
+      << log;
+  const fs::path metrics = dir_.path() / "outputs" / "nano" / "metrics.jsonl";
+  const auto train = Events(metrics, "train"), eval = Events(metrics, "eval");
+  ASSERT_EQ(train.size(), 16u);
+  ASSERT_EQ(eval.size(), 2u);
+  const double first = train.front()["loss_main"].get<double>(), last_eval = eval.back()["loss"].get<double>();
+  EXPECT_LT(last_eval, 0.4 * first) << "first logged loss " << first << ", final eval loss " << last_eval;
+  std::printf("nano: first logged main loss %.3f, final eval loss %.3f (ppl %.2f), %.0f tokens/s\n", first, last_eval,
+              eval.back()["perplexity"].get<double>(), train.back()["tokens_per_s"].get<double>());
+  EXPECT_NO_THROW(ckpt::VerifyCheckpoint((dir_.path() / "outputs/nano/checkpoints/checkpoint_160").string()));
+  EXPECT_FALSE(fs::is_empty(dir_.path() / "outputs" / "nano" / "tensorboard"));
+
+  const pid_t again =
+      StartWorker(dir_.path(), {"--config", "configs/train_config_nano.json", "--resume", "latest"}, dir_.path() / "log2.txt");
+  ASSERT_EQ(WaitExit(again, 120), 0) << Read(dir_.path() / "log2.txt");
+  EXPECT_NE(Read(dir_.path() / "log2.txt").find("resumed from ./outputs/nano/checkpoints/checkpoint_160"), std::string::npos)
+      << Read(dir_.path() / "log2.txt");
+}
+
+TEST_F(WorkerTest, SigtermFinishesTheStepSavesAndExitsZero) {
+  std::ofstream(dir_.path() / "long.json") << R"({"extends": "configs/train_config_nano.json",
+      "training": {"train_steps": 100000, "eval_interval": 0, "save_interval": 0, "log_interval": 2},
+      "output_dir": "./outputs/long"})";
+  const pid_t pid = StartWorker(dir_.path(), {"--config", "long.json"}, dir_.path() / "log.txt");
+  const fs::path metrics = dir_.path() / "outputs" / "long" / "metrics.jsonl";
+  for (int i = 0; i < 600 && Events(metrics, "train").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_FALSE(Events(metrics, "train").empty()) << Read(dir_.path() / "log.txt");
+  kill(pid, SIGTERM);
+  ASSERT_EQ(WaitExit(pid, 120), 0) << Read(dir_.path() / "log.txt");
+  const std::string log = Read(dir_.path() / "log.txt");
+  const size_t at = log.find("dsv3-worker: stopped at step ");
+  ASSERT_NE(at, std::string::npos) << log;
+  const int64_t step = std::stoll(log.substr(at + 29));
+  EXPECT_GE(step, 2);
+  const std::string expected = "checkpoint saved to ./outputs/long/checkpoints/checkpoint_" + std::to_string(step);
+  EXPECT_NE(log.find(expected), std::string::npos) << log;
+  EXPECT_NO_THROW(ckpt::VerifyCheckpoint((dir_.path() / "outputs/long/checkpoints" / ("checkpoint_" + std::to_string(step))).string()));
+  EXPECT_EQ(Events(metrics, "checkpoint").back()["reason"], "signal");
+}
+
+TEST_F(WorkerTest, BadArgumentsAndConfigsExitWithTheirCodes) {
+  EXPECT_EQ(WaitExit(StartWorker(dir_.path(), {"--frobnicate"}, dir_.path() / "a.txt"), 30), 2);
+  std::ofstream(dir_.path() / "bad.json") << R"({"model": {"num_layer": 3}})";
+  EXPECT_EQ(WaitExit(StartWorker(dir_.path(), {"--config", "bad.json"}, dir_.path() / "b.txt"), 30), 1);
+  EXPECT_NE(Read(dir_.path() / "b.txt").find("/model/num_layer: unknown field"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dsv3

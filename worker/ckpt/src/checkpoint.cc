@@ -1,0 +1,244 @@
+#include "dsv3/ckpt/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <stdexcept>
+
+#include "dsv3/ckpt/safetensors.h"
+#include "dsv3/common/checksum.h"
+
+namespace dsv3::ckpt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kFormat = "dsv3-checkpoint/1";
+const char* const kFiles[] = {"model.safetensors", "optimizer.pt", "state.safetensors", "trainer_state.json"};
+
+void FsyncPath(const fs::path& p, bool directory) {
+  const int fd = open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+}
+
+void WriteText(const fs::path& path, const std::string& text) {
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+  }
+  FsyncPath(path, false);
+}
+
+std::optional<int64_t> StepOf(const std::string& name) {
+  static const std::regex kName(R"(^checkpoint_(\d+)$)");
+  std::smatch m;
+  if (!std::regex_match(name, m, kName)) return std::nullopt;
+  return std::stoll(m[1]);
+}
+
+// Writes everything into a temporary directory, then renames it into place.
+std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d) {
+  const fs::path final_dir = fs::path(dir) / ("checkpoint_" + std::to_string(d.step));
+  const fs::path tmp = fs::path(dir) / ("checkpoint_" + std::to_string(d.step) + ".tmp-" + std::to_string(getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  WriteSafetensors((tmp / "model.safetensors").string(), d.model, {{"format", "pt"}});
+  WriteText(tmp / "optimizer.pt", d.optimizer);
+  WriteSafetensors((tmp / "state.safetensors").string(), d.state_tensors);
+  WriteText(tmp / "trainer_state.json", d.trainer_state.dump(2));
+  json files = json::object();
+  for (const char* name : kFiles) {
+    const auto crc = Crc32OfFile((tmp / name).string());
+    if (!crc) throw std::runtime_error("cannot read back " + (tmp / name).string());
+    files[name] = {{"bytes", fs::file_size(tmp / name)}, {"crc32", *crc}};
+  }
+  json manifest = {{"format", kFormat},
+                   {"step", d.step},
+                   {"created_unix", std::chrono::duration_cast<std::chrono::seconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count()},
+                   {"val_loss", d.val_loss ? json(*d.val_loss) : json()},
+                   {"files", files},
+                   {"config", d.config}};
+  WriteText(tmp / "manifest.json", manifest.dump(2));
+  FsyncPath(tmp, true);
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older save of the same step
+  fs::rename(tmp, final_dir);
+  FsyncPath(dir, true);
+  return final_dir.string();
+}
+
+fs::path ResolvePath(const std::string& path) {
+  fs::path p = path;
+  if (p.filename() == "manifest.json") p = p.parent_path();
+  if (!fs::exists(p) && p.extension() == ".pt") p.replace_extension();  // the guide's checkpoint_N.pt
+  return p;
+}
+
+}  // namespace
+
+CheckpointManager::CheckpointManager(std::string dir, int64_t keep_last_n, int64_t keep_best_n)
+    : dir_(std::move(dir)), keep_last_n_(keep_last_n), keep_best_n_(keep_best_n) {
+  fs::create_directories(dir_);
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    if (e.is_directory() && e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove_all(e.path());
+  }
+}
+
+CheckpointManager::~CheckpointManager() {
+  if (writer_.joinable()) writer_.join();
+}
+
+std::string CheckpointManager::Save(const CheckpointData& data) {
+  Wait();
+  const std::string path = WriteCheckpoint(dir_, data);
+  ApplyRetention();
+  return path;
+}
+
+void CheckpointManager::SaveAsync(CheckpointData data) {
+  Wait();
+  // The copy to host memory happens now, so training may change the weights right after.
+  for (auto& [name, t] : data.model) t = t.detach().to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
+  for (auto& [name, t] : data.state_tensors) t = t.detach().to(torch::kCPU, false, true);
+  writer_ = std::thread([this, d = std::move(data)] {
+    std::string path, error;
+    try {
+      path = WriteCheckpoint(dir_, d);
+      ApplyRetention();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    async_path_ = path;
+    async_error_ = error;
+  });
+}
+
+std::string CheckpointManager::Wait() {
+  if (writer_.joinable()) writer_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string path = std::move(async_path_), error = std::move(async_error_);
+  async_path_.clear();
+  async_error_.clear();
+  if (!error.empty()) throw std::runtime_error("asynchronous checkpoint save failed: " + error);
+  return path;
+}
+
+std::vector<CheckpointEntry> CheckpointManager::List() const {
+  std::vector<CheckpointEntry> out;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const auto step = StepOf(e.path().filename().string());
+    if (!step || !e.is_directory() || !fs::exists(e.path() / "manifest.json")) continue;
+    CheckpointEntry entry{e.path().string(), *step, std::nullopt};
+    std::ifstream in(e.path() / "manifest.json");
+    const json m = json::parse(in, nullptr, false);
+    if (!m.is_discarded() && m.contains("val_loss") && m["val_loss"].is_number()) entry.val_loss = m["val_loss"].get<double>();
+    out.push_back(entry);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
+  return out;
+}
+
+void CheckpointManager::Protect(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  protected_.insert(fs::weakly_canonical(path).string());
+}
+
+void CheckpointManager::ApplyRetention() {
+  const std::vector<CheckpointEntry> all = List();
+  std::set<std::string> keep;
+  if (keep_last_n_ <= 0) return;
+  for (size_t i = all.size() > static_cast<size_t>(keep_last_n_) ? all.size() - keep_last_n_ : 0; i < all.size(); ++i)
+    keep.insert(all[i].path);
+  std::vector<CheckpointEntry> scored;
+  for (const auto& e : all)
+    if (e.val_loss) scored.push_back(e);
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) { return *a.val_loss < *b.val_loss; });
+  for (size_t i = 0; i < scored.size() && i < static_cast<size_t>(keep_best_n_); ++i) keep.insert(scored[i].path);
+  std::set<std::string> protect;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    protect = protected_;
+  }
+  for (const auto& e : all) {
+    if (keep.count(e.path) != 0 || protect.count(fs::weakly_canonical(e.path).string()) != 0) continue;
+    fs::remove_all(e.path);
+  }
+}
+
+json VerifyCheckpoint(const std::string& path_in) {
+  const fs::path path = ResolvePath(path_in);
+  const fs::path manifest_path = path / "manifest.json";
+  std::ifstream in(manifest_path);
+  if (!in) throw std::runtime_error("checkpoint " + path.string() + ": no manifest.json (not a checkpoint, or an incomplete one)");
+  const json manifest = json::parse(in, nullptr, false);
+  if (manifest.is_discarded() || !manifest.is_object() || manifest.value("format", "") != kFormat ||
+      !manifest.contains("files") || !manifest["files"].is_object()) {
+    throw std::runtime_error("checkpoint " + path.string() + ": manifest.json is damaged or of another format");
+  }
+  for (const auto& [name, info] : manifest["files"].items()) {
+    const fs::path file = path / name;
+    std::error_code ec;
+    const auto bytes = fs::file_size(file, ec);
+    if (ec) throw std::runtime_error("checkpoint " + path.string() + ": " + name + " is missing");
+    if (!info.contains("bytes") || !info.contains("crc32") || bytes != info["bytes"].get<uint64_t>()) {
+      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " has " + std::to_string(bytes) +
+                               " bytes, the manifest says " + info.value("bytes", json()).dump());
+    }
+    const auto crc = Crc32OfFile(file.string());
+    if (!crc || *crc != info["crc32"].get<std::string>()) {
+      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " does not match its checksum (crc32 " +
+                               crc.value_or("unreadable") + ", manifest " + info["crc32"].get<std::string>() +
+                               "); the checkpoint is corrupted");
+    }
+  }
+  return manifest;
+}
+
+LoadedCheckpoint LoadCheckpoint(const std::string& path_in) {
+  const fs::path path = ResolvePath(path_in);
+  LoadedCheckpoint out;
+  out.manifest = VerifyCheckpoint(path.string());
+  out.path = path.string();
+  out.step = out.manifest["step"].get<int64_t>();
+  out.model = ReadSafetensors((path / "model.safetensors").string()).tensors;
+  out.state_tensors = ReadSafetensors((path / "state.safetensors").string()).tensors;
+  std::ifstream opt(path / "optimizer.pt", std::ios::binary);
+  out.optimizer.assign(std::istreambuf_iterator<char>(opt), std::istreambuf_iterator<char>());
+  std::ifstream st(path / "trainer_state.json");
+  out.trainer_state = json::parse(st);
+  return out;
+}
+
+std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped) {
+  if (!fs::is_directory(dir)) return std::nullopt;
+  std::vector<std::pair<int64_t, std::string>> found;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto step = StepOf(e.path().filename().string());
+    if (step && e.is_directory()) found.push_back({*step, e.path().string()});
+  }
+  std::sort(found.rbegin(), found.rend());
+  for (const auto& [step, path] : found) {
+    try {
+      VerifyCheckpoint(path);
+      return path;
+    } catch (const std::exception& e) {
+      if (skipped != nullptr) skipped->push_back(e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace dsv3::ckpt

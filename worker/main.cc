@@ -1,0 +1,120 @@
+// dsv3-worker: one training rank. Standalone: `dsv3-worker --config X [--resume P|latest]
+// [--output-dir D] [--threads N] [--max-steps N]`. Reads RANK / WORLD_SIZE / LOCAL_RANK /
+// MASTER_ADDR / MASTER_PORT when a launcher sets them.
+//
+// SIGTERM or SIGINT: the current step finishes, a checkpoint is saved, exit 0 with a final
+// line saying where. A second signal exits at once (status 128 + signal).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "dsv3/common/config_io.h"
+#include "dsv3/common/env.h"
+#include "dsv3/common/threads.h"
+#include "dsv3/train/reporter.h"
+#include "dsv3/train/trainer.h"
+
+namespace {
+
+std::atomic<dsv3::train::Trainer*> g_trainer{nullptr};
+std::atomic<int> g_signals{0};
+
+void OnSignal(int sig) {
+  if (g_signals.fetch_add(1) > 0) _exit(128 + sig);
+  if (auto* t = g_trainer.load()) t->RequestStop();
+}
+
+void OnCheckpointSignal(int) {
+  if (auto* t = g_trainer.load()) t->RequestCheckpoint();
+}
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+int Usage(const std::string& problem) {
+  std::cerr << "dsv3-worker: " << problem << "\n"
+            << "usage: dsv3-worker --config FILE [--resume PATH|latest] [--output-dir DIR] [--threads N] "
+               "[--max-steps N]\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dsv3::PreferFastOpenBlasKernels(argv);
+  dsv3::LimitOpenBlasThreads(1);  // LibTorch owns the threads (2.5x slower otherwise)
+  std::string config_path;
+  dsv3::train::TrainerOptions options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const char* v = nullptr;
+    if (a == "--help" || a == "-h") {
+      Usage("train one rank of a DeepSeek-V3 model");
+      return 0;
+    } else if (a == "--config") {
+      if (!(v = value())) return Usage("--config needs a file");
+      config_path = v;
+    } else if (a == "--resume") {
+      if (!(v = value())) return Usage("--resume needs a checkpoint path or 'latest'");
+      options.resume = v;
+    } else if (a == "--output-dir") {
+      if (!(v = value())) return Usage("--output-dir needs a folder");
+      options.output_dir = v;
+    } else if (a == "--threads") {
+      if (!(v = value()) || std::atoi(v) < 1) return Usage("--threads needs a number >= 1");
+      options.threads = std::atoi(v);
+    } else if (a == "--max-steps") {
+      if (!(v = value()) || std::atoi(v) < 0) return Usage("--max-steps needs a number >= 0");
+      options.max_steps = std::atoi(v);
+    } else {
+      return Usage("unknown argument " + a);
+    }
+  }
+  if (config_path.empty()) return Usage("--config is required");
+  options.rank = EnvInt(dsv3::env::kRank, 0);
+  options.world_size = EnvInt(dsv3::env::kWorldSize, 1);
+
+  dsv3::config::LoadOptions load;
+  load.world_size = options.world_size;
+  const dsv3::config::LoadResult cfg = dsv3::config::LoadConfigFile(config_path, load);
+  for (const auto& w : cfg.warnings) std::cerr << config_path << ": warning: " << w.ToString() << "\n";
+  if (!cfg.ok()) {
+    for (const auto& e : cfg.errors) std::cerr << config_path << ": " << e.ToString() << "\n";
+    return 1;
+  }
+  try {
+    std::vector<std::unique_ptr<dsv3::train::Reporter>> reporters;
+    reporters.push_back(dsv3::train::MakeConsoleReporter());
+    const std::string out_dir = options.output_dir.empty() ? cfg.config.output_dir : options.output_dir;
+    reporters.push_back(dsv3::train::MakeJsonlReporter(out_dir + "/metrics.jsonl"));
+    if (cfg.config.logging.tensorboard.enabled) {
+      reporters.push_back(dsv3::train::MakeTensorBoardReporter(cfg.config.logging.tensorboard.log_dir));
+    }
+    dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
+    g_trainer.store(&trainer);
+    struct sigaction sa {};
+    sa.sa_handler = OnSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = OnCheckpointSignal;
+    sigaction(SIGUSR1, &sa, nullptr);  // checkpoint now
+    const dsv3::train::TrainResult r = trainer.Run();
+    g_trainer.store(nullptr);
+    std::cout << "dsv3-worker: " << (r.finished ? "finished" : "stopped") << " at step " << r.step
+              << (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint) << std::endl;
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker: error: " << e.what() << std::endl;
+    return 1;
+  }
+}

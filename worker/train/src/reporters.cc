@@ -1,0 +1,153 @@
+// Console, metrics.jsonl and TensorBoard reporters.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "dsv3/train/reporter.h"
+#include "dsv3/train/tfevents.h"
+
+namespace dsv3::train {
+namespace {
+
+using nlohmann::json;
+
+double WallTime() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string Fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+class ConsoleReporter final : public Reporter {
+ public:
+  void OnStart(const RunInfo& r) override {
+    std::printf("dsv3-worker %s: rank %d/%d, %s on %s, %d intra-op threads\n", r.experiment.c_str(), r.rank,
+                r.world_size, r.precision.c_str(), r.device.c_str(), r.threads);
+    std::printf("  parameters %.2fM (%.2fM activated per token), %.3g FLOPs/token\n", r.parameters / 1e6,
+                r.activated_parameters / 1e6, r.flops_per_token);
+    std::printf("  steps %lld -> %lld, %lld tokens/step (%lld accumulation steps), %.3gB tokens planned\n",
+                static_cast<long long>(r.start_step), static_cast<long long>(r.train_steps),
+                static_cast<long long>(r.tokens_per_step), static_cast<long long>(r.gradient_accumulation_steps),
+                r.tokens_planned / 1e9);
+    std::printf("  output %s, checkpoints %s%s\n", r.output_dir.c_str(), r.checkpoint_dir.c_str(),
+                r.resumed_from.empty() ? "" : (", resumed from " + r.resumed_from).c_str());
+    std::fflush(stdout);
+    total_ = r.train_steps;
+  }
+  void OnMetrics(const StepMetrics& m) override {
+    std::ostringstream os;
+    os << "step " << m.step << "/" << total_ << " | loss " << Fmt("%.4f", m.Get("loss"));
+    os << " (main " << Fmt("%.4f", m.Get("loss_main")) << ", mtp " << Fmt("%.4f", m.Get("loss_mtp")) << ", balance "
+       << Fmt("%.2e", m.Get("loss_balance")) << ")";
+    os << " | lr " << Fmt("%.2e", m.Get("lr")) << " | gnorm " << Fmt("%.3f", m.Get("grad_norm"));
+    os << " | " << Fmt("%.0f", m.Get("tokens_per_s")) << " tok/s | mfu " << Fmt("%.2f", 100 * m.Get("mfu")) << "%";
+    os << " | " << Fmt("%.0f", m.Get("step_ms")) << " ms (data " << Fmt("%.0f", m.Get("time_data_ms")) << ", fwd "
+       << Fmt("%.0f", m.Get("time_forward_ms")) << ", bwd " << Fmt("%.0f", m.Get("time_backward_ms")) << ", opt "
+       << Fmt("%.0f", m.Get("time_optimizer_ms")) << ")";
+    os << " | experts max/mean " << Fmt("%.2f", m.Get("expert_load_max_over_mean")) << ", dropped "
+       << Fmt("%.1f", 100 * m.Get("expert_dropped_fraction")) << "%";
+    for (const auto& [k, v] : m.values)
+      if (k == "loss_scale") os << " | scale " << Fmt("%.0f", v);
+    std::cout << os.str() << std::endl;
+  }
+  void OnEval(const EvalResult& e) override {
+    std::cout << "eval step " << e.step << " | loss " << Fmt("%.4f", e.loss) << " | ppl " << Fmt("%.2f", e.perplexity);
+    for (const auto& [source, loss] : e.per_source_loss) std::cout << " | " << source << " " << Fmt("%.3f", loss);
+    std::cout << "\n  sample: " << json(e.sample_prompt + e.sample).dump() << std::endl;
+  }
+  void OnCheckpoint(const CheckpointEvent& c) override {
+    std::cout << "checkpoint step " << c.step << " (" << c.reason << ") -> " << c.path << " ("
+              << Fmt("%.2f", c.seconds) << " s" << (c.async ? ", writing in the background" : "") << ")" << std::endl;
+  }
+  void OnMessage(const std::string& m) override { std::cout << m << std::endl; }
+  void OnEnd(int64_t step, const std::string& message) override {
+    std::cout << "finished at step " << step << ": " << message << std::endl;
+  }
+
+ private:
+  int64_t total_ = 0;
+};
+
+class JsonlReporter final : public Reporter {
+ public:
+  explicit JsonlReporter(const std::string& path) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    out_.open(path, std::ios::app);
+    if (!out_) throw std::runtime_error("cannot write " + path);
+  }
+  void OnStart(const RunInfo& r) override {
+    Write({{"event", "start"},        {"time", WallTime()},        {"experiment", r.experiment},
+           {"parameters", r.parameters}, {"start_step", r.start_step}, {"train_steps", r.train_steps},
+           {"world_size", r.world_size}, {"precision", r.precision}, {"resumed_from", r.resumed_from}});
+  }
+  void OnMetrics(const StepMetrics& m) override {
+    json j = {{"event", "train"}, {"step", m.step}, {"time", WallTime()}};
+    for (const auto& [k, v] : m.values) j[k] = std::isfinite(v) ? json(v) : json(nullptr);
+    Write(j);
+  }
+  void OnEval(const EvalResult& e) override {
+    json per = json::object();
+    for (const auto& [s, l] : e.per_source_loss) per[s] = l;
+    Write({{"event", "eval"}, {"step", e.step}, {"time", WallTime()}, {"loss", e.loss}, {"perplexity", e.perplexity},
+           {"tokens", e.tokens}, {"per_source_loss", per}, {"sample", e.sample}});
+  }
+  void OnCheckpoint(const CheckpointEvent& c) override {
+    Write({{"event", "checkpoint"}, {"step", c.step}, {"time", WallTime()}, {"path", c.path},
+           {"seconds", c.seconds}, {"async", c.async}, {"reason", c.reason}});
+  }
+  void OnEnd(int64_t step, const std::string& message) override {
+    Write({{"event", "end"}, {"step", step}, {"time", WallTime()}, {"message", message}});
+  }
+
+ private:
+  void Write(const json& j) {
+    out_ << j.dump() << "\n";
+    out_.flush();
+  }
+  std::ofstream out_;
+};
+
+class TensorBoardReporter final : public Reporter {
+ public:
+  explicit TensorBoardReporter(const std::string& dir) : writer_(dir) {}
+  void OnMetrics(const StepMetrics& m) override {
+    const double now = WallTime();
+    for (const auto& [k, v] : m.values) writer_.AddScalar("train/" + k, v, m.step, now);
+    writer_.Flush();
+  }
+  void OnEval(const EvalResult& e) override {
+    const double now = WallTime();
+    writer_.AddScalar("eval/loss", e.loss, e.step, now);
+    writer_.AddScalar("eval/perplexity", e.perplexity, e.step, now);
+    for (const auto& [s, l] : e.per_source_loss) writer_.AddScalar("eval/loss_" + s, l, e.step, now);
+    writer_.Flush();
+  }
+
+ private:
+  EventFileWriter writer_;
+};
+
+}  // namespace
+
+double StepMetrics::Get(const std::string& name) const {
+  for (const auto& [k, v] : values)
+    if (k == name) return v;
+  return std::nan("");
+}
+
+std::unique_ptr<Reporter> MakeConsoleReporter() { return std::make_unique<ConsoleReporter>(); }
+std::unique_ptr<Reporter> MakeJsonlReporter(const std::string& path) { return std::make_unique<JsonlReporter>(path); }
+std::unique_ptr<Reporter> MakeTensorBoardReporter(const std::string& dir) {
+  return std::make_unique<TensorBoardReporter>(dir);
+}
+
+}  // namespace dsv3::train

@@ -1,0 +1,544 @@
+#include "dsv3/train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "dsv3/ckpt/checkpoint.h"
+#include "dsv3/common/config_io.h"
+#include "dsv3/common/estimator.h"
+#include "dsv3/data/pipeline.h"
+#include "dsv3/model/hf_state_dict.h"
+#include "dsv3/model/model.h"
+#include "dsv3/model/torch_compat.h"
+#include "dsv3/train/lr_schedule.h"
+
+namespace dsv3::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+
+// Per-device peak for MFU when the config gives none: the best of a few large matmuls in
+// the compute dtype, measured once at start-up.
+double MeasurePeakFlops(torch::Device device, torch::ScalarType dtype) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = device.is_cuda() ? 8192 : 512;
+  const auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  const torch::Tensor a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts);
+  double best = 0;
+  for (int i = 0; i < 6; ++i) {
+    const auto start = Clock::now();
+    torch::Tensor c = torch::matmul(a, b);
+    if (device.is_cuda()) c.cpu();
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (i > 0) best = std::max(best, 2.0 * n * n * n / s);  // the first call warms up
+  }
+  return best;
+}
+
+// The model that runs forward/backward, from the fp32 master: same weights, lower precision,
+// router biases kept in fp32 (their updates are ~1e-3).
+void CopyMasterToCompute(model::DeepSeekV3Impl& master, model::DeepSeekV3Impl& compute) {
+  torch::NoGradGuard no_grad;
+  auto src = master.named_parameters();
+  for (auto& p : compute.named_parameters()) p.value().copy_(src[p.key()]);
+  auto bufs = master.named_buffers();
+  for (auto& b : compute.named_buffers()) b.value().copy_(bufs[b.key()]);
+}
+
+}  // namespace
+
+struct Trainer::State {
+  config::Config cfg;
+  TrainerOptions opt;
+  std::vector<std::unique_ptr<Reporter>> reporters;
+  torch::Device device = torch::kCPU;
+  torch::ScalarType compute_dtype = torch::kFloat;
+  bool mixed = false;
+  model::DeepSeekV3 master{nullptr}, compute{nullptr};
+  std::vector<torch::Tensor> master_params, compute_params;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  data::DataPipeline data;
+  std::unique_ptr<ckpt::CheckpointManager> checkpoints;
+  config::Estimate estimate;
+  std::string output_dir, checkpoint_dir, resumed_from;
+  double peak_flops = 0;
+  int threads = 1;
+  int64_t step = 0, tokens_seen = 0, good_steps = 0;
+  double loss_scale = 65536.0;  // fp16 only: torch.cuda.amp.GradScaler's defaults
+  std::optional<double> eval_loss_at_step;
+  int64_t eval_step = -1, last_saved_step = -1;
+
+  void Message(const std::string& m) {
+    for (auto& r : reporters) r->OnMessage(m);
+  }
+
+  void BuildOptimizer() {
+    const config::TrainingConfig& t = cfg.training;
+    // Weight decay on matrices only: not on norms' gains and biases (the router's bias is a
+    // buffer, never seen by the optimizer).
+    std::vector<torch::Tensor> decay, no_decay;
+    for (const auto& p : master->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+    if (t.optimizer == "sgd") {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
+                                     torch::optim::SGDOptions(t.learning_rate).weight_decay(t.weight_decay)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(t.learning_rate)));
+      optimizer = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(t.learning_rate));
+    } else if (t.optimizer == "adam") {
+      const auto opts = torch::optim::AdamOptions(t.learning_rate).betas({t.adam_beta1, t.adam_beta2}).eps(t.adam_eps);
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(opts).weight_decay(t.weight_decay)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(opts).weight_decay(0)));
+      optimizer = std::make_unique<torch::optim::Adam>(groups, opts);
+    } else {
+      const auto opts = torch::optim::AdamWOptions(t.learning_rate).betas({t.adam_beta1, t.adam_beta2}).eps(t.adam_eps);
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(t.weight_decay)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0)));
+      optimizer = std::make_unique<torch::optim::AdamW>(groups, opts);
+    }
+  }
+
+  void Resume(const std::string& requested) {
+    std::string path = requested;
+    if (path == "latest") {
+      std::vector<std::string> skipped;
+      const auto latest = ckpt::LatestIntactCheckpoint(checkpoint_dir, &skipped);
+      for (const auto& s : skipped) Message("skipping damaged checkpoint: " + s);
+      if (!latest) {
+        Message("--resume latest: no checkpoint in " + checkpoint_dir + "; starting from step 0");
+        return;
+      }
+      path = *latest;
+    }
+    ckpt::LoadedCheckpoint loaded = ckpt::LoadCheckpoint(path);
+    model::LoadHfStateDict(*master, loaded.model);
+    if (mixed) CopyMasterToCompute(*master, *compute);
+    std::istringstream in(loaded.optimizer);
+    torch::serialize::InputArchive archive;
+    archive.load_from(in);
+    optimizer->load(archive);
+    const json& st = loaded.trainer_state;
+    step = st.at("step").get<int64_t>();
+    tokens_seen = st.at("tokens_seen").get<int64_t>();
+    loss_scale = st.at("loss_scale").get<double>();
+    good_steps = st.at("good_steps").get<int64_t>();
+    data::SamplerState sampler;
+    sampler.next_sample = st.at("sampler").at("next_sample").get<int64_t>();
+    sampler.taken = st.at("sampler").at("taken").get<std::vector<int64_t>>();
+    data.sampler->Restore(sampler);
+    model::compat::SetRngState(torch::kCPU, loaded.state_tensors.at("rng_cpu"));
+    if (device.is_cuda() && loaded.state_tensors.count("rng_device")) {
+      model::compat::SetRngState(device, loaded.state_tensors.at("rng_device"));
+    }
+    resumed_from = loaded.path;
+    checkpoints->Protect(loaded.path);
+    last_saved_step = step;
+  }
+
+  std::string SaveCheckpoint(const std::string& reason) {
+    const auto start = Clock::now();
+    ckpt::CheckpointData d;
+    d.step = step;
+    d.model = model::ToHfStateDict(*master);
+    std::ostringstream os;
+    torch::serialize::OutputArchive archive;
+    optimizer->save(archive);
+    archive.save_to(os);
+    d.optimizer = os.str();
+    d.state_tensors.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
+    if (device.is_cuda()) d.state_tensors.push_back({"rng_device", model::compat::GetRngState(device)});
+    const data::SamplerState sampler = data.sampler->state();
+    d.trainer_state = {{"step", step},
+                       {"tokens_seen", tokens_seen},
+                       {"loss_scale", loss_scale},
+                       {"good_steps", good_steps},
+                       {"world_size", opt.world_size},
+                       {"sampler", {{"next_sample", sampler.next_sample}, {"taken", sampler.taken}}}};
+    d.config = config::ToJson(cfg);
+    if (eval_step == step && eval_loss_at_step) d.val_loss = *eval_loss_at_step;
+    std::string path;
+    const bool async = cfg.checkpointing.async_save && reason == "interval";
+    if (async) {
+      checkpoints->SaveAsync(std::move(d));
+      path = checkpoint_dir + "/checkpoint_" + std::to_string(step);
+    } else {
+      path = checkpoints->Save(d);
+    }
+    last_saved_step = step;
+    CheckpointEvent event{step, path, std::chrono::duration<double>(Clock::now() - start).count(), async, reason};
+    for (auto& r : reporters) r->OnCheckpoint(event);
+    return path;
+  }
+
+  EvalResult Evaluate() {
+    EvalResult result;
+    result.step = step;
+    if (!data.validation || data.validation->windows().rows == 0) return result;
+    compute->eval();
+    torch::NoGradGuard no_grad;
+    const data::Batch& w = data.validation->windows();
+    const auto& names = data.validation->source_names();
+    std::vector<double> sum(names.size(), 0.0);
+    std::vector<int64_t> count(names.size(), 0);
+    const int64_t chunk = cfg.validation.micro_batch_size, T = w.width - 1;
+    for (int64_t r0 = 0; r0 < w.rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, w.rows - r0);
+      torch::Tensor tokens = torch::from_blob(const_cast<int32_t*>(w.tokens.data()) + r0 * w.width, {n, w.width},
+                                              torch::kInt)
+                                 .to(torch::kLong)
+                                 .to(device);
+      const torch::Tensor logits = compute->Logits(tokens.narrow(1, 0, T));
+      const torch::Tensor losses =
+          torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
+                                               tokens.narrow(1, 1, T).reshape({-1}),
+                                               torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+              .view({n, T})
+              .sum(1)
+              .to(torch::kCPU)
+              .to(torch::kDouble);
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t s = static_cast<size_t>(w.sources[static_cast<size_t>(r0 + i)]);
+        sum[s] += losses[i].item<double>();
+        count[s] += T;
+      }
+    }
+    double total = 0;
+    int64_t tokens = 0;
+    for (size_t s = 0; s < names.size(); ++s) {
+      if (count[s] == 0) continue;
+      result.per_source_loss.push_back({names[s], sum[s] / static_cast<double>(count[s])});
+      total += sum[s];
+      tokens += count[s];
+    }
+    result.tokens = tokens;
+    result.loss = tokens > 0 ? total / static_cast<double>(tokens) : 0;
+    result.perplexity = std::exp(result.loss);
+    result.sample_prompt = cfg.validation.sample_prompt;
+    if (cfg.validation.sample_tokens > 0 && !cfg.validation.sample_prompt.empty()) {
+      std::vector<int32_t> prompt32 = data.tokenizer->Encode(cfg.validation.sample_prompt);
+      model::SamplingOptions greedy;
+      greedy.eos_token = data.tokenizer->eos_id();
+      const std::vector<int64_t> out = compute->Generate(std::vector<int64_t>(prompt32.begin(), prompt32.end()),
+                                                         cfg.validation.sample_tokens, greedy);
+      result.sample = data.tokenizer->Decode(std::vector<int32_t>(out.begin(), out.end()));
+    }
+    compute->train();
+    eval_step = step;
+    eval_loss_at_step = result.loss;
+    for (auto& r : reporters) r->OnEval(result);
+    return result;
+  }
+};
+
+Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::unique_ptr<Reporter>> reporters)
+    : s_(std::make_unique<State>()) {
+  State& s = *s_;
+  s.cfg = std::move(cfg);
+  s.opt = std::move(options);
+  s.reporters = std::move(reporters);
+  config::Config& c = s.cfg;
+  // What this build cannot do is refused up front, naming the field.
+  if (c.training.use_fp8) {
+    throw std::runtime_error("/training/use_fp8: true is not supported by this build: FP8 training needs FP8 matmul "
+                             "kernels (Hopper GPUs), which dsv3 does not have yet; use use_bf16");
+  }
+  if (c.model.moe.use_deep_ep) {
+    throw std::runtime_error("/model/moe/use_deep_ep: true needs DeepEP (a CUDA all-to-all library) that this build "
+                             "does not include; set it to false");
+  }
+  if (c.model.mla.use_flash_mla && !c.model.mla.fallback_to_dense) {
+    throw std::runtime_error("/model/mla/use_flash_mla: FlashMLA kernels are not in this build and fallback_to_dense "
+                             "is false; set one of them");
+  }
+  if (s.opt.world_size > 1) {
+    throw std::runtime_error("world size " + std::to_string(s.opt.world_size) +
+                             ": this dsv3-worker trains one rank; distributed training arrives with worker/dist");
+  }
+  if (!c.training.train_steps) throw std::runtime_error("/training/train_steps: could not be resolved");
+  if (!s.opt.output_dir.empty()) {
+    if (*c.checkpointing.dir == c.output_dir + "/checkpoints") c.checkpointing.dir = s.opt.output_dir + "/checkpoints";
+    c.output_dir = s.opt.output_dir;
+  }
+  s.output_dir = c.output_dir;
+  s.checkpoint_dir = *c.checkpointing.dir;
+
+  s.threads = s.opt.threads > 0                    ? s.opt.threads
+              : c.training.intra_op_threads > 0    ? static_cast<int>(c.training.intra_op_threads)
+                                                   : std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(s.threads);
+  torch::manual_seed(static_cast<uint64_t>(c.seed));
+  s.device = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  s.mixed = c.training.use_bf16 || c.training.use_fp16;
+  s.compute_dtype = c.training.use_bf16 ? torch::kBFloat16 : c.training.use_fp16 ? torch::kHalf : torch::kFloat;
+
+  s.master = model::DeepSeekV3(c);
+  s.master->to(s.device);
+  if (s.mixed) {
+    s.compute = model::DeepSeekV3(c);
+    s.compute->to(s.device, s.compute_dtype);
+    for (auto& moe : s.compute->MoeLayers()) {
+      auto& bias = moe->gate->e_score_correction_bias;
+      bias.set_data(bias.to(torch::kFloat));
+    }
+    CopyMasterToCompute(*s.master, *s.compute);
+  } else {
+    s.compute = s.master;
+  }
+  s.master->train();
+  s.compute->train();
+  for (const auto& p : s.master->parameters()) s.master_params.push_back(p);
+  for (const auto& p : s.compute->parameters()) s.compute_params.push_back(p);
+  s.BuildOptimizer();
+  s.estimate = config::EstimateConfig(c);
+  s.peak_flops = c.logging.peak_tflops > 0 ? c.logging.peak_tflops * 1e12 : MeasurePeakFlops(s.device, s.compute_dtype);
+
+  s.data = data::OpenDataPipeline(c);
+  if (s.data.prepared.files_prepared > 0) {
+    s.Message("prepared the token cache: " + std::to_string(s.data.prepared.files_prepared) + " files, " +
+              std::to_string(s.data.prepared.tokens) + " tokens");
+  }
+  for (const auto& issue : s.data.prepared.issues) s.Message("data warning: " + issue.ToString());
+  s.checkpoints = std::make_unique<ckpt::CheckpointManager>(s.checkpoint_dir, c.checkpointing.keep_last_n,
+                                                            c.checkpointing.keep_best_n);
+  const std::string resume = !s.opt.resume.empty() ? s.opt.resume : c.checkpointing.resume_from.value_or("");
+  if (!resume.empty()) s.Resume(resume);
+}
+
+Trainer::~Trainer() = default;
+
+TrainResult Trainer::Run() {
+  State& s = *s_;
+  const config::Config& c = s.cfg;
+  const config::TrainingConfig& t = c.training;
+  const int64_t total = *t.train_steps, gas = c.derived.gradient_accumulation_steps;
+  const int64_t micro = t.micro_batch_size, global = t.global_batch_size;
+  const int64_t tokens_per_step = global * t.seq_length;
+
+  RunInfo info;
+  info.experiment = c.experiment_name;
+  info.parameters = s.estimate.params.total;
+  info.activated_parameters = s.estimate.params.activated;
+  info.start_step = s.step;
+  info.train_steps = total;
+  info.tokens_planned = total * tokens_per_step;
+  info.tokens_per_step = tokens_per_step;
+  info.gradient_accumulation_steps = gas;
+  info.flops_per_token = s.estimate.flops.total;
+  info.peak_flops = s.peak_flops;
+  info.rank = s.opt.rank;
+  info.world_size = s.opt.world_size;
+  info.threads = s.threads;
+  info.precision = t.use_bf16 ? "bf16 (fp32 master weights)" : t.use_fp16 ? "fp16 (fp32 master, loss scaling)" : "fp32";
+  info.device = s.device.str();
+  info.output_dir = s.output_dir;
+  info.checkpoint_dir = s.checkpoint_dir;
+  info.resumed_from = s.resumed_from;
+  for (auto& r : s.reporters) r->OnStart(info);
+
+  TrainResult result;
+  int64_t run_steps = 0;
+  // Sums over the steps since the last log line.
+  double sum_loss = 0, sum_main = 0, sum_mtp = 0, sum_balance = 0, sum_norm = 0;
+  double ms_data = 0, ms_fwd = 0, ms_bwd = 0, ms_opt = 0;
+  int64_t window_steps = 0;
+  auto window_start = Clock::now();
+  std::vector<torch::Tensor> load_sums;
+  int64_t assignments = 0, dropped = 0;
+  bool stopped_by_signal = false;
+
+  while (s.step < total) {
+    if (s.opt.max_steps >= 0 && run_steps >= s.opt.max_steps) break;
+    const auto t0 = Clock::now();
+    const data::Batch batch = s.data.sampler->NextBatch(global, s.opt.rank, s.opt.world_size);
+    const auto t1 = Clock::now();
+    s.compute->SetTrainingProgress(static_cast<double>(s.step) / static_cast<double>(total));
+    const double lr = LearningRate(t, s.step);
+    for (auto& group : s.optimizer->param_groups()) group.options().set_lr(lr);
+
+    double step_main = 0, step_mtp = 0, step_balance = 0, fwd = 0, bwd = 0;
+    for (int64_t m = 0; m < gas; ++m) {
+      const auto f0 = Clock::now();
+      const torch::Tensor tokens =
+          torch::from_blob(const_cast<int32_t*>(batch.tokens.data()) + m * micro * batch.width, {micro, batch.width},
+                           torch::kInt)
+              .to(torch::kLong)
+              .to(s.device);
+      const model::ModelOutput out = s.compute->forward(tokens);
+      torch::Tensor loss = out.loss / static_cast<double>(gas);
+      if (t.use_fp16) loss = loss * s.loss_scale;
+      const auto f1 = Clock::now();
+      loss.backward();
+      const auto f2 = Clock::now();
+      fwd += Ms(f0, f1);
+      bwd += Ms(f1, f2);
+      step_main += out.main_loss.item<double>() / static_cast<double>(gas);
+      step_mtp += out.mtp_loss.item<double>() / static_cast<double>(gas);
+      step_balance += out.balance_loss.item<double>() / static_cast<double>(gas);
+      if (s.mixed) {
+        // Accumulate in fp32 on the master, so many micro-steps lose no precision.
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < s.master_params.size(); ++i) {
+          torch::Tensor& cg = s.compute_params[i].mutable_grad();
+          if (!cg.defined()) continue;
+          torch::Tensor& mg = s.master_params[i].mutable_grad();
+          if (mg.defined()) mg.add_(cg.to(torch::kFloat));
+          else mg = cg.to(torch::kFloat);
+          cg = torch::Tensor();
+        }
+      }
+    }
+    const auto t2 = Clock::now();
+    const double step_loss = step_main + t.mtp_loss_weight * step_mtp + step_balance;
+    bool apply = true;
+    if (!std::isfinite(step_loss)) {
+      if (!t.skip_nonfinite_steps) {
+        std::ostringstream msg;
+        msg << "non-finite loss (" << step_loss << ") at step " << s.step + 1
+            << "; lower the learning rate, enable grad_clip, or set training.skip_nonfinite_steps";
+        throw std::runtime_error(msg.str());
+      }
+      s.Message("skipping step " + std::to_string(s.step + 1) + ": non-finite loss");
+      apply = false;
+    }
+    if (apply && t.use_fp16) {
+      torch::NoGradGuard no_grad;
+      bool finite = true;
+      for (auto& p : s.master_params) {
+        if (!p.grad().defined()) continue;
+        p.mutable_grad().div_(s.loss_scale);
+        finite = finite && torch::isfinite(p.grad()).all().item<bool>();
+      }
+      if (!finite) {  // overflow: skip the update and halve the scale
+        apply = false;
+        s.loss_scale /= 2;
+        s.good_steps = 0;
+      } else if (++s.good_steps % 2000 == 0) {
+        s.loss_scale *= 2;
+      }
+    }
+    double grad_norm = 0;
+    if (apply) {
+      grad_norm = torch::nn::utils::clip_grad_norm_(s.master_params,
+                                                    t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity());
+      s.optimizer->step();
+    }
+    s.optimizer->zero_grad();
+    for (auto& p : s.compute_params) p.mutable_grad() = torch::Tensor();
+    if (s.mixed && apply) CopyMasterToCompute(*s.master, *s.compute);
+    // Aux-loss-free balancing from this step's loads (one rank: its loads are the global ones).
+    std::vector<model::MoeStats> stats = s.compute->TakeMoeStats();
+    std::vector<torch::Tensor> loads;
+    for (size_t i = 0; i < stats.size(); ++i) {
+      loads.push_back(stats[i].tokens_per_expert_E);
+      if (load_sums.size() <= i) load_sums.push_back(torch::zeros_like(stats[i].tokens_per_expert_E));
+      load_sums[i] += stats[i].tokens_per_expert_E;
+      assignments += stats[i].assignments;
+      dropped += stats[i].dropped;
+    }
+    if (apply) {
+      s.compute->UpdateRouterBiases(loads);
+      if (s.mixed) s.master->UpdateRouterBiases(loads);
+    }
+    const auto t3 = Clock::now();
+
+    ++s.step;
+    ++run_steps;
+    s.tokens_seen += tokens_per_step;
+    result.losses.push_back(step_loss);
+    sum_loss += step_loss;
+    sum_main += step_main;
+    sum_mtp += step_mtp;
+    sum_balance += step_balance;
+    sum_norm += grad_norm;
+    ms_data += Ms(t0, t1);
+    ms_fwd += fwd;
+    ms_bwd += bwd;
+    ms_opt += Ms(t2, t3);
+    ++window_steps;
+
+    if (s.step % t.log_interval == 0 || s.step == total) {
+      const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
+      const double n = static_cast<double>(window_steps);
+      const double tokens_per_s = static_cast<double>(window_steps * tokens_per_step / s.opt.world_size) / seconds;
+      StepMetrics m;
+      m.step = s.step;
+      double worst = 1.0;
+      std::vector<std::pair<std::string, double>> per_layer;
+      for (size_t i = 0; i < load_sums.size(); ++i) {
+        const torch::Tensor l = load_sums[i].to(torch::kDouble);
+        const double mean = l.mean().item<double>();
+        const double ratio = mean > 0 ? l.max().item<double>() / mean : 1.0;
+        worst = std::max(worst, ratio);
+        per_layer.push_back({"expert_load_max_over_mean_moe" + std::to_string(i), ratio});
+        load_sums[i].zero_();
+      }
+      m.values = {{"loss", sum_loss / n},
+                  {"loss_main", sum_main / n},
+                  {"loss_mtp", sum_mtp / n},
+                  {"loss_balance", sum_balance / n},
+                  {"lr", lr},
+                  {"grad_norm", sum_norm / n},
+                  {"tokens_per_s", tokens_per_s},
+                  {"mfu", s.peak_flops > 0 ? tokens_per_s * s.estimate.flops.total / s.peak_flops : 0.0},
+                  {"step_ms", 1000.0 * seconds / n},
+                  {"time_data_ms", ms_data / n},
+                  {"time_forward_ms", ms_fwd / n},
+                  {"time_backward_ms", ms_bwd / n},
+                  {"time_optimizer_ms", ms_opt / n},
+                  {"time_communication_ms", 0.0},
+                  {"expert_load_max_over_mean", worst},
+                  {"expert_dropped_fraction", assignments > 0 ? static_cast<double>(dropped) / assignments : 0.0},
+                  {"tokens_seen", static_cast<double>(s.tokens_seen)}};
+      m.values.insert(m.values.end(), per_layer.begin(), per_layer.end());
+      if (t.use_fp16) m.values.push_back({"loss_scale", s.loss_scale});
+      for (auto& r : s.reporters) r->OnMetrics(m);
+      sum_loss = sum_main = sum_mtp = sum_balance = sum_norm = ms_data = ms_fwd = ms_bwd = ms_opt = 0;
+      window_steps = 0;
+      assignments = dropped = 0;
+      window_start = Clock::now();
+    }
+    if (c.validation.enabled && t.eval_interval > 0 && (s.step % t.eval_interval == 0 || s.step == total)) {
+      result.last_eval_loss = s.Evaluate().loss;
+    }
+    if (c.checkpointing.enabled) {
+      if (t.save_interval > 0 && s.step % t.save_interval == 0) {
+        result.last_checkpoint = s.SaveCheckpoint("interval");
+      } else if (checkpoint_now_.exchange(false)) {
+        result.last_checkpoint = s.SaveCheckpoint("request");
+      }
+    }
+    if (stop_.load()) {
+      stopped_by_signal = true;
+      break;
+    }
+  }
+  result.step = s.step;
+  result.finished = s.step >= total;
+  const bool want_final = stopped_by_signal || (result.finished && c.checkpointing.save_final) ||
+                          (s.opt.max_steps >= 0 && !result.finished);
+  if (c.checkpointing.enabled && want_final && s.last_saved_step != s.step) {
+    result.last_checkpoint = s.SaveCheckpoint(stopped_by_signal ? "signal" : result.finished ? "final" : "stop");
+  }
+  const std::string background = s.checkpoints->Wait();
+  if (!background.empty() && result.last_checkpoint.empty()) result.last_checkpoint = background;
+  std::string message = result.finished ? "completed " + std::to_string(total) + " steps"
+                                        : (stopped_by_signal ? "stopped on request" : "stopped early");
+  if (!result.last_checkpoint.empty()) message += "; checkpoint " + result.last_checkpoint;
+  for (auto& r : s.reporters) r->OnEnd(s.step, message);
+  return result;
+}
+
+}  // namespace dsv3::train
