@@ -120,6 +120,8 @@ Result RunIsolated(const dsv3::config::Config& cfg, const Args& a, bool checkpoi
 }  // namespace
 
 int main(int argc, char** argv) {
+  dsv3::PreferFastOpenBlasKernels(argv);  // as dsv3-worker does
+  dsv3::LimitOpenBlasThreads(1);
   const Args a = Parse(argc, argv);
   const dsv3::config::LoadResult r = dsv3::config::LoadConfigFile(a.config);
   if (!r.ok()) {

@@ -179,6 +179,14 @@ TEST_F(TrainerTest, WhatTheBuildCannotDoIsAClearError) {
   } catch (const std::runtime_error& e) {
     EXPECT_EQ(std::string(e.what()).rfind("/training/use_fp8: true is not supported by this build", 0), 0u) << e.what();
   }
+  if (!torch::cuda::is_available()) {
+    try {
+      Train(Config(dir_.path() / "fp16", {{"training", {{"use_fp16", true}}}}));
+    } catch (const std::runtime_error& e) {  // LibTorch 1.13 on a CPU; newer versions may train
+      EXPECT_EQ(std::string(e.what()).rfind("/training/use_fp16: fp16 matmuls are not available on cpu", 0), 0u)
+          << e.what();
+    }
+  }
   TrainerOptions two;
   two.world_size = 2;
   try {

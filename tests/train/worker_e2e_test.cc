@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -16,8 +17,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "app.h"
 #include "dsv3/ckpt/checkpoint.h"
+#include "dsv3/ckpt/safetensors.h"
+#include "dsv3/common/config_io.h"
 #include "dsv3/data/synth.h"
+#include "hf_reference.h"
 #include "test_util.h"
 
 namespace dsv3 {
@@ -103,6 +108,26 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
               eval.back()["perplexity"].get<double>(), train.back()["tokens_per_s"].get<double>());
   EXPECT_NO_THROW(ckpt::VerifyCheckpoint((dir_.path() / "outputs/nano/checkpoints/checkpoint_160").string()));
   EXPECT_FALSE(fs::is_empty(dir_.path() / "outputs" / "nano" / "tensorboard"));
+
+  // export-hf: config.json + model.safetensors with exactly HF DeepseekV3's tensors.
+  std::ostringstream out, err;
+  const fs::path hf = dir_.path() / "hf";
+  ASSERT_EQ(cli::RunCli({"export-hf", (dir_.path() / "outputs/nano/checkpoints/checkpoint_160.pt").string(), hf.string()},
+                        out, err),
+            0)
+      << err.str();
+  const json config = json::parse(Read(hf / "config.json"));
+  EXPECT_EQ(config["hidden_size"], 128);
+  EXPECT_EQ(config["num_hidden_layers"], 4);
+  EXPECT_EQ(config["num_nextn_predict_layers"], 1);
+  EXPECT_EQ(config["topk_method"], "noaux_tc");
+  const auto nano = config::LoadConfigFile(std::string(DSV3_SOURCE_DIR) + "/configs/train_config_nano.json");
+  std::map<std::string, int64_t> expected = test::HfTensors(nano.config.model, 1), got;
+  for (const auto& [name, t] : ckpt::ReadSafetensors((hf / "model.safetensors").string()).tensors) got[name] = t.numel();
+  for (int64_t layer : {1, 2, 3, 4}) {  // the aux-loss-free bias of every MoE layer (MTP is layer 4)
+    expected["model.layers." + std::to_string(layer) + ".mlp.gate.e_score_correction_bias"] = 8;
+  }
+  EXPECT_EQ(got, expected);
 
   const pid_t again =
       StartWorker(dir_.path(), {"--config", "configs/train_config_nano.json", "--resume", "latest"}, dir_.path() / "log2.txt");

@@ -11,6 +11,7 @@
 #include <regex>
 #include <stdexcept>
 
+#include "dsv3/ckpt/manifest.h"
 #include "dsv3/ckpt/safetensors.h"
 #include "dsv3/common/checksum.h"
 
@@ -20,7 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr const char* kFormat = "dsv3-checkpoint/1";
 const char* const kFiles[] = {"model.safetensors", "optimizer.pt", "state.safetensors", "trainer_state.json"};
 
 void FsyncPath(const fs::path& p, bool directory) {
@@ -63,7 +63,7 @@ std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d) {
     if (!crc) throw std::runtime_error("cannot read back " + (tmp / name).string());
     files[name] = {{"bytes", fs::file_size(tmp / name)}, {"crc32", *crc}};
   }
-  json manifest = {{"format", kFormat},
+  json manifest = {{"format", kCheckpointFormat},
                    {"step", d.step},
                    {"created_unix", std::chrono::duration_cast<std::chrono::seconds>(
                                         std::chrono::system_clock::now().time_since_epoch())
@@ -79,12 +79,6 @@ std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d) {
   return final_dir.string();
 }
 
-fs::path ResolvePath(const std::string& path) {
-  fs::path p = path;
-  if (p.filename() == "manifest.json") p = p.parent_path();
-  if (!fs::exists(p) && p.extension() == ".pt") p.replace_extension();  // the guide's checkpoint_N.pt
-  return p;
-}
 
 }  // namespace
 
@@ -178,37 +172,8 @@ void CheckpointManager::ApplyRetention() {
   }
 }
 
-json VerifyCheckpoint(const std::string& path_in) {
-  const fs::path path = ResolvePath(path_in);
-  const fs::path manifest_path = path / "manifest.json";
-  std::ifstream in(manifest_path);
-  if (!in) throw std::runtime_error("checkpoint " + path.string() + ": no manifest.json (not a checkpoint, or an incomplete one)");
-  const json manifest = json::parse(in, nullptr, false);
-  if (manifest.is_discarded() || !manifest.is_object() || manifest.value("format", "") != kFormat ||
-      !manifest.contains("files") || !manifest["files"].is_object()) {
-    throw std::runtime_error("checkpoint " + path.string() + ": manifest.json is damaged or of another format");
-  }
-  for (const auto& [name, info] : manifest["files"].items()) {
-    const fs::path file = path / name;
-    std::error_code ec;
-    const auto bytes = fs::file_size(file, ec);
-    if (ec) throw std::runtime_error("checkpoint " + path.string() + ": " + name + " is missing");
-    if (!info.contains("bytes") || !info.contains("crc32") || bytes != info["bytes"].get<uint64_t>()) {
-      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " has " + std::to_string(bytes) +
-                               " bytes, the manifest says " + info.value("bytes", json()).dump());
-    }
-    const auto crc = Crc32OfFile(file.string());
-    if (!crc || *crc != info["crc32"].get<std::string>()) {
-      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " does not match its checksum (crc32 " +
-                               crc.value_or("unreadable") + ", manifest " + info["crc32"].get<std::string>() +
-                               "); the checkpoint is corrupted");
-    }
-  }
-  return manifest;
-}
-
 LoadedCheckpoint LoadCheckpoint(const std::string& path_in) {
-  const fs::path path = ResolvePath(path_in);
+  const fs::path path = ResolveCheckpointPath(path_in);
   LoadedCheckpoint out;
   out.manifest = VerifyCheckpoint(path.string());
   out.path = path.string();

@@ -284,6 +284,17 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
   s.mixed = c.training.use_bf16 || c.training.use_fp16;
   s.compute_dtype = c.training.use_bf16 ? torch::kBFloat16 : c.training.use_fp16 ? torch::kHalf : torch::kFloat;
 
+  if (c.training.use_fp16) {
+    // LibTorch 1.13 has no fp16 matmul on the CPU; find out on this device instead of failing mid-step.
+    try {
+      const auto half = torch::TensorOptions().dtype(torch::kHalf).device(s.device);
+      (void)torch::matmul(torch::ones({2, 2}, half), torch::ones({2, 2}, half));
+    } catch (const std::exception&) {
+      throw std::runtime_error("/training/use_fp16: fp16 matmuls are not available on " + s.device.str() +
+                               " with this LibTorch (" + model::compat::TorchVersion() +
+                               "); use use_bf16 (or fp32) here, fp16 on a GPU");
+    }
+  }
   s.master = model::DeepSeekV3(c);
   s.master->to(s.device);
   if (s.mixed) {

@@ -23,6 +23,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "dsv3/ckpt/manifest.h"
+
 namespace dsv3::ckpt {
 
 struct CheckpointData {
@@ -92,7 +94,5 @@ LoadedCheckpoint LoadCheckpoint(const std::string& path);
 // with the reason. nullopt when there is none.
 std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped);
 
-// Checks sizes and checksums only. Throws like LoadCheckpoint.
-nlohmann::json VerifyCheckpoint(const std::string& path);
 
 }  // namespace dsv3::ckpt

@@ -1,0 +1,50 @@
+#include "dsv3/ckpt/manifest.h"
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "dsv3/common/checksum.h"
+
+namespace dsv3::ckpt {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string ResolveCheckpointPath(const std::string& path_in) {
+  fs::path p = path_in;
+  if (p.filename() == "manifest.json") p = p.parent_path();
+  if (!fs::exists(p) && p.extension() == ".pt") p.replace_extension();  // the guide's checkpoint_N.pt
+  return p.string();
+}
+
+json VerifyCheckpoint(const std::string& path_in) {
+  const fs::path path = ResolveCheckpointPath(path_in);
+  const fs::path manifest_path = path / "manifest.json";
+  std::ifstream in(manifest_path);
+  if (!in) throw std::runtime_error("checkpoint " + path.string() + ": no manifest.json (not a checkpoint, or an incomplete one)");
+  const json manifest = json::parse(in, nullptr, false);
+  if (manifest.is_discarded() || !manifest.is_object() || manifest.value("format", "") != kCheckpointFormat ||
+      !manifest.contains("files") || !manifest["files"].is_object()) {
+    throw std::runtime_error("checkpoint " + path.string() + ": manifest.json is damaged or of another format");
+  }
+  for (const auto& [name, info] : manifest["files"].items()) {
+    const fs::path file = path / name;
+    std::error_code ec;
+    const auto bytes = fs::file_size(file, ec);
+    if (ec) throw std::runtime_error("checkpoint " + path.string() + ": " + name + " is missing");
+    if (!info.contains("bytes") || !info.contains("crc32") || bytes != info["bytes"].get<uint64_t>()) {
+      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " has " + std::to_string(bytes) +
+                               " bytes, the manifest says " + info.value("bytes", json()).dump());
+    }
+    const auto crc = Crc32OfFile(file.string());
+    if (!crc || *crc != info["crc32"].get<std::string>()) {
+      throw std::runtime_error("checkpoint " + path.string() + ": " + name + " does not match its checksum (crc32 " +
+                               crc.value_or("unreadable") + ", manifest " + info["crc32"].get<std::string>() +
+                               "); the checkpoint is corrupted");
+    }
+  }
+  return manifest;
+}
+
+}  // namespace dsv3::ckpt
