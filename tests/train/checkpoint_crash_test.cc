@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "dsv3/ckpt/checkpoint.h"
+#include "checkpoint_test_util.h"
 #include "test_util.h"
 
 namespace dsv3 {
@@ -20,15 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-ckpt::CheckpointData Data(int64_t step, int64_t numel) {
-  ckpt::CheckpointData d;
-  d.step = step;
-  d.model = {{"model.embed_tokens.weight", torch::full({numel}, static_cast<float>(step))}};
-  d.optimizer = "optimizer state " + std::to_string(step);
-  d.state_tensors = {{"rng_cpu", torch::arange(8, torch::kByte)}};
-  d.trainer_state = {{"step", step}};
-  return d;
-}
+using test::CheckpointAt;
 
 TEST(Checkpoint, KillDashNineWhileSavingLeavesCommittedCheckpointsIntact) {
   for (int delay_ms : {40, 90, 160}) {
@@ -37,7 +30,7 @@ TEST(Checkpoint, KillDashNineWhileSavingLeavesCommittedCheckpointsIntact) {
     if (child == 0) {
       torch::set_num_threads(1);
       ckpt::CheckpointManager m(dir.path().string(), 0, 0);
-      for (int64_t step = 1; step < 1000; ++step) m.Save(Data(step, 2 << 20));  // 8 MB each
+      for (int64_t step = 1; step < 1000; ++step) m.Save(CheckpointAt(step, 2 << 20));  // 8 MB each
       _exit(0);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));

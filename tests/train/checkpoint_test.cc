@@ -17,6 +17,7 @@
 #include "dsv3/ckpt/safetensors.h"
 #include "dsv3/train/lr_schedule.h"
 #include "dsv3/train/tfevents.h"
+#include "checkpoint_test_util.h"
 #include "test_util.h"
 
 namespace dsv3 {
@@ -64,21 +65,12 @@ TEST(Safetensors, DamagedFilesAreRejectedWithTheReason) {
   EXPECT_THROW(ckpt::ReadSafetensors(path), std::runtime_error);
 }
 
-ckpt::CheckpointData Data(int64_t step, int64_t numel = 1000, std::optional<double> val = std::nullopt) {
-  ckpt::CheckpointData d;
-  d.step = step;
-  d.model = {{"model.embed_tokens.weight", torch::full({numel}, static_cast<float>(step))}};
-  d.optimizer = "optimizer state " + std::to_string(step);
-  d.state_tensors = {{"rng_cpu", torch::arange(8, torch::kByte)}};
-  d.trainer_state = {{"step", step}};
-  d.val_loss = val;
-  return d;
-}
+using test::CheckpointAt;
 
 TEST(Checkpoint, SaveVerifyLoad) {
   TempDir dir;
   ckpt::CheckpointManager m(dir.path().string(), 0, 0);
-  const std::string path = m.Save(Data(7));
+  const std::string path = m.Save(CheckpointAt(7));
   EXPECT_EQ(fs::path(path).filename(), "checkpoint_7");
   const ckpt::LoadedCheckpoint c = ckpt::LoadCheckpoint(path + ".pt");  // the guide's spelling works
   EXPECT_EQ(c.step, 7);
@@ -90,8 +82,8 @@ TEST(Checkpoint, SaveVerifyLoad) {
 TEST(Checkpoint, CorruptionIsRefusedAndLatestFallsBack) {
   TempDir dir;
   ckpt::CheckpointManager m(dir.path().string(), 0, 0);
-  const std::string older = m.Save(Data(1));
-  const std::string newer = m.Save(Data(2));
+  const std::string older = m.Save(CheckpointAt(1));
+  const std::string newer = m.Save(CheckpointAt(2));
   {
     std::fstream f(newer + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(-5, std::ios::end);
@@ -112,13 +104,13 @@ TEST(Checkpoint, CorruptionIsRefusedAndLatestFallsBack) {
 TEST(Checkpoint, RetentionKeepsLastBestAndProtected) {
   TempDir dir;
   ckpt::CheckpointManager m(dir.path().string(), /*keep_last_n=*/2, /*keep_best_n=*/1);
-  m.Save(Data(1, 10, 3.0));
-  m.Save(Data(2, 10, 1.0));  // best
-  const std::string third = m.Save(Data(3, 10, 2.0));
+  m.Save(CheckpointAt(1, 10, 3.0));
+  m.Save(CheckpointAt(2, 10, 1.0));  // best
+  const std::string third = m.Save(CheckpointAt(3, 10, 2.0));
   m.Protect(third);
-  m.Save(Data(4, 10, 4.0));
-  m.Save(Data(5, 10, 5.0));
-  m.Save(Data(6));
+  m.Save(CheckpointAt(4, 10, 4.0));
+  m.Save(CheckpointAt(5, 10, 5.0));
+  m.Save(CheckpointAt(6));
   std::vector<int64_t> steps;
   for (const auto& e : m.List()) steps.push_back(e.step);
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 3, 5, 6}));  // best, protected, last two
@@ -127,7 +119,7 @@ TEST(Checkpoint, RetentionKeepsLastBestAndProtected) {
 TEST(Checkpoint, AsyncSaveWritesTheStateAtCallTime) {
   TempDir dir;
   ckpt::CheckpointManager m(dir.path().string(), 0, 0);
-  ckpt::CheckpointData d = Data(9, 1 << 20);
+  ckpt::CheckpointData d = CheckpointAt(9, 1 << 20);
   torch::Tensor live = d.model[0].second;
   m.SaveAsync(d);
   live.fill_(-1);  // training goes on and changes the weights

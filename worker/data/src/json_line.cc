@@ -211,7 +211,9 @@ class Scanner {
     }
   }
 
-  bool Object(int depth) {
+  // The members of an object at p_ ('{'); on_value(key) consumes each member's value.
+  template <class OnValue>
+  bool Members(std::string* key, OnValue&& on_value) {
     ++p_;
     SkipSpace();
     if (p_ < end_ && *p_ == '}') {
@@ -220,10 +222,12 @@ class Scanner {
     }
     while (true) {
       SkipSpace();
-      if (p_ >= end_ || *p_ != '"' || !String(nullptr)) return false;
+      if (key != nullptr) key->clear();
+      if (p_ >= end_ || *p_ != '"' || !String(key)) return false;
       SkipSpace();
       if (p_ >= end_ || *p_++ != ':') return false;
-      if (!Value(depth + 1)) return false;
+      SkipSpace();
+      if (!on_value()) return false;
       SkipSpace();
       if (p_ >= end_) return false;
       if (*p_ == '}') {
@@ -234,48 +238,31 @@ class Scanner {
     }
   }
 
-  // The top-level object: like Object(), but keeps "text" and "id". For a repeated key the
-  // last one wins, as in nlohmann_json.
+  bool Object(int depth) {
+    return Members(nullptr, [&] { return Value(depth + 1); });
+  }
+
+  // The top-level object: keeps "text" and "id". For a repeated key the last one wins, as
+  // in nlohmann_json.
   bool TopObject(DolmaFields& out) {
-    ++p_;
-    SkipSpace();
-    if (p_ < end_ && *p_ == '}') {
-      ++p_;
-      return true;
-    }
     std::string key;
-    while (true) {
-      SkipSpace();
-      key.clear();
-      if (p_ >= end_ || *p_ != '"' || !String(&key)) return false;
-      SkipSpace();
-      if (p_ >= end_ || *p_++ != ':') return false;
-      SkipSpace();
+    return Members(&key, [&] {
       if (key == "text") {
         out.has_text = true;
         out.text_is_string = p_ < end_ && *p_ == '"';
         out.text.clear();
-        if (out.text_is_string ? !String(&out.text) : !Value(1)) return false;
-      } else if (key == "id") {
-        out.id.clear();
-        if (p_ < end_ && *p_ == '"') {
-          if (!String(&out.id)) return false;
-        } else {
-          const char* start = p_;
-          if (!Value(1)) return false;
-          out.id.assign(start, static_cast<size_t>(p_ - start));
-        }
-      } else if (!Value(1)) {
-        return false;
+        return out.text_is_string ? String(&out.text) : Value(1);
       }
-      SkipSpace();
-      if (p_ >= end_) return false;
-      if (*p_ == '}') {
-        ++p_;
+      if (key == "id") {
+        out.id.clear();
+        if (p_ < end_ && *p_ == '"') return String(&out.id);
+        const char* start = p_;
+        if (!Value(1)) return false;
+        out.id.assign(start, static_cast<size_t>(p_ - start));
         return true;
       }
-      if (*p_++ != ',') return false;
-    }
+      return Value(1);
+    });
   }
 
   const char* p_;
