@@ -57,7 +57,7 @@ TEST_P(MlaCacheTest, CachedPathEqualsTrainingPath) {
   torch::NoGradGuard no_grad;
   const int64_t T = 12;
   const torch::Tensor x = torch::randn({2, T, 32});
-  const torch::Tensor full = attn(x, torch::arange(T));
+  const torch::Tensor full = attn(x, AttentionContext{torch::arange(T), {}});
   // Prefill 5 tokens, then one, then the remaining 6: the cache grows across calls.
   LatentCache cache;
   const torch::Tensor cached = torch::cat({attn->ForwardCached(x.narrow(1, 0, 5), cache),
@@ -84,9 +84,9 @@ TEST(Mla, SlidingWindowHidesDistantTokens) {
   attn->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor x = torch::randn({1, 8, 32});
-  const torch::Tensor before = attn(x, torch::arange(8));
+  const torch::Tensor before = attn(x, AttentionContext{torch::arange(8), {}});
   x[0][1] += 5.0;  // token 1 is visible to positions 1..3 only
-  const torch::Tensor after = attn(x, torch::arange(8));
+  const torch::Tensor after = attn(x, AttentionContext{torch::arange(8), {}});
   EXPECT_GT((after[0][3] - before[0][3]).abs().max().item<float>(), 1e-4);
   EXPECT_LT((after[0].narrow(0, 4, 4) - before[0].narrow(0, 4, 4)).abs().max().item<float>(), 1e-6);
   EXPECT_LT((after[0][0] - before[0][0]).abs().max().item<float>(), 1e-6);
@@ -345,7 +345,7 @@ TEST(GradCheck, MultiHeadLatentAttention) {
   attn->train();
   const torch::Tensor x = torch::randn({2, 5, 32}, torch::kDouble);
   const torch::Tensor w = torch::randn({2, 5, 32}, torch::kDouble);
-  GradCheck(*attn, x, [&] { return (attn(x, torch::arange(5)) * w).sum(); });
+  GradCheck(*attn, x, [&] { return (attn(x, AttentionContext{torch::arange(5), {}}) * w).sum(); });
 }
 
 TEST(GradCheck, MoEWithSharedExpertAndBalanceLoss) {

@@ -188,13 +188,15 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
     for (auto& p : ckpt->named_parameters()) p.value().copy_(src[p.key()]);
   }
   const torch::Tensor tokens = RandomTokens(2, 11, 64, 31);
+  // Packed documents too: the recomputation must see the same document mask.
+  const torch::Tensor segments = (torch::arange(11, torch::kLong) >= 4).to(torch::kLong).unsqueeze(0).expand({2, 11});
   plain->train();
   ckpt->train();
   torch::manual_seed(32);
-  const ModelOutput a = plain->forward(tokens);
+  const ModelOutput a = plain->forward(tokens, segments);
   a.loss.backward();
   torch::manual_seed(32);
-  const ModelOutput b = ckpt->forward(tokens);
+  const ModelOutput b = ckpt->forward(tokens, segments);
   b.loss.backward();
   EXPECT_EQ(a.loss.item<float>(), b.loss.item<float>());
   auto grads = plain->named_parameters();
@@ -344,6 +346,25 @@ TEST(HfStateDict, RoundTripGivesTheSameLogitsAndMismatchesAreNamed) {
     EXPECT_NE(what.find("shape of model.layers.0.self_attn.q_proj.weight"), std::string::npos) << what;
     EXPECT_NE(what.find("unexpected: model.extra.weight"), std::string::npos) << what;
   }
+}
+
+TEST(Model, ResetAttentionMaskIsolatesPackedDocuments) {
+  const config::Config cfg = SmallModelConfig();
+  torch::manual_seed(42);
+  DeepSeekV3 model(cfg);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  // Document A (5 tokens) then document B (7 tokens) packed into one window of 12.
+  const torch::Tensor tokens = RandomTokens(1, 12, 64, 43);
+  const torch::Tensor segments = torch::cat({torch::zeros({1, 5}, torch::kLong), torch::ones({1, 7}, torch::kLong)}, 1);
+  const torch::Tensor packed = model->forward(tokens, segments).logits_BTV;  // inputs: 11 tokens
+  const torch::Tensor a = model->Logits(tokens.narrow(1, 0, 5)), b = model->Logits(tokens.narrow(1, 5, 6));
+  // Each document sees only itself, from position 0: as if it were alone (fp32 rounding).
+  EXPECT_LT((packed.narrow(1, 0, 5) - a).abs().max().item<float>(), 1e-5);
+  EXPECT_LT((packed.narrow(1, 5, 6) - b).abs().max().item<float>(), 1e-5);
+  // Without the mask, B's tokens attend to A and differ.
+  const torch::Tensor plain = model->forward(tokens).logits_BTV;
+  EXPECT_GT((plain.narrow(1, 5, 6) - b).abs().max().item<float>(), 1e-3);
 }
 
 }  // namespace

@@ -172,6 +172,14 @@ TEST_F(TrainerTest, MetricsJsonlAndTensorBoardHaveEveryMetric) {
   EXPECT_EQ(files, 1);
 }
 
+TEST_F(TrainerTest, ResetAttentionMaskTrains) {
+  const TrainResult r = Train(Config(dir_.path() / "reset", {{"data", {{"reset_attention_mask", true}}},
+                                                             {"training", {{"train_steps", 4}}}}));
+  EXPECT_TRUE(r.finished);
+  ASSERT_EQ(r.losses.size(), 4u);
+  EXPECT_LT(r.losses.back(), r.losses.front());
+}
+
 TEST_F(TrainerTest, WhatTheBuildCannotDoIsAClearError) {
   try {
     Train(Config(dir_.path() / "fp8", {{"training", {{"use_fp8", true}}}}));

@@ -29,17 +29,19 @@ Norm MakeNorm(const config::ModelConfig& cfg, int64_t dim) {
   return Norm(dim, cfg.norm_eps, cfg.norm_type == "layernorm");
 }
 
-torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions_T, double theta) {
+torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions, double theta) {
   DSV3_CHECK(x_BTHR.dim() == 4) << "RoPE expects B x T x H x R, got " << x_BTHR.sizes();
   const int64_t B = x_BTHR.size(0), T = x_BTHR.size(1), H = x_BTHR.size(2), R = x_BTHR.size(3);
   DSV3_CHECK(R % 2 == 0) << "RoPE needs an even rotary dim, got " << R;
-  DSV3_CHECK(positions_T.numel() == T) << positions_T.numel() << " positions for " << T << " tokens";
+  DSV3_CHECK(positions.size(-1) == T && (positions.dim() == 1 || (positions.dim() == 2 && positions.size(0) == B)))
+      << "positions " << positions.sizes() << " for " << B << " x " << T << " tokens";
   const auto fopts = torch::TensorOptions().dtype(UpcastType(x_BTHR.scalar_type())).device(x_BTHR.device());
   // frequency_i = theta^(-2i/R), i = 0 .. R/2-1 (RoFormer; DeepSeek's reference code).
   const torch::Tensor inv_freq = torch::pow(theta, -torch::arange(0, R, 2, fopts) / static_cast<double>(R));
-  const torch::Tensor angle_TP = positions_T.to(fopts).unsqueeze(1) * inv_freq.unsqueeze(0);
-  const torch::Tensor cos = angle_TP.cos().view({1, T, 1, R / 2});
-  const torch::Tensor sin = angle_TP.sin().view({1, T, 1, R / 2});
+  const torch::Tensor angle = positions.to(fopts).unsqueeze(-1) * inv_freq;  // (B x) T x R/2
+  const int64_t rows = positions.dim() == 2 ? B : 1;
+  const torch::Tensor cos = angle.cos().view({rows, T, 1, R / 2});
+  const torch::Tensor sin = angle.sin().view({rows, T, 1, R / 2});
   const torch::Tensor pairs = x_BTHR.to(fopts.dtype()).reshape({B, T, H, R / 2, 2});
   const torch::Tensor x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);
   return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1)

@@ -25,12 +25,15 @@ class RecomputeScope {
 // gradients directly, as PyTorch's reentrant torch.utils.checkpoint does.
 struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
-                                                torch::Tensor positions, DecoderLayerImpl* layer) {
+                                                torch::Tensor positions, torch::Tensor segments,
+                                                DecoderLayerImpl* layer) {
     ctx->saved_data["layer"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
     ctx->saved_data["rng"] = compat::GetRngState(x.device());
     ctx->saved_data["positions"] = positions;
+    ctx->saved_data["has_segments"] = segments.defined();
+    if (segments.defined()) ctx->saved_data["segments"] = segments;
     ctx->save_for_backward({x});
-    LayerOutput out = layer->forward(x, positions);
+    LayerOutput out = layer->forward(x, AttentionContext{positions, segments});
     return {out.h_BTD, out.balance_loss};
   }
 
@@ -38,7 +41,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
                                                  torch::autograd::variable_list grads) {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
     const torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    const torch::Tensor positions = ctx->saved_data["positions"].toTensor();
+    AttentionContext attention{ctx->saved_data["positions"].toTensor(), torch::Tensor()};
+    if (ctx->saved_data["has_segments"].toBool()) attention.segments_BT = ctx->saved_data["segments"].toTensor();
     const torch::Device device = x.device();
     const torch::Tensor rng_now = compat::GetRngState(device);
     compat::SetRngState(device, ctx->saved_data["rng"].toTensor());
@@ -46,7 +50,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     {
       RecomputeScope recompute;
       torch::AutoGradMode grad_on(true);
-      out = layer->forward(x, positions);
+      out = layer->forward(x, attention);
     }
     compat::SetRngState(device, rng_now);
     std::vector<torch::Tensor> outputs, output_grads;
@@ -59,7 +63,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       output_grads.push_back(grads[1]);
     }
     if (!outputs.empty()) torch::autograd::backward(outputs, output_grads);
-    return {x.grad(), torch::Tensor(), torch::Tensor()};
+    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -89,9 +93,9 @@ torch::Tensor DecoderLayerImpl::Mlp(const torch::Tensor& x_BTD, torch::Tensor* b
   return out.y_BTD;
 }
 
-LayerOutput DecoderLayerImpl::forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T) {
+LayerOutput DecoderLayerImpl::forward(const torch::Tensor& x_BTD, const AttentionContext& ctx) {
   // Pre-norm residual blocks: h = x + Attn(norm(x)); out = h + FFN(norm(h)).
-  const torch::Tensor h = x_BTD + self_attn(input_layernorm(x_BTD), positions_T);
+  const torch::Tensor h = x_BTD + self_attn(input_layernorm(x_BTD), ctx);
   LayerOutput out;
   out.h_BTD = h + Mlp(post_attention_layernorm(h), &out.balance_loss);
   return out;
@@ -102,8 +106,8 @@ torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x_BTD, Latent
   return h + Mlp(post_attention_layernorm(h), nullptr);
 }
 
-LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T) {
-  const torch::autograd::variable_list out = CheckpointFunction::apply(x_BTD, positions_T, &layer);
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx) {
+  const torch::autograd::variable_list out = CheckpointFunction::apply(x_BTD, ctx.positions, ctx.segments_BT, &layer);
   return {out[0], out[1]};
 }
 

@@ -63,31 +63,34 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
 }
 
 std::pair<torch::Tensor, torch::Tensor> MultiHeadLatentAttentionImpl::Queries(const torch::Tensor& x_BTD,
-                                                                             const torch::Tensor& positions_T) {
+                                                                             const torch::Tensor& positions) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
   const torch::Tensor q = q_proj.is_empty() ? q_b_proj(q_a_layernorm(q_a_proj(x_BTD))) : q_proj(x_BTD);
   const torch::Tensor q_BTHX = q.view({B, T, num_heads_, nope_ + rope_});
   torch::Tensor q_rope_BTHR = q_BTHX.narrow(-1, nope_, rope_);
-  if (use_rope_) q_rope_BTHR = ApplyRope(q_rope_BTHR, positions_T, rope_theta_);  // eq. (8)
+  if (use_rope_) q_rope_BTHR = ApplyRope(q_rope_BTHR, positions, rope_theta_);  // eq. (8)
   return {q_BTHX.narrow(-1, 0, nope_), q_rope_BTHR};
 }
 
-torch::Tensor MultiHeadLatentAttentionImpl::VisibleMask(const torch::Tensor& query_pos_T,
-                                                       const torch::Tensor& key_pos_S) const {
-  const torch::Tensor distance_TS = query_pos_T.unsqueeze(1) - key_pos_S.unsqueeze(0);
+torch::Tensor MultiHeadLatentAttentionImpl::VisibleMask(const torch::Tensor& query_idx_T, const torch::Tensor& key_idx_S,
+                                                       const torch::Tensor& segments_BT) const {
+  const torch::Tensor distance_TS = query_idx_T.unsqueeze(1) - key_idx_S.unsqueeze(0);
   torch::Tensor visible = distance_TS >= 0;
   if (window_) visible = visible & (distance_TS < *window_);
+  if (segments_BT.defined()) {  // same document only (Megatron's --reset-attention-mask)
+    visible = (visible.unsqueeze(0) & (segments_BT.unsqueeze(2) == segments_BT.unsqueeze(1))).unsqueeze(1);
+  }
   return visible;
 }
 
-torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T) {
+torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, const AttentionContext& ctx) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1), H = num_heads_;
-  auto [q_nope_BTHN, q_rope_BTHR] = Queries(x_BTD, positions_T);
+  auto [q_nope_BTHN, q_rope_BTHR] = Queries(x_BTD, ctx.positions);
 
   const torch::Tensor kv_a = kv_a_proj_with_mqa(x_BTD);
   const torch::Tensor c_kv_BTC = kv_a_layernorm(kv_a.narrow(-1, 0, d_latent_));
   torch::Tensor k_rope_BT1R = kv_a.narrow(-1, d_latent_, rope_).unsqueeze(2);
-  if (use_rope_) k_rope_BT1R = ApplyRope(k_rope_BT1R, positions_T, rope_theta_);  // eq. (3)
+  if (use_rope_) k_rope_BT1R = ApplyRope(k_rope_BT1R, ctx.positions, rope_theta_);  // eq. (3)
 
   const torch::Tensor kv_BTKX = kv_b_proj(c_kv_BTC).view({B, T, num_kv_heads_, nope_ + v_dim_});
   torch::Tensor k_nope_BTKN = kv_BTKX.narrow(-1, 0, nope_);
@@ -101,7 +104,8 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, 
   const torch::Tensor k_BHXS =
       torch::cat({k_nope_BTKN, k_rope_BT1R.expand({B, T, H, rope_})}, -1).permute({0, 2, 3, 1});
   torch::Tensor scores_BHTS = torch::matmul(q_BHTX, k_BHXS).to(UpcastType(x_BTD.scalar_type())) * scale_;
-  scores_BHTS = scores_BHTS.masked_fill(VisibleMask(positions_T, positions_T).logical_not(),
+  const torch::Tensor index_T = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(x_BTD.device()));
+  scores_BHTS = scores_BHTS.masked_fill(VisibleMask(index_T, index_T, ctx.segments_BT).logical_not(),
                                         -std::numeric_limits<float>::infinity());
   torch::Tensor probs_BHTS = torch::softmax(scores_BHTS, -1).to(x_BTD.scalar_type());
   probs_BHTS = torch::dropout(probs_BHTS, dropout_, is_training());

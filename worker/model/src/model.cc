@@ -82,25 +82,24 @@ torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
 }
 
 LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD,
-                                     const torch::Tensor& positions_T) {
+                                     const AttentionContext& ctx) {
   if (cfg_.model.gradient_checkpointing && is_training() && torch::GradMode::is_enabled()) {
-    return CheckpointedForward(layer, x_BTD, positions_T);
+    return CheckpointedForward(layer, x_BTD, ctx);
   }
-  return layer.forward(x_BTD, positions_T);
+  return layer.forward(x_BTD, ctx);
 }
 
-torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const torch::Tensor& positions_T,
-                                    torch::Tensor* balance) {
+torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance) {
   torch::Tensor h = x_BTD;
   for (const auto& module : *layers) {
-    LayerOutput out = RunLayer(*module->as<DecoderLayerImpl>(), h, positions_T);
+    LayerOutput out = RunLayer(*module->as<DecoderLayerImpl>(), h, ctx);
     h = out.h_BTD;
     if (balance != nullptr) *balance = *balance + out.balance_loss;
   }
   return h;
 }
 
-ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW) {
+ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW) {
   DSV3_CHECK(tokens_BW.dim() == 2 && tokens_BW.size(1) >= 2) << "expected B x (T+1) token windows, got "
                                                             << tokens_BW.sizes();
   const int64_t T = tokens_BW.size(1) - 1;
@@ -110,9 +109,20 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW) {
   const torch::Tensor inputs_BT = tokens_BW.narrow(1, 0, T);
   const torch::Tensor targets_BT = tokens_BW.narrow(1, 1, T);
 
+  AttentionContext ctx{torch::arange(T, iopts), torch::Tensor()};
+  if (segments_BW.defined()) {
+    DSV3_CHECK(segments_BW.sizes() == tokens_BW.sizes()) << "segments " << segments_BW.sizes() << " for tokens "
+                                                         << tokens_BW.sizes();
+    // Positions restart where a document starts: index minus the index of its first token.
+    ctx.segments_BT = segments_BW.narrow(1, 0, T).to(torch::kLong);
+    const torch::Tensor index = torch::arange(T, iopts).unsqueeze(0).expand_as(ctx.segments_BT);
+    torch::Tensor starts = torch::ones_like(ctx.segments_BT, ctx.segments_BT.options().dtype(torch::kBool));
+    if (T > 1) starts.narrow(1, 1, T - 1).copy_(ctx.segments_BT.narrow(1, 1, T - 1) != ctx.segments_BT.narrow(1, 0, T - 1));
+    ctx.positions = index - std::get<0>(torch::cummax(index * starts.to(torch::kLong), 1));
+  }
   ModelOutput out;
   out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
-  const torch::Tensor h_BTD = Trunk(embed_tokens(inputs_BT), torch::arange(T, iopts), &out.balance_loss);
+  const torch::Tensor h_BTD = Trunk(embed_tokens(inputs_BT), ctx, &out.balance_loss);
   out.logits_BTV = Head(norm(h_BTD));
   out.main_loss = CrossEntropy(out.logits_BTV, targets_BT);
   out.tokens = (targets_BT != kIgnoreIndex).sum().item<int64_t>();
@@ -129,7 +139,9 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW) {
     const torch::Tensor emb_BLD = embed_tokens(tokens_BW.narrow(1, d, L));
     const torch::Tensor joined =
         m.eh_proj(torch::cat({m.enorm(emb_BLD), m.hnorm(previous_BTD.narrow(1, 0, L))}, -1));
-    LayerOutput block = RunLayer(*m.block, joined, torch::arange(L, iopts));
+    const AttentionContext depth_ctx{ctx.positions.dim() == 2 ? ctx.positions.narrow(1, 0, L) : ctx.positions.narrow(0, 0, L),
+                                     ctx.segments_BT.defined() ? ctx.segments_BT.narrow(1, 0, L) : torch::Tensor()};
+    LayerOutput block = RunLayer(*m.block, joined, depth_ctx);
     out.balance_loss = out.balance_loss + block.balance_loss;
     out.mtp_loss = out.mtp_loss + CrossEntropy(Head(m.norm(block.h_BTD)), tokens_BW.narrow(1, d + 1, L));
     previous_BTD = block.h_BTD;
@@ -142,7 +154,7 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW) {
 
 torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT) {
   const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(tokens_BT.device());
-  return Head(norm(Trunk(embed_tokens(tokens_BT), torch::arange(tokens_BT.size(1), iopts), nullptr)));
+  return Head(norm(Trunk(embed_tokens(tokens_BT), AttentionContext{torch::arange(tokens_BT.size(1), iopts), {}}, nullptr)));
 }
 
 torch::Tensor DeepSeekV3Impl::LogitsCached(const torch::Tensor& tokens_BT, std::vector<LatentCache>& caches) {

@@ -387,7 +387,14 @@ TrainResult Trainer::Run() {
                            torch::kInt)
               .to(torch::kLong)
               .to(s.device);
-      const model::ModelOutput out = s.compute->forward(tokens);
+      torch::Tensor segments;
+      if (!batch.segments.empty()) {  // data.reset_attention_mask
+        segments = torch::from_blob(const_cast<int32_t*>(batch.segments.data()) + m * micro * batch.width,
+                                    {micro, batch.width}, torch::kInt)
+                       .to(torch::kLong)
+                       .to(s.device);
+      }
+      const model::ModelOutput out = s.compute->forward(tokens, segments);
       torch::Tensor loss = out.loss / static_cast<double>(gas);
       if (t.use_fp16) loss = loss * s.loss_scale;
       const auto f1 = Clock::now();

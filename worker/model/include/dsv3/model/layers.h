@@ -51,9 +51,17 @@ TORCH_MODULE(Norm);
 Norm MakeNorm(const config::ModelConfig& cfg, int64_t dim);
 
 // ------------------------------------------------------------------ RoPE
-// Rotates interleaved pairs of the last dim of x_...TR (R even) by position x frequency,
-// frequency_i = theta^(-2i/R). positions_T are absolute token positions.
-torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions_T, double theta);
+// Rotates interleaved pairs of the last dim of x_BTHR (R even) by position x frequency,
+// frequency_i = theta^(-2i/R). `positions` are token positions, shared by the batch (T) or
+// per row (B x T, when positions restart at document boundaries).
+torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions, double theta);
+
+// Where a forward pass attends: positions for RoPE (T, or B x T) and optional document ids
+// (B x T, int64): with them, a token attends only to earlier tokens of its own document.
+struct AttentionContext {
+  torch::Tensor positions;
+  torch::Tensor segments_BT;  // undefined: one document per row
+};
 
 // ------------------------------------------------------------------ SwiGLU FFN
 class FeedForwardImpl : public torch::nn::Module {
@@ -78,9 +86,8 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
  public:
   explicit MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg);
 
-  // Training path (eq. 1-11): keys/values are up-projected for every head. positions_T are
-  // the absolute positions of the T tokens. x_BTD -> y_BTD.
-  torch::Tensor forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  // Training path (eq. 1-11): keys/values are up-projected for every head. x_BTD -> y_BTD.
+  torch::Tensor forward(const torch::Tensor& x_BTD, const AttentionContext& ctx);
 
   // Inference path: appends the T new tokens' c_KV and k_R to `cache`, then attends over the
   // whole cache with W_UK absorbed into the query and W_UV into the output, so per-head keys
@@ -94,10 +101,12 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   Norm kv_a_layernorm{nullptr};
 
  private:
-  // q_nope_BTHN and the RoPE-rotated q_rope_BTHR for tokens at positions_T.
-  std::pair<torch::Tensor, torch::Tensor> Queries(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
-  // Causal (and sliding-window) mask: true where query position may see key position.
-  torch::Tensor VisibleMask(const torch::Tensor& query_pos_T, const torch::Tensor& key_pos_S) const;
+  // q_nope_BTHN and the RoPE-rotated q_rope_BTHR for tokens at `positions`.
+  std::pair<torch::Tensor, torch::Tensor> Queries(const torch::Tensor& x_BTD, const torch::Tensor& positions);
+  // Causal (and sliding-window) mask over token indices: true where query index may see key
+  // index. T x S, or B x 1 x T x S when segments_BT restrict it to a document.
+  torch::Tensor VisibleMask(const torch::Tensor& query_idx_T, const torch::Tensor& key_idx_S,
+                            const torch::Tensor& segments_BT = {}) const;
   void AppendToCache(LatentCache& cache, const torch::Tensor& c_kv_BTC, const torch::Tensor& k_rope_BTR) const;
 
   int64_t num_heads_, num_kv_heads_, d_latent_, nope_, rope_, v_dim_;
@@ -194,7 +203,7 @@ struct LayerOutput {
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const config::ModelConfig& cfg, bool moe);
-  LayerOutput forward(const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  LayerOutput forward(const torch::Tensor& x_BTD, const AttentionContext& ctx);
   // forward() through the attention cache (inference).
   torch::Tensor ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache);
   bool is_moe() const { return !moe.is_empty(); }
@@ -212,7 +221,7 @@ TORCH_MODULE(DecoderLayer);
 // Runs layer.forward with activation checkpointing: only the input is kept; the backward
 // pass re-runs the layer under grad mode with the RNG state of the first run restored, so
 // dropout and router noise repeat exactly, and MoE statistics are not counted twice.
-LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx);
 
 // True while a checkpointed layer is being recomputed in the backward pass.
 bool InRecompute();

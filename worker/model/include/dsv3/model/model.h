@@ -41,7 +41,9 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // tokens_BW: windows of W = T + 1 token ids (int64): inputs are [:, :T], main targets
   // [:, 1:]. MTP depth d (1-based) predicts token i+1+d from position i over the first T-d
   // positions (eq. 21-25). Target id -100 is ignored in the losses.
-  ModelOutput forward(const torch::Tensor& tokens_BW);
+  // segments_BW (optional, int64): document ids per token from the data loader; with them,
+  // positions restart and attention stays inside each document (data.reset_attention_mask).
+  ModelOutput forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW = {});
 
   // Main-head logits for tokens_BT (no losses, no MTP): x -> logits_BTV.
   torch::Tensor Logits(const torch::Tensor& tokens_BT);
@@ -76,8 +78,8 @@ class DeepSeekV3Impl : public torch::nn::Module {
  private:
   torch::Tensor Head(const torch::Tensor& h_BTD);
   // Decoder stack over embeddings; adds the layers' balance losses to *balance.
-  torch::Tensor Trunk(const torch::Tensor& x_BTD, const torch::Tensor& positions_T, torch::Tensor* balance);
-  LayerOutput RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const torch::Tensor& positions_T);
+  torch::Tensor Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance);
+  LayerOutput RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx);
   void InitWeights();
 
   config::Config cfg_;
