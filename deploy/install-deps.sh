@@ -6,7 +6,9 @@ set -euo pipefail
 
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build pkg-config ccache clang git
+  build-essential cmake ninja-build pkg-config ccache git
+  # libFuzzer targets: clang with its runtime (a Recommends that --no-install-recommends skips)
+  clang libclang-rt-14-dev
   # engine: LibTorch (CPU) with a threaded OpenBLAS (the reference BLAS is ~19x slower),
   # c10d's Gloo headers, data pipeline
   libtorch-dev libopenblas0-pthread libgloo-dev zlib1g-dev libsentencepiece-dev
