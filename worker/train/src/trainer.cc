@@ -29,6 +29,13 @@ using nlohmann::json;
 
 double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
+// Rows [first, first + rows) of a loader batch (int32, `width` per row) as int64 on `device`.
+torch::Tensor Rows(const std::vector<int32_t>& data, int64_t first, int64_t rows, int64_t width, torch::Device device) {
+  return torch::from_blob(const_cast<int32_t*>(data.data()) + first * width, {rows, width}, torch::kInt)
+      .to(torch::kLong)
+      .to(device);
+}
+
 // Per-device peak for MFU when the config gives none: the best of a few large matmuls in
 // the compute dtype, measured once at start-up.
 double MeasurePeakFlops(torch::Device device, torch::ScalarType dtype) {
@@ -196,10 +203,7 @@ struct Trainer::State {
     const int64_t chunk = cfg.validation.micro_batch_size, T = w.width - 1;
     for (int64_t r0 = 0; r0 < w.rows; r0 += chunk) {
       const int64_t n = std::min(chunk, w.rows - r0);
-      torch::Tensor tokens = torch::from_blob(const_cast<int32_t*>(w.tokens.data()) + r0 * w.width, {n, w.width},
-                                              torch::kInt)
-                                 .to(torch::kLong)
-                                 .to(device);
+      const torch::Tensor tokens = Rows(w.tokens, r0, n, w.width, device);
       const torch::Tensor logits = compute->Logits(tokens.narrow(1, 0, T));
       const torch::Tensor losses =
           torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
@@ -382,18 +386,9 @@ TrainResult Trainer::Run() {
     double step_main = 0, step_mtp = 0, step_balance = 0, fwd = 0, bwd = 0;
     for (int64_t m = 0; m < gas; ++m) {
       const auto f0 = Clock::now();
-      const torch::Tensor tokens =
-          torch::from_blob(const_cast<int32_t*>(batch.tokens.data()) + m * micro * batch.width, {micro, batch.width},
-                           torch::kInt)
-              .to(torch::kLong)
-              .to(s.device);
-      torch::Tensor segments;
-      if (!batch.segments.empty()) {  // data.reset_attention_mask
-        segments = torch::from_blob(const_cast<int32_t*>(batch.segments.data()) + m * micro * batch.width,
-                                    {micro, batch.width}, torch::kInt)
-                       .to(torch::kLong)
-                       .to(s.device);
-      }
+      const torch::Tensor tokens = Rows(batch.tokens, m * micro, micro, batch.width, s.device);
+      torch::Tensor segments;  // data.reset_attention_mask
+      if (!batch.segments.empty()) segments = Rows(batch.segments, m * micro, micro, batch.width, s.device);
       const model::ModelOutput out = s.compute->forward(tokens, segments);
       torch::Tensor loss = out.loss / static_cast<double>(gas);
       if (t.use_fp16) loss = loss * s.loss_scale;

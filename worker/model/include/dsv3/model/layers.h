@@ -167,7 +167,6 @@ struct MoeStats {
   torch::Tensor tokens_per_expert_E;  // int64, assignments kept after capacity
   int64_t assignments = 0;            // tokens x k
   int64_t dropped = 0;                // assignments dropped by capacity
-  double balance_loss = 0;            // of the last forward
 };
 
 class MoEImpl : public torch::nn::Module {
