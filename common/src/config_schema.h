@@ -243,6 +243,7 @@ template <class V> void Visit(V& v, Config& c) {
   v.Field("experiment_name", c.experiment_name, NonEmpty());
   v.Field("output_dir", c.output_dir, NonEmpty());
   v.Field("seed", c.seed, AtLeast(0));
+  v.Field("max_restarts", c.max_restarts, AtLeast(0));
   v.Section("model", [&](V& s) { Visit(s, c.model); });
   v.Section("training", [&](V& s) { Visit(s, c.training); });
   v.Section("data", [&](V& s) { Visit(s, c.data); });

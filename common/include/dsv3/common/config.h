@@ -257,6 +257,9 @@ struct Config {
   std::string experiment_name = "deepseek_v3";
   std::string output_dir = "./outputs";
   int64_t seed = 42;
+  // Under dsv3d: how many times a failed attempt is restarted from the newest intact
+  // checkpoint before the job is FAILED (Determined's max_restarts).
+  int64_t max_restarts = 3;
   ModelConfig model;
   TrainingConfig training;
   DataConfig data;

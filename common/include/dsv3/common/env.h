@@ -10,6 +10,13 @@ inline constexpr const char* kLocalRank = "LOCAL_RANK";
 inline constexpr const char* kLocalWorldSize = "LOCAL_WORLD_SIZE";
 inline constexpr const char* kMasterAddr = "MASTER_ADDR";
 inline constexpr const char* kMasterPort = "MASTER_PORT";
+// Set by dsv3d for the ranks it starts: where to report and as which job. A rank without
+// DSV3_CONTROLLER trains standalone.
+inline constexpr const char* kController = "DSV3_CONTROLLER";
+inline constexpr const char* kJobId = "DSV3_JOB_ID";
+inline constexpr const char* kAttempt = "DSV3_ATTEMPT";
+inline constexpr const char* kJobCredential = "DSV3_JOB_CREDENTIAL";
+inline constexpr const char* kOpenBlasNumThreads = "OPENBLAS_NUM_THREADS";
 // OpenBLAS kernel choice; see LimitOpenBlasThreads / PreferFastOpenBlasKernels.
 inline constexpr const char* kOpenBlasCoreType = "OPENBLAS_CORETYPE";
 // Set when dsv3-worker re-executed itself to pick OpenBLAS kernels; prevents a loop.

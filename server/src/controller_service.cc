@@ -1,0 +1,382 @@
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "services.h"
+
+namespace dsv3::server {
+namespace {
+
+constexpr auto kFollowPoll = std::chrono::milliseconds(100);
+constexpr size_t kMaxReadPerPass = 1 << 20;
+constexpr size_t kMaxLinesPerChunk = 512;
+
+bool IsLoopbackPeer(const std::string& peer) {
+  return peer.rfind("ipv4:127.", 0) == 0 || peer.rfind("ipv6:[::1]", 0) == 0 || peer.rfind("unix:", 0) == 0;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && path[0] == '/' && stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void FillProblems(const std::vector<FieldProblem>& list, google::protobuf::RepeatedPtrField<v1::FieldError>* out) {
+  for (const auto& p : list) {
+    auto* e = out->Add();
+    e->set_path(p.path);
+    e->set_message(p.message);
+  }
+}
+
+// INVALID_ARGUMENT whose message lists every error and whose details carry them typed.
+grpc::Status InvalidConfig(const SubmitOutcome& o) {
+  v1::ValidateConfigResponse details;
+  details.set_valid(false);
+  FillProblems(o.errors, details.mutable_errors());
+  FillProblems(o.warnings, details.mutable_warnings());
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(o.status.message()),
+                      details.SerializeAsString());
+}
+
+// Byte offset where the last `n` lines of the file start.
+int64_t OffsetOfLastLines(const std::string& path, int n) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) return 0;
+  const int64_t size = f.tellg();
+  int64_t pos = size;
+  int newlines = 0;
+  char buf[4096];
+  // A trailing newline ends the last line; it does not start a new one.
+  int64_t end = size;
+  while (pos > 0) {
+    const int64_t chunk = std::min<int64_t>(pos, sizeof(buf));
+    pos -= chunk;
+    f.seekg(pos);
+    f.read(buf, chunk);
+    for (int64_t i = chunk - 1; i >= 0; --i) {
+      if (buf[i] != '\n' || pos + i == end - 1) continue;
+      if (++newlines == n) return pos + i + 1;
+    }
+  }
+  return 0;
+}
+
+struct LogTail {
+  int rank = 0;
+  std::string path;
+  int64_t offset = 0;
+  std::string partial;  // a line not yet terminated
+};
+
+// Reads what was appended since the last pass; complete lines go to `out`.
+size_t ReadNewLines(LogTail& t, v1::LogChunk* out, bool flush_partial) {
+  std::ifstream f(t.path, std::ios::binary);
+  size_t lines = 0;
+  if (f) {
+    f.seekg(0, std::ios::end);
+    const int64_t size = f.tellg();
+    if (size < t.offset) t.offset = 0;  // truncated: start over
+    const size_t want = static_cast<size_t>(std::min<int64_t>(size - t.offset, kMaxReadPerPass));
+    if (want > 0) {
+      std::string buf(want, '\0');
+      f.seekg(t.offset);
+      f.read(buf.data(), static_cast<std::streamsize>(want));
+      t.offset += static_cast<int64_t>(want);
+      size_t start = 0;
+      for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
+        auto* line = out->add_lines();
+        line->set_rank(t.rank);
+        line->set_text(t.partial + buf.substr(start, nl - start));
+        t.partial.clear();
+        ++lines;
+      }
+      t.partial += buf.substr(start);
+    }
+  }
+  if (flush_partial && !t.partial.empty()) {
+    auto* line = out->add_lines();
+    line->set_rank(t.rank);
+    line->set_text(t.partial);
+    t.partial.clear();
+    ++lines;
+  }
+  return lines;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+ControllerService::ControllerService(JobStore& store, JobManager& manager, std::string local_owner,
+                                     std::string default_base_dir, ServiceLimits limits)
+    : store_(store),
+      manager_(manager),
+      local_owner_(std::move(local_owner)),
+      default_base_dir_(std::move(default_base_dir)),
+      limits_(limits) {}
+
+void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_config, v1::Job* out) const {
+  out->set_id(j.id);
+  out->set_name(j.name);
+  out->set_owner(j.owner);
+  out->set_state(static_cast<v1::JobState>(static_cast<int>(j.state)));
+  out->set_state_reason(j.state_reason);
+  out->set_num_ranks(j.num_ranks);
+  out->set_priority(j.priority);
+  out->set_attempt(j.attempt);
+  out->set_restarts(j.restarts);
+  out->set_max_restarts(j.max_restarts);
+  out->set_total_steps(j.total_steps);
+  out->set_created_unix_ms(j.created_ms);
+  out->set_started_unix_ms(j.started_ms);
+  out->set_finished_unix_ms(j.finished_ms);
+  out->set_job_dir(j.job_dir);
+  out->set_output_dir(j.output_dir);
+  out->set_checkpoint_dir(j.checkpoint_dir);
+  out->set_tensorboard_dir(j.tensorboard_dir);
+  out->set_experiment_name(j.experiment_name);
+  const JobProgress p = manager_.Progress(j);
+  out->set_step(p.step);
+  if (auto it = p.latest.find("loss"); it != p.latest.end()) out->set_loss(it->second);
+  if (auto it = p.latest.find("tokens_per_s"); it != p.latest.end()) out->set_tokens_per_second(it->second);
+  if (p.eta_seconds && !IsTerminal(j.state)) out->set_eta_seconds(*p.eta_seconds);
+  if (p.val_loss) out->set_val_loss(*p.val_loss);
+  out->set_last_checkpoint(p.last_checkpoint);
+  out->set_last_checkpoint_step(p.last_checkpoint_step);
+  if (!detail) return;
+  for (const auto& e : store_.History(j.id)) {
+    auto* h = out->add_history();
+    h->set_state(static_cast<v1::JobState>(static_cast<int>(e.state)));
+    h->set_reason(e.reason);
+    h->set_time_unix_ms(e.time_ms);
+    h->set_attempt(e.attempt);
+  }
+  for (const auto& r : p.ranks) {
+    auto* ri = out->add_ranks();
+    ri->set_rank(r.rank);
+    ri->set_attempt(j.attempt);
+    ri->set_pid(r.pid);
+    ri->set_host(r.host);
+    ri->set_log_path(r.log_path);
+    ri->set_state(r.state);
+    ri->set_exit_code(r.exit_code);
+    ri->set_last_heartbeat_unix_ms(r.last_heartbeat_ms);
+  }
+  for (const auto& e : store_.Evaluations(j.id)) {
+    auto* ev = out->add_evaluations();
+    ev->set_step(e.step);
+    ev->set_loss(e.loss);
+    ev->set_perplexity(e.perplexity);
+    ev->set_tokens(e.tokens);
+    for (const auto& [k, v] : e.per_source_loss) (*ev->mutable_per_source_loss())[k] = v;
+    ev->set_sample(e.sample);
+    ev->set_time_unix_ms(e.time_ms);
+  }
+  if (include_config) out->set_config_json(j.config_json);
+  if (j.state == JobState::kFailed) {
+    // The end of each rank's log: usually the error that failed the job.
+    for (int r = 0; r < j.num_ranks; ++r) {
+      LogTail t{r, manager_.LogPath(j, r), OffsetOfLastLines(manager_.LogPath(j, r), 10), ""};
+      v1::LogChunk chunk;
+      ReadNewLines(t, &chunk, true);
+      for (const auto& l : chunk.lines()) {
+        out->add_last_log_lines((j.num_ranks > 1 ? "[rank " + std::to_string(r) + "] " : "") + l.text());
+      }
+    }
+  }
+}
+
+grpc::Status ControllerService::SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
+                                          v1::SubmitJobResponse* resp) {
+  if (static_cast<int64_t>(req->config_json().size()) > limits_.max_config_bytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "config_json: " + std::to_string(req->config_json().size()) + " bytes exceeds the limit of " +
+                            std::to_string(limits_.max_config_bytes));
+  }
+  SubmitRequest r;
+  r.config_json = req->config_json();
+  r.name = req->name();
+  r.owner = local_owner_;
+  r.resume_from = req->resume_from();
+  r.num_ranks = req->num_ranks() == 0 ? 1 : req->num_ranks();
+  r.priority = req->priority();
+  r.dry_run = req->dry_run();
+  r.config_path = req->config_path();
+  // The client's folder means something only on this machine.
+  r.base_dir = IsLoopbackPeer(ctx->peer()) && IsDirectory(req->working_dir()) ? req->working_dir() : default_base_dir_;
+  const SubmitOutcome o = req->dry_run() ? manager_.Validate(r) : manager_.Submit(r);
+  if (o.status.code() == absl::StatusCode::kInvalidArgument) return InvalidConfig(o);
+  if (!o.status.ok()) return ToGrpc(o.status);
+  FillProblems(o.warnings, resp->mutable_warnings());
+  resp->set_plan(o.plan);
+  resp->set_resolved_config_json(o.resolved_json);
+  if (!req->dry_run()) {
+    auto job = store_.GetJob(o.job.id);
+    if (job) FillJob(*job, false, false, resp->mutable_job());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) {
+  auto job = store_.GetJob(req->job_id());
+  if (!job) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  FillJob(*job, true, req->include_config(), resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
+                                         v1::ListJobsResponse* resp) {
+  JobFilter f;
+  for (int s : req->states()) {
+    if (s < 1 || s > 7) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "states: " + std::to_string(s) + " is not a JobState (1..7)");
+    }
+    f.states.push_back(static_cast<JobState>(s));
+  }
+  f.owner = req->owner();
+  f.name_contains = req->name_contains();
+  f.limit = req->limit() > 0 ? std::min(req->limit(), 10000) : 100;
+  for (const auto& j : store_.ListJobs(f)) FillJob(j, false, false, resp->add_jobs());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req,
+                                          v1::CancelJobResponse* resp) {
+  auto job = manager_.Cancel(req->job_id(), req->reason());
+  if (!job.ok()) return ToGrpc(job.status());
+  auto fresh = store_.GetJob(req->job_id());
+  FillJob(fresh ? *fresh : *job, false, false, resp->mutable_job());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::CheckpointJob(grpc::ServerContext*, const v1::CheckpointJobRequest* req,
+                                              v1::CheckpointJobResponse*) {
+  if (!store_.GetJob(req->job_id())) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  }
+  return ToGrpc(manager_.RequestCheckpoint(req->job_id()));
+}
+
+grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::StreamLogsRequest* req,
+                                           grpc::ServerWriter<v1::LogChunk>* writer) {
+  auto job = store_.GetJob(req->job_id());
+  if (!job) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  if (req->has_rank() && (req->rank() < 0 || req->rank() >= job->num_ranks)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "rank: " + std::to_string(req->rank()) + " is not a rank of job " + std::to_string(job->id) +
+                            " (0.." + std::to_string(job->num_ranks - 1) + ")");
+  }
+  if (req->tail_lines() < 0 || req->tail_lines() > limits_.max_log_lines_per_request) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "tail_lines: " + std::to_string(req->tail_lines()) + " is outside 0.." +
+                            std::to_string(limits_.max_log_lines_per_request));
+  }
+  std::vector<LogTail> tails;
+  for (int r = 0; r < job->num_ranks; ++r) {
+    if (req->has_rank() && r != req->rank()) continue;
+    LogTail t{r, manager_.LogPath(*job, r), 0, ""};
+    if (req->tail_lines() > 0) t.offset = OffsetOfLastLines(t.path, req->tail_lines());
+    tails.push_back(std::move(t));
+  }
+  bool ended = IsTerminal(job->state);
+  while (true) {
+    size_t lines = 0;
+    v1::LogChunk chunk;
+    for (auto& t : tails) {
+      // A stream that ends (not following, or the job is over) flushes the last partial line.
+      lines += ReadNewLines(t, &chunk, !req->follow() || ended);
+      if (chunk.lines_size() >= static_cast<int>(kMaxLinesPerChunk)) {
+        if (!writer->Write(chunk)) return grpc::Status::OK;  // the client went away
+        chunk.Clear();
+      }
+    }
+    if (chunk.lines_size() > 0 && !writer->Write(chunk)) return grpc::Status::OK;
+    if (lines > 0) continue;  // drain before deciding to stop or wait
+    if (!req->follow() || ended) return grpc::Status::OK;
+    if (ctx->IsCancelled() || shutting_down_.load()) return grpc::Status::OK;
+    std::this_thread::sleep_for(kFollowPoll);
+    // Decide "ended" only after one more full read pass, so no line written before the
+    // job's end is missed.
+    auto now = store_.GetJob(job->id);
+    ended = !now || IsTerminal(now->state);
+  }
+}
+
+grpc::Status ControllerService::GetMetrics(grpc::ServerContext*, const v1::GetMetricsRequest* req,
+                                           v1::GetMetricsResponse* resp) {
+  if (!store_.GetJob(req->job_id())) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  }
+  if (req->max_points() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "max_points: must be 0 (all) or positive");
+  }
+  const std::vector<std::string> names(req->names().begin(), req->names().end());
+  const auto rows = store_.Metrics(req->job_id(), names, req->since_step());
+  std::map<std::string, std::vector<const MetricRow*>> by_name;
+  std::vector<std::string> order;
+  for (const auto& r : rows) {
+    if (by_name[r.name].empty()) order.push_back(r.name);
+    by_name[r.name].push_back(&r);
+  }
+  for (const auto& name : order) {
+    const auto& pts = by_name[name];
+    auto* series = resp->add_series();
+    series->set_name(name);
+    const size_t n = pts.size();
+    const size_t keep = req->max_points() > 0 ? std::min<size_t>(n, req->max_points()) : n;
+    for (size_t i = 0; i < keep; ++i) {
+      // Evenly spaced, the first and the last point always kept.
+      const size_t idx = keep == 1 ? n - 1 : i * (n - 1) / (keep - 1);
+      auto* p = series->add_points();
+      p->set_step(pts[idx]->step);
+      p->set_value(pts[idx]->value);
+      p->set_time_unix_ms(pts[idx]->time_ms);
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListCheckpoints(grpc::ServerContext*, const v1::ListCheckpointsRequest* req,
+                                                v1::ListCheckpointsResponse* resp) {
+  if (!store_.GetJob(req->job_id())) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  }
+  struct stat st {};
+  for (const auto& c : store_.Checkpoints(req->job_id())) {
+    if (stat(c.path.c_str(), &st) != 0) continue;  // removed by retention
+    auto* out = resp->add_checkpoints();
+    out->set_step(c.step);
+    out->set_path(c.path);
+    out->set_reason(c.reason);
+    if (c.val_loss) out->set_val_loss(*c.val_loss);
+    out->set_time_unix_ms(c.time_ms);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ValidateConfig(grpc::ServerContext* ctx, const v1::ValidateConfigRequest* req,
+                                               v1::ValidateConfigResponse* resp) {
+  if (static_cast<int64_t>(req->config_json().size()) > limits_.max_config_bytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "config_json exceeds the size limit");
+  }
+  SubmitRequest r;
+  r.config_json = req->config_json();
+  r.num_ranks = req->num_ranks() == 0 ? 1 : req->num_ranks();
+  r.base_dir = default_base_dir_;
+  (void)ctx;
+  const SubmitOutcome o = manager_.Validate(r);
+  resp->set_valid(o.errors.empty());
+  FillProblems(o.errors, resp->mutable_errors());
+  FillProblems(o.warnings, resp->mutable_warnings());
+  resp->set_resolved_config_json(o.resolved_json);
+  return grpc::Status::OK;
+}
+
+}  // namespace dsv3::server

@@ -1,0 +1,158 @@
+#include "http_server.h"
+
+#include <atomic>
+#include <optional>
+#include <chrono>
+#include <thread>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace dsv3::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+constexpr auto kRequestTimeout = std::chrono::seconds(10);
+constexpr unsigned kHeaderLimit = 8 * 1024;
+constexpr unsigned kBodyLimit = 0;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, const HttpHandler& handler) : stream_(std::move(socket)), handler_(handler) {}
+
+  void Start() { Read(); }
+
+ private:
+  void Read() {
+    parser_.emplace();
+    parser_->header_limit(kHeaderLimit);
+    parser_->body_limit(kBodyLimit);
+    // The whole request must arrive within the timeout (slowloris).
+    stream_.expires_after(kRequestTimeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec) {
+      if (ec == http::error::header_limit || ec == http::error::body_limit) {
+        Reply(http::status::request_header_fields_too_large, "request too large\n", false);
+        return;
+      }
+      Close();
+      return;
+    }
+    auto& req = parser_->get();
+    const bool keep_alive = req.keep_alive();
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      Reply(http::status::method_not_allowed, "only GET\n", false);
+      return;
+    }
+    HttpResponse r;
+    try {
+      r = handler_(std::string(req.target()));
+    } catch (const std::exception& e) {
+      r = {500, "text/plain; charset=utf-8", std::string("error: ") + e.what() + "\n"};
+    }
+    Reply(static_cast<http::status>(r.status), std::move(r.body), keep_alive, r.content_type,
+          req.method() == http::verb::head);
+  }
+
+  void Reply(http::status status, std::string body, bool keep_alive,
+             const std::string& content_type = "text/plain; charset=utf-8", bool head = false) {
+    auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+    res->set(http::field::server, "dsv3d");
+    res->set(http::field::content_type, content_type);
+    res->keep_alive(keep_alive);
+    const size_t size = body.size();
+    if (!head) res->body() = std::move(body);
+    res->content_length(size);
+    stream_.expires_after(kRequestTimeout);
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) {
+        self->Close();
+        return;
+      }
+      self->Read();
+    });
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::empty_body>> parser_;
+  const HttpHandler& handler_;
+};
+
+class BeastServer final : public HttpServer {
+ public:
+  explicit BeastServer(HttpHandler handler) : handler_(std::move(handler)), acceptor_(io_) {}
+  ~BeastServer() override { Stop(); }
+
+  absl::Status Bind(const std::string& host, int port) {
+    beast::error_code ec;
+    const auto addr = asio::ip::make_address(host, ec);
+    if (ec) return absl::InvalidArgumentError("--http-listen: '" + host + "' is not an IP address");
+    const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(ep, ec);
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return absl::UnavailableError("cannot listen on " + host + ":" + std::to_string(port) + " for HTTP: " +
+                                    ec.message());
+    }
+    port_ = acceptor_.local_endpoint().port();
+    Accept();
+    thread_ = std::thread([this] { io_.run(); });
+    return absl::OkStatus();
+  }
+
+  int port() const override { return port_; }
+
+  void Stop() override {
+    if (stopped_.exchange(true)) return;
+    asio::post(io_, [this] {
+      beast::error_code ignored;
+      acceptor_.close(ignored);
+    });
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Accept() {
+    acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) std::make_shared<Session>(std::move(socket), handler_)->Start();
+      Accept();
+    });
+  }
+
+  HttpHandler handler_;
+  asio::io_context io_{1};
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::atomic<bool> stopped_{false};
+  int port_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, HttpHandler handler) {
+  auto server = std::make_unique<BeastServer>(std::move(handler));
+  if (absl::Status s = server->Bind(host, port); !s.ok()) return s;
+  return std::unique_ptr<HttpServer>(std::move(server));
+}
+
+}  // namespace dsv3::server

@@ -1,0 +1,42 @@
+// Server-side preparation of a submitted config: the server never trusts the client, so it
+// parses and validates the JSON again, then fixes where the job's files go.
+//
+// Paths: ranks run in the job's own folder (<state-dir>/jobs/<id>), so relative output paths
+// (output_dir, checkpointing.dir, the TensorBoard log_dir) land there and two jobs of one
+// config never share outputs. Relative input paths (data sources, tokenizer model,
+// validation sources, data.cache_dir, deepspeed.config_file, checkpointing.resume_from) are
+// made absolute against the submitter's base folder, so they mean what they meant where
+// the user typed them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dsv3/common/config_io.h"
+
+namespace dsv3::server {
+
+struct PreparedConfig {
+  std::vector<config::Diagnostic> errors, warnings;
+  nlohmann::json resolved;  // what the ranks read (input paths absolute)
+  std::string experiment_name;
+  int64_t total_steps = 0;
+  int64_t max_restarts = 0;
+  int64_t intra_op_threads = 0;
+  // As the config names them (relative ones are relative to the job folder).
+  std::string output_dir, checkpoint_dir, tensorboard_dir;
+  bool ok() const { return errors.empty(); }
+};
+
+// Validates `config_json` for a job of `num_ranks` ranks. `resume_from` (non-empty)
+// overrides checkpointing.resume_from. Relative input paths resolve against `base_dir`.
+PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, const std::string& resume_from,
+                                const std::string& base_dir);
+
+// `path` made absolute against `dir` and normalized.
+std::string AbsoluteUnder(const std::string& dir, const std::string& path);
+
+}  // namespace dsv3::server
