@@ -7,6 +7,7 @@
 #include "config_commands.h"
 #include "data_commands.h"
 #include "export_command.h"
+#include "job_commands.h"
 #include "output.h"
 
 namespace dsv3::cli {
@@ -19,6 +20,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   AddConfigCommands(app, ctx);
   AddDataCommands(app, ctx);
   AddExportCommand(app, ctx);
+  AddJobCommands(app, ctx);
 
   // CLI11 parses argv-style input; keep the strings alive while it reads them.
   std::vector<std::string> storage;

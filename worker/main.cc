@@ -19,6 +19,9 @@
 #include "dsv3/common/threads.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/trainer.h"
+#ifdef DSV3_HAVE_GRPC
+#include "controller_reporter.h"
+#endif
 
 namespace {
 
@@ -38,6 +41,24 @@ int EnvInt(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
+
+#ifdef DSV3_HAVE_GRPC
+// The trainer owns its reporters; the controller reporter must outlive it (it reports how
+// the rank ended), so the trainer gets this forwarder and main keeps the real one.
+class Forward final : public dsv3::train::Reporter {
+ public:
+  explicit Forward(dsv3::train::Reporter* to) : to_(to) {}
+  void OnStart(const dsv3::train::RunInfo& i) override { to_->OnStart(i); }
+  void OnMetrics(const dsv3::train::StepMetrics& m) override { to_->OnMetrics(m); }
+  void OnEval(const dsv3::train::EvalResult& e) override { to_->OnEval(e); }
+  void OnCheckpoint(const dsv3::train::CheckpointEvent& c) override { to_->OnCheckpoint(c); }
+  void OnMessage(const std::string& m) override { to_->OnMessage(m); }
+  void OnEnd(int64_t step, const std::string& m) override { to_->OnEnd(step, m); }
+
+ private:
+  dsv3::train::Reporter* to_;
+};
+#endif
 
 int Usage(const std::string& problem) {
   std::cerr << "dsv3-worker: " << problem << "\n"
@@ -91,9 +112,31 @@ int main(int argc, char** argv) {
     for (const auto& e : cfg.errors) std::cerr << config_path << ": " << e.ToString() << "\n";
     return 1;
   }
+#ifdef DSV3_HAVE_GRPC
+  std::unique_ptr<dsv3::worker::ControllerReporter> controller;
+  try {
+    controller = dsv3::worker::MakeControllerReporterFromEnv(options.rank, options.world_size);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker: " << e.what() << std::endl;
+    return 1;
+  }
+  const auto finish = [&](bool finished, bool failed, int64_t step, const std::string& message) {
+    if (controller) controller->Finish(finished, failed, step, message);
+  };
+#else
+  if (const char* c = std::getenv(dsv3::env::kController); c != nullptr && *c != '\0') {
+    std::cerr << "dsv3-worker: " << dsv3::env::kController
+              << " is set but this dsv3-worker was built without gRPC and cannot report to a controller" << std::endl;
+    return 1;
+  }
+  const auto finish = [](bool, bool, int64_t, const std::string&) {};
+#endif
   try {
     std::vector<std::unique_ptr<dsv3::train::Reporter>> reporters;
     reporters.push_back(dsv3::train::MakeConsoleReporter());
+#ifdef DSV3_HAVE_GRPC
+    if (controller) reporters.push_back(std::make_unique<Forward>(controller.get()));
+#endif
     const std::string out_dir = options.output_dir.empty() ? cfg.config.output_dir : options.output_dir;
     reporters.push_back(dsv3::train::MakeJsonlReporter(out_dir + "/metrics.jsonl"));
     if (cfg.config.logging.tensorboard.enabled) {
@@ -108,13 +151,25 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
     sa.sa_handler = OnCheckpointSignal;
     sigaction(SIGUSR1, &sa, nullptr);  // checkpoint now
+#ifdef DSV3_HAVE_GRPC
+    if (controller) {
+      controller->SetCommandHandler([](dsv3::worker::ControllerCommand c) {
+        if (auto* t = g_trainer.load()) {
+          c == dsv3::worker::ControllerCommand::kStop ? t->RequestStop() : t->RequestCheckpoint();
+        }
+      });
+    }
+#endif
     const dsv3::train::TrainResult r = trainer.Run();
     g_trainer.store(nullptr);
+    finish(r.finished, false, r.step, r.finished ? "finished" : "stopped");
     std::cout << "dsv3-worker: " << (r.finished ? "finished" : "stopped") << " at step " << r.step
               << (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint) << std::endl;
     return 0;
   } catch (const std::exception& e) {
+    g_trainer.store(nullptr);
     std::cerr << "dsv3-worker: error: " << e.what() << std::endl;
+    finish(false, true, 0, e.what());
     return 1;
   }
 }

@@ -275,11 +275,13 @@ absl::Status JobManager::ReportCheckpoint(const RankRef& ref, const CheckpointRe
   std::lock_guard<std::mutex> lock(mu_);
   auto live = CheckRefLocked(ref);
   if (!live.ok()) return live.status();
-  if (absl::Status s = store_.AddCheckpoint(ref.job_id, ckpt); !s.ok()) return s;
+  CheckpointRecord c = ckpt;
+  c.path = AbsoluteUnder((*live)->job.job_dir, c.path);  // relative paths are the rank's, i.e. the job folder's
+  if (absl::Status s = store_.AddCheckpoint(ref.job_id, c); !s.ok()) return s;
   JobProgress& p = (*live)->progress;
-  p.last_checkpoint = ckpt.path;
-  p.last_checkpoint_step = ckpt.step;
-  p.last_checkpoint_ms = ckpt.time_ms;
+  p.last_checkpoint = c.path;
+  p.last_checkpoint_step = c.step;
+  p.last_checkpoint_ms = c.time_ms;
   return absl::OkStatus();
 }
 
@@ -288,6 +290,13 @@ absl::Status JobManager::ReportEvaluation(const RankRef& ref, const EvaluationRe
   auto live = CheckRefLocked(ref);
   if (!live.ok()) return live.status();
   if (absl::Status s = store_.AddEvaluation(ref.job_id, eval); !s.ok()) return s;
+  // Also as series, so `dsv3ctl metrics` and GetMetrics show the validation curve.
+  if (absl::Status s = store_.AddMetrics(ref.job_id, ref.attempt,
+                                         {{eval.step, "val_loss", eval.loss, eval.time_ms},
+                                          {eval.step, "val_perplexity", eval.perplexity, eval.time_ms}});
+      !s.ok()) {
+    return s;
+  }
   (*live)->progress.val_loss = eval.loss;
   return absl::OkStatus();
 }

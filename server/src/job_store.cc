@@ -369,7 +369,9 @@ std::vector<MetricRow> JobStore::Metrics(int64_t job_id, const std::vector<std::
   };
   if (names.empty()) {
     Stmt s(impl_->db,
-           "SELECT step, name, value, time_ms FROM metrics WHERE job_id=? AND step>? ORDER BY name, step, rowid");
+           "SELECT step, name, value, time_ms FROM metrics WHERE job_id=? AND step>? ORDER BY "
+           "(SELECT MIN(m2.rowid) FROM metrics m2 WHERE m2.job_id=metrics.job_id AND m2.name=metrics.name), "
+           "step, rowid");
     s.Bind(1, job_id).Bind(2, since_step);
     read(s);
   } else {

@@ -1,0 +1,292 @@
+// dsv3d end to end on loopback: real dsv3d and dsv3-worker processes, the real CLI verbs,
+// promtool on a live scrape, and a Python client generated from the protos.
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "app.h"
+#include "controller_fixture.h"
+
+namespace dsv3::test {
+namespace {
+
+using nlohmann::json;
+using std::chrono::seconds;
+
+std::string Shell(const std::string& command, int* rc) {
+  std::string out;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+int Cli(const std::vector<std::string>& args, std::string* out) {
+  std::ostringstream o, e;
+  const int rc = cli::RunCli(args, o, e);
+  *out = o.str() + e.str();
+  return rc;
+}
+
+std::string Scrape(const std::string& http) { return HttpGet(http, "/metrics"); }
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Corpus(); }
+  TempDir dir_;
+};
+
+// submit --follow through the CLI -> COMPLETED with metrics, evaluations and checkpoints in
+// the store; status, metrics, checkpoints verbs; promtool accepts a live scrape.
+TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  const fs::path cfg = dir_.path() / "quick.json";
+  std::ofstream(cfg) << QuickConfig(20, 10).dump(2);
+
+  std::string out;
+  ASSERT_EQ(Cli({"submit", cfg.string(), "--follow", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_NE(out.find("COMPLETED"), std::string::npos) << out;
+  EXPECT_NE(out.find("step 20/20"), std::string::npos) << out;  // the rank's log, streamed
+
+  auto stub = d.Stub();
+  const v1::Job job = GetJob(*stub, 1);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
+  EXPECT_EQ(HistoryStates(job), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_STARTING,
+                                                            v1::JOB_STATE_RUNNING, v1::JOB_STATE_COMPLETED}));
+  EXPECT_EQ(job.step(), 20);
+  EXPECT_EQ(job.total_steps(), 20);
+  EXPECT_EQ(job.restarts(), 0);
+  ASSERT_EQ(job.evaluations_size(), 2);
+  EXPECT_EQ(job.evaluations(1).step(), 20);
+  EXPECT_GT(job.evaluations(1).loss(), 0.0);
+  EXPECT_TRUE(fs::exists(job.tensorboard_dir()));
+  EXPECT_EQ(job.ranks_size(), 1);
+  EXPECT_EQ(job.ranks(0).exit_code(), 0);
+
+  {
+    grpc::ClientContext ctx;
+    v1::GetMetricsRequest req;
+    req.set_job_id(1);
+    req.add_names("loss");
+    v1::GetMetricsResponse resp;
+    ASSERT_TRUE(stub->GetMetrics(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.series_size(), 1);
+    ASSERT_EQ(resp.series(0).points_size(), 4);  // log_interval 5 over 20 steps
+    EXPECT_EQ(resp.series(0).points(3).step(), 20);
+    EXPECT_LT(resp.series(0).points(3).value(), resp.series(0).points(0).value());  // it learned
+    EXPECT_DOUBLE_EQ(resp.series(0).points(3).value(), job.loss());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ListCheckpointsRequest req;
+    req.set_job_id(1);
+    v1::ListCheckpointsResponse resp;
+    ASSERT_TRUE(stub->ListCheckpoints(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.checkpoints_size(), 2);
+    EXPECT_EQ(resp.checkpoints(0).step(), 10);
+    EXPECT_EQ(resp.checkpoints(1).step(), 20);
+    ASSERT_TRUE(resp.checkpoints(1).has_val_loss());
+    EXPECT_DOUBLE_EQ(resp.checkpoints(1).val_loss(), job.evaluations(1).loss());
+    EXPECT_EQ(resp.checkpoints(1).path(), job.last_checkpoint());
+    EXPECT_TRUE(fs::exists(fs::path(resp.checkpoints(1).path()) / "manifest.json"));
+  }
+
+  ASSERT_EQ(Cli({"status", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_NE(out.find("COMPLETED"), std::string::npos) << out;
+  EXPECT_NE(out.find("20/20"), std::string::npos) << out;
+  ASSERT_EQ(Cli({"metrics", "1", "--name", "loss", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_NE(out.find("loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("█"), std::string::npos) << out;  // the sparkline's top
+  ASSERT_EQ(Cli({"checkpoints", "1", "--controller", d.address(), "--output", "json"}, &out), 0) << out;
+  EXPECT_EQ(json::parse(out)["checkpoints"].size(), 2u) << out;
+  ASSERT_EQ(Cli({"logs", "1", "--tail", "1", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_NE(out.find("dsv3-worker: finished at step 20"), std::string::npos) << out;
+
+  // Prometheus: the real parser accepts the page, and the job's series are on it.
+  const std::string scrape = Scrape(d.http());
+  std::ofstream(dir_.path() / "scrape.txt") << scrape;
+  int rc = 0;
+  const std::string check = Shell("promtool check metrics < " + (dir_.path() / "scrape.txt").string(), &rc);
+  EXPECT_EQ(rc, 0) << check;
+  EXPECT_NE(scrape.find("dsv3_job_step{job_id=\"1\",job_name=\"quick\"} 20"), std::string::npos) << scrape;
+  EXPECT_NE(scrape.find("dsv3_jobs{state=\"COMPLETED\"} 1"), std::string::npos) << scrape;
+  EXPECT_NE(scrape.find("dsv3_rpc_duration_seconds_bucket{method=\"dsv3.v1.Controller/SubmitJob\",le=\"+Inf\"} 1"),
+            std::string::npos)
+      << scrape;
+}
+
+// Cancel mid-run: SIGTERM -> the trainer checkpoints -> CANCELED with that checkpoint.
+TEST_F(ControllerTest, CancelMidRunEndsCanceledWithACheckpoint) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  auto stub = d.Stub();
+  const int64_t id = Submit(*stub, QuickConfig(100000, 100000));
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).step() >= 5; }, seconds(120)));
+  std::string out;
+  ASSERT_EQ(Cli({"cancel", std::to_string(id), "--wait", "--controller", d.address()}, &out), 0) << out;
+  const v1::Job job = GetJob(*stub, id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELED) << job.state_reason();
+  EXPECT_GE(job.last_checkpoint_step(), 5);
+  EXPECT_NE(job.state_reason().find("checkpoint at step"), std::string::npos) << job.state_reason();
+  EXPECT_TRUE(fs::exists(fs::path(job.last_checkpoint()) / "manifest.json")) << job.last_checkpoint();
+  EXPECT_EQ(job.ranks(0).exit_code(), 0);  // it stopped cleanly within the grace period
+  grpc::ClientContext ctx;
+  v1::ListCheckpointsRequest req;
+  req.set_job_id(id);
+  v1::ListCheckpointsResponse resp;
+  ASSERT_TRUE(stub->ListCheckpoints(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.checkpoints_size(), 1);
+  EXPECT_EQ(resp.checkpoints(0).reason(), "signal");
+  // Canceling again is refused with the state it ended in.
+  EXPECT_EQ(Cli({"cancel", std::to_string(id), "--controller", d.address()}, &out), 1);
+  EXPECT_NE(out.find("CANCELED"), std::string::npos) << out;
+}
+
+// kill -9 of a rank: the attempt fails, the job restarts from the newest intact checkpoint
+// and completes.
+TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  auto stub = d.Stub();
+  const int64_t id = Submit(*stub, QuickConfig(60, 20));
+  v1::Job job;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        job = GetJob(*stub, id);
+        return job.last_checkpoint_step() >= 20 && job.ranks_size() == 1 && job.ranks(0).pid() > 0;
+      },
+      seconds(120)));
+  ASSERT_EQ(kill(static_cast<pid_t>(job.ranks(0).pid()), SIGKILL), 0);
+  job = WaitEnded(*stub, id, seconds(180));
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
+  EXPECT_EQ(job.restarts(), 1);
+  EXPECT_EQ(job.attempt(), 2);
+  EXPECT_EQ(job.step(), 60);
+  bool saw_kill = false, saw_resume = false;
+  for (const auto& h : job.history()) {
+    if (h.state() == v1::JOB_STATE_RESTARTING) saw_kill = h.reason().find("killed by signal 9") != std::string::npos;
+    if (h.state() == v1::JOB_STATE_STARTING && h.attempt() == 2) {
+      saw_resume = h.reason().find("resuming from") != std::string::npos &&
+                   h.reason().find("checkpoint_") != std::string::npos;
+    }
+  }
+  EXPECT_TRUE(saw_kill) << job.DebugString();
+  EXPECT_TRUE(saw_resume) << job.DebugString();
+}
+
+// kill -9 of the controller mid-job, then a new dsv3d on the same state dir: the running
+// rank is adopted, re-registers and the job completes without a restart.
+TEST_F(ControllerTest, ControllerRestartRecoversTheRunningJob) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  auto stub = d.Stub();
+  const int64_t id = Submit(*stub, QuickConfig(80, 40));
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).step() >= 10; }, seconds(120)));
+  const int port = d.port();
+  d.Kill(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  d.Start(port);
+  stub = d.Stub();
+  const v1::Job job = WaitEnded(*stub, id, seconds(180));
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason() << "\n" << job.DebugString();
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_EQ(job.step(), 80);
+  bool adopted = false;
+  for (const auto& h : job.history()) adopted = adopted || h.reason().find("adopted") != std::string::npos;
+  EXPECT_TRUE(adopted) << job.DebugString();
+}
+
+// One slot: jobs wait in the queue and run one after another, higher priority first.
+TEST_F(ControllerTest, QueueRunsJobsOneAfterAnotherByPriority) {
+  Dsv3d d(dir_.path() / "state", 1);
+  d.Start();
+  auto stub = d.Stub();
+  const int64_t a = Submit(*stub, QuickConfig(10, 10));
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, a).state() != v1::JOB_STATE_QUEUED; }, seconds(30)));
+  const int64_t low = Submit(*stub, QuickConfig(10, 10), 0);
+  const int64_t high = Submit(*stub, QuickConfig(10, 10), 5);
+  EXPECT_EQ(GetJob(*stub, low).state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(GetJob(*stub, high).state(), v1::JOB_STATE_QUEUED);
+  const v1::Job ja = WaitEnded(*stub, a, seconds(120));
+  const v1::Job jl = WaitEnded(*stub, low, seconds(240));
+  const v1::Job jh = WaitEnded(*stub, high, seconds(240));
+  for (const auto& j : {ja, jl, jh}) EXPECT_EQ(j.state(), v1::JOB_STATE_COMPLETED) << j.state_reason();
+  EXPECT_GE(jh.started_unix_ms(), ja.finished_unix_ms());
+  EXPECT_GE(jl.started_unix_ms(), jh.finished_unix_ms());  // priority 5 went first
+}
+
+// An invalid config is refused with every field error and nothing is queued.
+TEST_F(ControllerTest, InvalidConfigIsRefusedWithEveryError) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  auto stub = d.Stub();
+  json c = QuickConfig(10, 10);
+  c["model"]["moe"]["num_experts_per_token"] = 9;
+  c["training"]["learning_rate"] = -1;
+  c["model"]["num_layer"] = 3;
+  grpc::ClientContext ctx;
+  v1::SubmitJobRequest req;
+  req.set_config_json(c.dump());
+  req.set_num_ranks(4);  // more than the 2 slots
+  v1::SubmitJobResponse resp;
+  const grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+  ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ValidateConfigResponse details;
+  ASSERT_TRUE(details.ParseFromString(s.error_details()));
+  std::vector<std::string> paths;
+  for (const auto& e : details.errors()) paths.push_back(e.path());
+  for (const char* want :
+       {"num_ranks", "/model/moe/num_experts_per_token", "/training/learning_rate", "/model/num_layer"}) {
+    EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want << "\n" << s.error_message();
+    EXPECT_NE(s.error_message().find(want), std::string::npos) << s.error_message();
+  }
+  grpc::ClientContext lctx;
+  v1::ListJobsResponse jobs;
+  ASSERT_TRUE(stub->ListJobs(&lctx, v1::ListJobsRequest(), &jobs).ok());
+  EXPECT_EQ(jobs.jobs_size(), 0);
+
+  // The CLI refuses it locally, before anything reaches the controller.
+  const fs::path cfg = dir_.path() / "bad.json";
+  std::ofstream(cfg) << c.dump();
+  std::string out;
+  EXPECT_EQ(Cli({"submit", cfg.string(), "--controller", d.address()}, &out), 1);
+  EXPECT_NE(out.find("/model/moe/num_experts_per_token"), std::string::npos) << out;
+  EXPECT_NE(out.find("nothing was submitted"), std::string::npos) << out;
+}
+
+TEST_F(ControllerTest, CliSaysHowToStartAnUnreachableController) {
+  std::string out;
+  EXPECT_EQ(Cli({"status", "--controller", "127.0.0.1:1"}, &out), 3) << out;
+  EXPECT_NE(out.find("cannot reach the controller at 127.0.0.1:1"), std::string::npos) << out;
+  EXPECT_NE(out.find("dsv3d --state-dir"), std::string::npos) << out;
+}
+
+// Remote submission from another language: a client generated from the .proto files by
+// protoc's grpc_python_plugin, run by Debian's python3 with python3-grpcio.
+TEST_F(ControllerTest, PythonClientSubmitsAndListsJobs) {
+  Dsv3d d(dir_.path() / "state", 1);
+  d.Start();
+  const fs::path cfg = dir_.path() / "quick.json";
+  std::ofstream(cfg) << QuickConfig(5, 5).dump(2);
+  int rc = 0;
+  const std::string out = Shell(std::string("/usr/bin/python3 ") + DSV3_SOURCE_DIR + "/tests/server/python_client.py --gen " +
+                                  DSV3_PYTHON_GEN_DIR + " --controller " + d.address() + " --config " + cfg.string(),
+                              &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const json report = json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(report["submitted"], 1);
+  EXPECT_EQ(report["listed"], std::vector<int>{1});
+  EXPECT_EQ(report["final_state"], "JOB_STATE_COMPLETED");
+  EXPECT_EQ(report["invalid_errors"], std::vector<std::string>{"/training/learning_rate"});
+  EXPECT_TRUE(report["reflection_lists_controller"].get<bool>());
+}
+
+}  // namespace
+}  // namespace dsv3::test

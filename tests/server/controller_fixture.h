@@ -1,0 +1,224 @@
+// Test helpers for the controller: a dsv3d subprocess on loopback with a temp state dir, a
+// small synthetic corpus, quick job configs, and waits on job state.
+#pragma once
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "dsv3/data/synth.h"
+#include "dsv3/v1/controller.grpc.pb.h"
+#include "test_util.h"
+
+namespace dsv3::test {
+
+namespace fs = std::filesystem;
+
+inline std::string ReadFile(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// GET http://<host:port><path> over a plain socket; returns the body ("" on failure).
+inline std::string HttpGet(const std::string& host_port, const std::string& path) {
+  const auto colon = host_port.rfind(':');
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host_port.substr(0, colon).c_str(), host_port.substr(colon + 1).c_str(), &hints, &res) != 0) return "";
+  const int fd = socket(res->ai_family, res->ai_socktype, 0);
+  const bool connected = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+  freeaddrinfo(res);
+  std::string response;
+  if (connected) {
+    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + host_port + "\r\nConnection: close\r\n\r\n";
+    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, static_cast<size_t>(n));
+    }
+  }
+  if (fd >= 0) close(fd);
+  const auto body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// Polls `pred` every 100 ms until it holds or `timeout` passes.
+inline bool WaitFor(const std::function<bool()>& pred, std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return pred();
+}
+
+// dsv3d as a child process. The state dir outlives restarts of the daemon.
+class Dsv3d {
+ public:
+  Dsv3d(fs::path state_dir, int slots) : state_dir_(std::move(state_dir)), slots_(slots) {}
+  ~Dsv3d() { Kill(SIGKILL); }
+
+  // Starts dsv3d (on `port`, 0 = any) and waits until it is ready.
+  void Start(int port = 0) {
+    fs::remove(state_dir_ / "dsv3d.json");
+    fs::create_directories(state_dir_);
+    const std::string log = (state_dir_ / ("dsv3d." + std::to_string(starts_++) + ".log")).string();
+    std::vector<std::string> args = {DSV3D_PATH,
+                                     "--listen", "127.0.0.1:" + std::to_string(port),
+                                     "--http-listen", "127.0.0.1:0",
+                                     "--state-dir", state_dir_.string(),
+                                     "--slots", std::to_string(slots_),
+                                     "--worker", DSV3_WORKER_PATH,
+                                     "--heartbeat-interval", "0.5",
+                                     "--heartbeat-timeout", "20",
+                                     "--grace-period", "30"};
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    ASSERT_GT(pid_, 0);
+    const fs::path info = state_dir_ / "dsv3d.json";
+    ASSERT_TRUE(WaitFor([&] { return fs::exists(info) && !ReadFile(info).empty(); }, std::chrono::seconds(30)))
+        << "dsv3d did not start: " << ReadFile(log);
+    const auto j = nlohmann::json::parse(ReadFile(info));
+    address_ = j["grpc"].get<std::string>();
+    http_ = j["http"].get<std::string>();
+    port_ = std::stoi(address_.substr(address_.rfind(':') + 1));
+  }
+
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  std::unique_ptr<v1::Controller::Stub> Stub() const {
+    return v1::Controller::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+  }
+  const std::string& address() const { return address_; }
+  const std::string& http() const { return http_; }
+  int port() const { return port_; }
+  const fs::path& state_dir() const { return state_dir_; }
+
+ private:
+  fs::path state_dir_;
+  int slots_;
+  pid_t pid_ = -1;
+  int starts_ = 0;
+  std::string address_, http_;
+  int port_ = 0;
+};
+
+// A small corpus for every test of the binary, made once.
+inline const fs::path& Corpus() {
+  static TempDir* dir = [] {
+    auto* d = new TempDir();
+    data::SynthesizeDolma((d->path() / "corpus").string(), 150, 7);
+    return d;
+  }();
+  static const fs::path path = dir->path();
+  return path;
+}
+
+// The nano config shrunk for tests: 8x64-token steps (a few per second on one core).
+inline nlohmann::json QuickConfig(int64_t steps, int64_t save_every) {
+  nlohmann::json c = nlohmann::json::parse(ReadFile(fs::path(DSV3_SOURCE_DIR) / "configs/train_config_nano.json"),
+                                           nullptr, true, /*ignore_comments=*/true);
+  c["experiment_name"] = "quick";
+  c["output_dir"] = "./outputs/quick";
+  c["logging"]["tensorboard"]["log_dir"] = "./outputs/quick/tensorboard";
+  auto& t = c["training"];
+  t["global_batch_size"] = 8;
+  t["micro_batch_size"] = 8;
+  t["seq_length"] = 64;
+  t["train_steps"] = steps;
+  t["save_interval"] = save_every;
+  t["eval_interval"] = save_every;
+  t["log_interval"] = 5;
+  t["lr_warmup_steps"] = 4;
+  c["validation"]["eval_batches"] = 1;
+  c["validation"]["sample_tokens"] = 8;
+  c["data"]["cache_dir"] = (Corpus() / "cache").string();
+  for (auto& s : c["data"]["sources"]) {
+    const std::string subset = s["subset"];
+    s["paths"] = {(Corpus() / "corpus" / subset / "*.json.gz").string()};
+  }
+  return c;
+}
+
+inline v1::Job GetJob(v1::Controller::Stub& stub, int64_t id) {
+  grpc::ClientContext ctx;
+  v1::GetJobRequest req;
+  req.set_job_id(id);
+  v1::Job job;
+  const grpc::Status s = stub.GetJob(&ctx, req, &job);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return job;
+}
+
+inline int64_t Submit(v1::Controller::Stub& stub, const nlohmann::json& config, int priority = 0) {
+  grpc::ClientContext ctx;
+  v1::SubmitJobRequest req;
+  req.set_config_json(config.dump());
+  req.set_num_ranks(1);
+  req.set_priority(priority);
+  v1::SubmitJobResponse resp;
+  const grpc::Status s = stub.SubmitJob(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return resp.job().id();
+}
+
+inline bool Terminal(v1::JobState s) {
+  return s == v1::JOB_STATE_COMPLETED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELED;
+}
+
+// Waits for a terminal state and returns the job; fails the test with the job's story if
+// it takes longer than `timeout`.
+inline v1::Job WaitEnded(v1::Controller::Stub& stub, int64_t id, std::chrono::seconds timeout) {
+  v1::Job job;
+  const bool ended = WaitFor(
+      [&] {
+        job = GetJob(stub, id);
+        return Terminal(job.state());
+      },
+      timeout);
+  EXPECT_TRUE(ended) << "job " << id << " still " << v1::JobState_Name(job.state()) << ": " << job.DebugString();
+  return job;
+}
+
+inline std::vector<v1::JobState> HistoryStates(const v1::Job& job) {
+  std::vector<v1::JobState> out;
+  for (const auto& h : job.history()) out.push_back(h.state());
+  return out;
+}
+
+}  // namespace dsv3::test
