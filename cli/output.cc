@@ -1,5 +1,7 @@
 #include "output.h"
 
+#include <cctype>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -59,12 +61,37 @@ std::string Grouped(int64_t n) {
   return n < 0 ? "-" + out : out;
 }
 
+namespace {
+
+// Terminal columns of UTF-8 text (sparklines are 3 bytes a column).
+size_t DisplayWidth(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80 ? 1 : 0;
+  return n;
+}
+
+// Numbers, counts, ratios and durations start with a digit, a sign or are "-".
+bool LooksNumeric(const std::string& s) {
+  return s.empty() || std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '-' || s[0] == '+';
+}
+
+}  // namespace
+
 std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width;
+  std::vector<bool> right;  // a column is right-aligned when every body cell is numeric
+  bool header = true;
   for (const auto& row : rows) {
     if (row.size() < 2) continue;
-    if (width.size() < row.size()) width.resize(row.size(), 0);
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    if (width.size() < row.size()) {
+      width.resize(row.size(), 0);
+      right.resize(row.size(), true);
+    }
+    for (size_t i = 0; i < row.size(); ++i) {
+      width[i] = std::max(width[i], DisplayWidth(row[i]));
+      if (!header && !LooksNumeric(row[i])) right[i] = false;
+    }
+    header = false;
   }
   std::string out;
   for (const auto& row : rows) {
@@ -73,8 +100,12 @@ std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
       continue;
     }
     for (size_t i = 0; i < row.size(); ++i) {
-      const std::string pad(width[i] - row[i].size(), ' ');
-      out += i == 0 ? row[i] + pad : "  " + pad + row[i];
+      const std::string pad(width[i] - DisplayWidth(row[i]), ' ');
+      if (i == 0) {
+        out += row[i] + pad;
+      } else {
+        out += right[i] ? "  " + pad + row[i] : "  " + row[i] + pad;
+      }
     }
     while (!out.empty() && out.back() == ' ') out.pop_back();
     out += "\n";

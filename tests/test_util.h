@@ -1,7 +1,12 @@
 // Small helpers shared by the test suites.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,6 +34,23 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+inline std::string ReadFile(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Polls `pred` every 100 ms until it holds or `timeout` passes; returns whether it held.
+inline bool WaitFor(const std::function<bool()>& pred, std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return pred();
+}
 
 inline std::vector<std::string> ErrorPaths(const config::LoadResult& r) {
   std::vector<std::string> out;

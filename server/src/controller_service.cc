@@ -182,7 +182,7 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
   if (j.state == JobState::kFailed) {
     // The end of each rank's log: usually the error that failed the job.
     for (int r = 0; r < j.num_ranks; ++r) {
-      LogTail t{r, manager_.LogPath(j, r), OffsetOfLastLines(manager_.LogPath(j, r), 10), ""};
+      LogTail t{r, manager_.LogPath(j, r), OffsetOfLastLines(manager_.LogPath(j, r), 20), ""};
       v1::LogChunk chunk;
       ReadNewLines(t, &chunk, true);
       for (const auto& l : chunk.lines()) {

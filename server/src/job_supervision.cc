@@ -83,7 +83,11 @@ bool ConfigSetsThreads(const std::string& config_json) {
   return j.is_object() && j.contains(ptr) && j[ptr].is_number() && j[ptr].get<int64_t>() > 0;
 }
 
-std::string Seconds(std::chrono::milliseconds d) { return std::to_string(d.count() / 1000) + " s"; }
+std::string Seconds(std::chrono::milliseconds d) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g s", d.count() / 1000.0);
+  return buf;
+}
 
 }  // namespace
 

@@ -124,7 +124,7 @@ TEST_F(ConfigCommandsTest, EstimateListsLayersOnRequest) {
   const CliRun r = Cli({"config", "estimate", Config("train_config_nano.json"), "--layers"});
   ASSERT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("  0    dense     67.65K  147.46K  215.36K    215.36K\n"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("  3      moe     67.65K  443.39K  511.30K    216.38K\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  3    moe       67.65K  443.39K  511.30K    216.38K\n"), std::string::npos) << r.out;
 }
 
 TEST_F(ConfigCommandsTest, ImportHfJsonOutputAndErrors) {

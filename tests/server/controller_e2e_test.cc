@@ -203,6 +203,30 @@ TEST_F(ControllerTest, ControllerRestartRecoversTheRunningJob) {
   EXPECT_TRUE(adopted) << job.DebugString();
 }
 
+// A job whose ranks keep failing is restarted max_restarts times, then FAILED with the
+// reason and the end of the rank's log (here: the data files it names do not exist).
+TEST_F(ControllerTest, FailingJobGivesUpWithItsLastLogLines) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  auto stub = d.Stub();
+  json c = QuickConfig(10, 10);
+  c["max_restarts"] = 1;
+  for (auto& s : c["data"]["sources"]) s["paths"] = {(dir_.path() / "missing" / "*.json.gz").string()};
+  const int64_t id = Submit(*stub, c);
+  const v1::Job job = WaitEnded(*stub, id, seconds(120));
+  EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.state_reason(), "rank 0 exited with status 1; gave up after 1 restart(s) (max_restarts)");
+  EXPECT_EQ(job.restarts(), 1);
+  ASSERT_GT(job.last_log_lines_size(), 0);
+  std::string tail;
+  for (const auto& l : job.last_log_lines()) tail += l + "\n";
+  EXPECT_NE(tail.find("has no files"), std::string::npos) << tail;
+  EXPECT_NE(tail.find("missing"), std::string::npos) << tail;
+  std::string out;
+  EXPECT_EQ(Cli({"status", std::to_string(id), "--controller", d.address()}, &out), 0);
+  EXPECT_NE(out.find("last log lines:"), std::string::npos) << out;
+}
+
 // One slot: jobs wait in the queue and run one after another, higher priority first.
 TEST_F(ControllerTest, QueueRunsJobsOneAfterAnotherByPriority) {
   Dsv3d d(dir_.path() / "state", 1);

@@ -31,13 +31,6 @@ namespace dsv3::test {
 
 namespace fs = std::filesystem;
 
-inline std::string ReadFile(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // GET http://<host:port><path> over a plain socket; returns the body ("" on failure).
 inline std::string HttpGet(const std::string& host_port, const std::string& path) {
   const auto colon = host_port.rfind(':');
@@ -60,16 +53,6 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   if (fd >= 0) close(fd);
   const auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
-// Polls `pred` every 100 ms until it holds or `timeout` passes.
-inline bool WaitFor(const std::function<bool()>& pred, std::chrono::seconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return pred();
 }
 
 // dsv3d as a child process. The state dir outlives restarts of the daemon.
