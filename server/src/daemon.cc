@@ -172,6 +172,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(p->controller.get());
   builder.RegisterService(p->worker.get());
   builder.SetMaxReceiveMessageSize(16 << 20);
+  // gRPC sets SO_REUSEPORT by default: a second dsv3d would then share the port silently.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<RpcStatsInterceptorFactory>(p->rpc_stats));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));

@@ -285,6 +285,46 @@ TEST_F(ControllerTest, InvalidConfigIsRefusedWithEveryError) {
   EXPECT_NE(out.find("nothing was submitted"), std::string::npos) << out;
 }
 
+// dsv3d starts whole or not at all, and says why.
+TEST_F(ControllerTest, DaemonRefusesToStartInABadStateAndSaysWhy) {
+  Dsv3d running(dir_.path() / "state", 1);
+  running.Start();
+  const std::string base = std::string(DSV3D_PATH) + " --worker " + DSV3_WORKER_PATH + " --http-listen 127.0.0.1:0";
+  const auto expect_refusal = [&](const std::string& args, const std::string& reason) {
+    int rc = 0;
+    const std::string out = Shell(base + " " + args, &rc);
+    EXPECT_EQ(rc, 1) << args << "\n" << out;
+    EXPECT_NE(out.find("dsv3d: cannot start: "), std::string::npos) << out;
+    EXPECT_NE(out.find(reason), std::string::npos) << args << "\n" << out;
+  };
+  const std::string other = (dir_.path() / "other").string();
+  expect_refusal("--state-dir " + (dir_.path() / "state").string() + " --listen 127.0.0.1:0",
+                 "is in use by another dsv3d");
+  expect_refusal("--state-dir " + other + " --listen " + running.address(), "cannot listen on " + running.address());
+  expect_refusal("--state-dir " + other + " --listen 127.0.0.1:0 --allocator slurm", "--allocator: 'slurm'");
+  expect_refusal("--state-dir " + other + " --listen nonsense", "--listen: 'nonsense' is not HOST:PORT");
+  fs::create_directories(dir_.path() / "foreign");
+  std::ofstream(dir_.path() / "foreign" / "dsv3.db") << "this is not a database, but a text file of some length......";
+  expect_refusal("--state-dir " + (dir_.path() / "foreign").string() + " --listen 127.0.0.1:0", "job store");
+  int rc = 0;
+  const std::string out = Shell(std::string(DSV3D_PATH) + " --state-dir " + other + " --worker /nonexistent", &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("--worker: /nonexistent is not an executable file"), std::string::npos) << out;
+
+  // The same keys from a TOML file; SIGTERM shuts down cleanly.
+  const fs::path toml = dir_.path() / "dsv3d.toml";
+  std::ofstream(toml) << "listen = \"127.0.0.1:0\"\nhttp-listen = \"127.0.0.1:0\"\nstate-dir = \"" << other
+                      << "\"\nslots = 3\nworker = \"" << DSV3_WORKER_PATH << "\"\n";
+  const std::string log = (dir_.path() / "toml.log").string();
+  const std::string script = std::string(DSV3D_PATH) + " --config " + toml.string() + " > " + log +
+                             " 2>&1 & pid=$!; for i in $(seq 100); do [ -s " + other + "/dsv3d.json ] && break; sleep 0.1; done;"
+                             " kill -TERM $pid; wait $pid";
+  Shell(script, &rc);
+  EXPECT_EQ(rc, 0) << ReadFile(log);
+  EXPECT_NE(ReadFile(log).find("allocator local with 3 slot(s)"), std::string::npos) << ReadFile(log);
+  EXPECT_NE(ReadFile(log).find("dsv3d: stopped"), std::string::npos) << ReadFile(log);
+}
+
 TEST_F(ControllerTest, CliSaysHowToStartAnUnreachableController) {
   std::string out;
   EXPECT_EQ(Cli({"status", "--controller", "127.0.0.1:1"}, &out), 3) << out;
