@@ -248,6 +248,9 @@ absl::StatusOr<RankCommand> JobManager::Heartbeat(const RankRef& ref, int64_t st
   MarkSeenLocked(l, ref.rank);
   RankLive& r = l.ranks[ref.rank];
   r.step = std::max(r.step, step);
+  // Between log intervals the heartbeat is the freshest word on progress.
+  l.progress.step = std::max(l.progress.step, step);
+  UpdateEtaLocked(l);
   if (l.phase == Phase::kStopping || l.phase == Phase::kFailing) return RankCommand::kStop;
   if (r.checkpoint_requested) {
     r.checkpoint_requested = false;
@@ -282,6 +285,7 @@ absl::Status JobManager::ReportCheckpoint(const RankRef& ref, const CheckpointRe
   p.last_checkpoint = c.path;
   p.last_checkpoint_step = c.step;
   p.last_checkpoint_ms = c.time_ms;
+  p.step = std::max(p.step, c.step);
   return absl::OkStatus();
 }
 
