@@ -417,9 +417,10 @@ TEST_F(JobManagerTest, RecoveryAdoptsRunningRanksWithoutARestart) {
   // Before recovery, reports are deferred, not refused for good.
   EXPECT_EQ(m->Heartbeat(Ref(id, 0), 41).status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(m->Recover().ok());
+  EXPECT_EQ(m->Progress(*store_->GetJob(id)).step, 40);  // progress rebuilt from the store
   m->Start();
   EXPECT_TRUE(m->Heartbeat(Ref(id, 0), 41).ok());
-  EXPECT_EQ(m->Progress(*store_->GetJob(id)).step, 40);  // progress rebuilt from the store
+  EXPECT_EQ(m->Progress(*store_->GetJob(id)).step, 41);  // heartbeats carry the step too
   EXPECT_EQ(store_->GetJob(id)->state, JobState::kRunning);
   EXPECT_EQ(store_->GetJob(id)->state_reason, "dsv3d restarted; adopted all 1 running rank(s)");
   FinishAll(*m, alloc, id, 1);
