@@ -82,6 +82,21 @@ int ReportRpcError(const grpc::Status& s, const Common& c, CliContext& ctx) {
   return ctx.exit_code = kExitFailed;
 }
 
+// One unary call with the verbs' deadline. On failure reports it (message and exit code)
+// and returns false.
+template <class Req, class Resp>
+bool Call(const Common& c, CliContext& ctx,
+          grpc::Status (v1::Controller::Stub::*method)(grpc::ClientContext*, const Req&, Resp*), const Req& req,
+          Resp* resp) {
+  auto stub = c.Stub();
+  grpc::ClientContext rpc;
+  SetDeadline(rpc);
+  const grpc::Status s = ((*stub).*method)(&rpc, req, resp);
+  if (s.ok()) return true;
+  ReportRpcError(s, c, ctx);
+  return false;
+}
+
 std::string ToJsonText(const google::protobuf::Message& m) {
   std::string text;
   google::protobuf::util::JsonPrintOptions o;
@@ -290,13 +305,7 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
     req.set_working_dir(std::filesystem::current_path(ec).string());
     req.set_config_path(st->file);
     v1::SubmitJobResponse resp;
-    grpc::ClientContext rpc;
-    SetDeadline(rpc);
-    const grpc::Status s = stub->SubmitJob(&rpc, req, &resp);
-    if (!s.ok()) {
-      ReportRpcError(s, st->common, ctx);
-      return;
-    }
+    if (!Call(st->common, ctx, &v1::Controller::Stub::SubmitJob, req, &resp)) return;
     const bool json_out = st->common.format == OutputFormat::kJson;
     if (st->dry_run) {
       if (json_out) {
@@ -398,13 +407,7 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
       // `status` shows what is active plus the last few that ended, like squeue + sacct.
       req.set_limit(is_list ? st->limit : 20);
       v1::ListJobsResponse resp;
-      grpc::ClientContext rpc;
-      SetDeadline(rpc);
-      const grpc::Status s = stub->ListJobs(&rpc, req, &resp);
-      if (!s.ok()) {
-        ReportRpcError(s, st->common, ctx);
-        return;
-      }
+      if (!Call(st->common, ctx, &v1::Controller::Stub::ListJobs, req, &resp)) return;
       if (json_out) {
         ctx.out << ToJsonText(resp) << "\n";
       } else if (resp.jobs_size() == 0) {
@@ -484,18 +487,12 @@ void AddCancel(CLI::App& app, CliContext& ctx) {
   verb->add_flag("--wait", st->wait, "Wait until the job has ended");
   st->common.Add(*verb);
   verb->callback([st, &ctx] {
-    auto stub = st->common.Stub();
     v1::CancelJobRequest req;
     req.set_job_id(st->job);
     req.set_reason(st->reason);
     v1::CancelJobResponse resp;
-    grpc::ClientContext rpc;
-    SetDeadline(rpc);
-    const grpc::Status s = stub->CancelJob(&rpc, req, &resp);
-    if (!s.ok()) {
-      ReportRpcError(s, st->common, ctx);
-      return;
-    }
+    if (!Call(st->common, ctx, &v1::Controller::Stub::CancelJob, req, &resp)) return;
+    auto stub = st->common.Stub();
     v1::Job job = resp.job();
     while (st->wait && !IsTerminal(job.state())) {
       usleep(250 * 1000);
@@ -517,17 +514,10 @@ void AddCancel(CLI::App& app, CliContext& ctx) {
   now->add_option("JOB", ck->job, "Job id")->required();
   ck->common.Add(*now);
   now->callback([ck, &ctx] {
-    auto stub = ck->common.Stub();
     v1::CheckpointJobRequest req;
     req.set_job_id(ck->job);
     v1::CheckpointJobResponse resp;
-    grpc::ClientContext rpc;
-    SetDeadline(rpc);
-    const grpc::Status s = stub->CheckpointJob(&rpc, req, &resp);
-    if (!s.ok()) {
-      ReportRpcError(s, ck->common, ctx);
-      return;
-    }
+    if (!Call(ck->common, ctx, &v1::Controller::Stub::CheckpointJob, req, &resp)) return;
     if (ck->common.format == OutputFormat::kJson) {
       ctx.out << json{{"job_id", ck->job}, {"requested", true}}.dump() << "\n";
     } else {
@@ -552,20 +542,13 @@ void AddMetrics(CLI::App& app, CliContext& ctx) {
   verb->add_option("--width", st->width, "Points per sparkline")->check(CLI::Range(2, 400))->capture_default_str();
   st->common.Add(*verb);
   verb->callback([st, &ctx] {
-    auto stub = st->common.Stub();
     v1::GetMetricsRequest req;
     req.set_job_id(st->job);
     for (const auto& n : st->names) req.add_names(n);
     const bool json_out = st->common.format == OutputFormat::kJson;
     if (!json_out) req.set_max_points(st->width);
     v1::GetMetricsResponse resp;
-    grpc::ClientContext rpc;
-    SetDeadline(rpc);
-    const grpc::Status s = stub->GetMetrics(&rpc, req, &resp);
-    if (!s.ok()) {
-      ReportRpcError(s, st->common, ctx);
-      return;
-    }
+    if (!Call(st->common, ctx, &v1::Controller::Stub::GetMetrics, req, &resp)) return;
     if (json_out) {
       ctx.out << ToJsonText(resp) << "\n";
       ctx.exit_code = kExitOk;
@@ -606,17 +589,10 @@ void AddCheckpoints(CLI::App& app, CliContext& ctx) {
   verb->add_option("JOB", st->job, "Job id")->required();
   st->common.Add(*verb);
   verb->callback([st, &ctx] {
-    auto stub = st->common.Stub();
     v1::ListCheckpointsRequest req;
     req.set_job_id(st->job);
     v1::ListCheckpointsResponse resp;
-    grpc::ClientContext rpc;
-    SetDeadline(rpc);
-    const grpc::Status s = stub->ListCheckpoints(&rpc, req, &resp);
-    if (!s.ok()) {
-      ReportRpcError(s, st->common, ctx);
-      return;
-    }
+    if (!Call(st->common, ctx, &v1::Controller::Stub::ListCheckpoints, req, &resp)) return;
     if (st->common.format == OutputFormat::kJson) {
       ctx.out << ToJsonText(resp) << "\n";
     } else if (resp.checkpoints_size() == 0) {

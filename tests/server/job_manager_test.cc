@@ -161,6 +161,15 @@ class JobManagerTest : public ::testing::Test {
       ASSERT_TRUE(s.ok()) << s.status();
     }
   }
+  // Starts `m` and gets one single-rank job launched and registered.
+  int64_t LaunchOne(JobManager& m, ScriptedAllocator& alloc, int max_restarts = 2) {
+    EXPECT_TRUE(m.Recover().ok());
+    m.Start();
+    const int64_t id = Submit(m, 1, 0, max_restarts);
+    EXPECT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
+    RegisterAll(m, id, 1);
+    return id;
+  }
   void FinishAll(JobManager& m, ScriptedAllocator& a, int64_t id, int ranks) {
     for (int r = 0; r < ranks; ++r) {
       ASSERT_TRUE(m.ReportEnd(Ref(id, r), RankOutcome::kFinished, 160, "done").ok());
@@ -243,11 +252,7 @@ TEST_F(JobManagerTest, FailedRankRestartsUntilMaxRestartsThenFails) {
 TEST_F(JobManagerTest, SilentRankFailsTheAttemptAfterTheHeartbeatTimeout) {
   ScriptedAllocator alloc(1, *store_);
   auto m = MakeManager(alloc);
-  ASSERT_TRUE(m->Recover().ok());
-  m->Start();
-  const int64_t id = Submit(*m, 1, 0, 0);
-  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
-  RegisterAll(*m, id, 1);
+  const int64_t id = LaunchOne(*m, alloc, /*max_restarts=*/0);
   // Heartbeats for a while keep it alive...
   for (int i = 0; i < 6; ++i) {
     ASSERT_TRUE(m->Heartbeat(Ref(id, 0), i).ok());
@@ -264,11 +269,7 @@ TEST_F(JobManagerTest, SilentRankFailsTheAttemptAfterTheHeartbeatTimeout) {
 TEST_F(JobManagerTest, CancelSignalsThenKillsAfterTheGracePeriod) {
   ScriptedAllocator alloc(1, *store_);
   auto m = MakeManager(alloc);
-  ASSERT_TRUE(m->Recover().ok());
-  m->Start();
-  const int64_t id = Submit(*m, 1);
-  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
-  RegisterAll(*m, id, 1);
+  const int64_t id = LaunchOne(*m, alloc);
   ASSERT_TRUE(m->Cancel(id, "no longer needed").ok());
   EXPECT_TRUE(alloc.Signaled(id, SIGTERM));
   EXPECT_TRUE(alloc.cancel_written_before_sigterm);
@@ -295,10 +296,7 @@ TEST_F(JobManagerTest, CancelSignalsThenKillsAfterTheGracePeriod) {
 TEST_F(JobManagerTest, WorkerReportsAreCheckedAndRecorded) {
   ScriptedAllocator alloc(1, *store_);
   auto m = MakeManager(alloc);
-  ASSERT_TRUE(m->Recover().ok());
-  m->Start();
-  const int64_t id = Submit(*m, 1);
-  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
+  const int64_t id = LaunchOne(*m, alloc);
   RankRef good = Ref(id, 0);
   RankRef bad = good;
   bad.credential = "forged";
