@@ -1,7 +1,7 @@
 // Controller throughput and latency, measured against a real dsv3d process on loopback:
 //   submit latency (sequential SubmitJob, p50/p99),
 //   status latency under N concurrent clients (GetJob and ListJobs, p50/p99),
-//   log streaming to M concurrent readers (lines/s),
+//   log streaming to M followers of a live log (lines/s delivered),
 //   metrics ingestion (ReportMetrics batches from several "ranks", points/s).
 // The job's "rank" is a shell script that writes log lines and waits, so the figures are the
 // controller's, not the trainer's. Prints figures only.
@@ -83,13 +83,14 @@ int main(int argc, char** argv) {
   }
   const fs::path dir = fs::temp_directory_path() / ("dsv3_controller_bench_" + std::to_string(getpid()));
   fs::create_directories(dir);
-  // The stand-in rank: leaves its credential for the ingestion benchmark, writes the log
-  // lines, then waits to be canceled.
+  // The stand-in rank: leaves its credential for the ingestion benchmark, waits for "go",
+  // writes the log lines as fast as it can and exits (the job then ends).
   const fs::path rank = dir / "rank.sh";
   std::ofstream(rank) << "#!/bin/sh\necho \"$DSV3_JOB_CREDENTIAL\" > credential\n"
+                      << "while [ ! -e go ]; do sleep 0.05; done\n"
                       << "seq 1 " << log_lines
                       << " | sed 's/.*/step & | loss 2.5000 (main 2.1, mtp 2.2) | lr 3.00e-04 | gnorm 1.000 | 5000 "
-                         "tok\\/s/'\necho done-writing > done\nexec sleep 3600\n";
+                         "tok\\/s/'\n";
   fs::permissions(rank, fs::perms::owner_all);
 
   const fs::path state = dir / "state";
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
   auto stub = dsv3::v1::Controller::NewStub(Channel(addr, 0));
   auto config = nlohmann::json::parse(ReadFile(fs::path(DSV3_SOURCE_DIR) / "configs/train_config_nano.json"), nullptr,
                                       true, true);
+  config["max_restarts"] = 0;  // the stand-in rank exits early: end the job, do not retry
   dsv3::v1::SubmitJobRequest submit;
   submit.set_config_json(config.dump());
   submit.set_num_ranks(1);
@@ -176,30 +178,8 @@ int main(int argc, char** argv) {
   }
   const Percentiles get = Summarize(all_get), list = Summarize(all_list);
 
-  // Log streaming: wait until the rank wrote everything, then every follower reads it all.
   const fs::path job_dir = state / "jobs" / "1";
-  for (int i = 0; i < 600 && !fs::exists(job_dir / "done"); ++i) usleep(100000);
-  std::atomic<int64_t> lines_read{0};
-  const auto log_start = Clock::now();
-  {
-    std::vector<std::thread> threads;
-    for (int f = 0; f < followers; ++f) {
-      threads.emplace_back([&, f] {
-        auto s = dsv3::v1::Controller::NewStub(Channel(addr, 1000 + f));
-        grpc::ClientContext ctx;
-        dsv3::v1::StreamLogsRequest req;
-        req.set_job_id(1);
-        auto reader = s->StreamLogs(&ctx, req);
-        dsv3::v1::LogChunk chunk;
-        int64_t n = 0;
-        while (reader->Read(&chunk)) n += chunk.lines_size();
-        reader->Finish();
-        lines_read += n;
-      });
-    }
-    for (auto& t : threads) t.join();
-  }
-  const double log_s = Seconds(log_start);
+  for (int i = 0; i < 600 && ReadFile(job_dir / "credential").empty(); ++i) usleep(100000);
 
   // Metrics ingestion: 8 senders as rank 0 of job 1, batches of 500 points (about 30 steps
   // of a real trainer's metrics each).
@@ -239,13 +219,40 @@ int main(int argc, char** argv) {
   }
   const double ingest_s = Seconds(ingest_start);
 
+  // Log streaming: followers attach to the live job, then the rank writes its lines; each
+  // stream ends when the job does.
+  std::atomic<int64_t> lines_read{0};
+  std::atomic<int> attached{0};
+  Clock::time_point log_start;
   {
-    grpc::ClientContext ctx;
-    dsv3::v1::CancelJobRequest req;
-    req.set_job_id(1);
-    dsv3::v1::CancelJobResponse resp;
-    stub->CancelJob(&ctx, req, &resp);
+    std::vector<std::thread> threads;
+    for (int f = 0; f < followers; ++f) {
+      threads.emplace_back([&, f] {
+        auto s = dsv3::v1::Controller::NewStub(Channel(addr, 1000 + f));
+        grpc::ClientContext ctx;
+        dsv3::v1::StreamLogsRequest req;
+        req.set_job_id(1);
+        req.set_follow(true);
+        auto reader = s->StreamLogs(&ctx, req);
+        dsv3::v1::LogChunk chunk;
+        int64_t n = 0;
+        bool first = true;
+        while (reader->Read(&chunk)) {
+          if (first) ++attached;  // the header line of the attempt arrives first
+          first = false;
+          n += chunk.lines_size();
+        }
+        reader->Finish();
+        lines_read += n;
+      });
+    }
+    while (attached.load() < followers) usleep(10000);
+    log_start = Clock::now();
+    std::ofstream(job_dir / "go") << "go\n";
+    for (auto& t : threads) t.join();
   }
+  const double log_s = Seconds(log_start);
+
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);
 
@@ -258,8 +265,10 @@ int main(int argc, char** argv) {
               clients, get.p50, get.p99, get.max, all_get.size());
   std::printf("  ListJobs(20) latency (same clients)    p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms  (%zu calls)\n",
               list.p50, list.p99, list.max, all_list.size());
-  std::printf("  log streaming to %d readers            %.0f lines/s in total (%lld lines each, %.2f s)\n", followers,
-              lines_read.load() / log_s, static_cast<long long>(lines_read.load() / std::max(1, followers)), log_s);
+  std::printf("  log streaming to %d followers           %.0f lines/s in total (%lld lines each, %.2f s from the first "
+              "line written to the last delivered)\n",
+              followers, lines_read.load() / log_s, static_cast<long long>(lines_read.load() / std::max(1, followers)),
+              log_s);
   std::printf("  metrics ingestion (%d senders)           %.0f points/s (%lld points in %.2f s)\n", senders,
               points.load() / ingest_s, static_cast<long long>(points.load()), ingest_s);
   fs::remove_all(dir);

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -89,6 +91,17 @@ std::string Seconds(std::chrono::milliseconds d) {
   return buf;
 }
 
+// The daemon's log: one timestamped line per job event, on stdout.
+void LogEvent(const std::string& line) {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
+  std::printf("%s dsv3d: %s\n", stamp, line.c_str());
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 void JobManager::SetStateLocked(Live& live, JobState state, const std::string& reason) {
@@ -98,6 +111,7 @@ void JobManager::SetStateLocked(Live& live, JobState state, const std::string& r
   }
   live.job.state = state;
   live.job.state_reason = reason;
+  LogEvent("job " + std::to_string(live.job.id) + " (" + live.job.name + ") " + JobStateName(state) + ": " + reason);
 }
 
 void JobManager::EndJobLocked(Live& live, JobState state, const std::string& reason) {
@@ -220,7 +234,7 @@ void JobManager::Loop() {
       SuperviseLocked();
     } catch (const std::exception& e) {
       // A store write failed: nothing was acted on; try again next tick.
-      std::fprintf(stderr, "dsv3d: supervision: %s\n", e.what());
+      LogEvent(std::string("supervision: ") + e.what());
     }
   }
 }

@@ -325,6 +325,19 @@ TEST_F(ControllerTest, DaemonRefusesToStartInABadStateAndSaysWhy) {
   EXPECT_NE(ReadFile(log).find("dsv3d: stopped"), std::string::npos) << ReadFile(log);
 }
 
+// The HTTP port: health, a clear 404, and a bounded request size.
+TEST_F(ControllerTest, HttpEndpointAnswersHealthAndBoundsRequests) {
+  Dsv3d d(dir_.path() / "state", 1);
+  d.Start();
+  EXPECT_EQ(HttpGet(d.http(), "/healthz"), "ok\n");
+  EXPECT_EQ(HttpGet(d.http(), "/nothing"), "not found: try /metrics or /healthz\n");
+  EXPECT_NE(HttpGet(d.http(), "/metrics?x=1").find("# TYPE dsv3_queue_length gauge"), std::string::npos);
+  // 16 KiB of headers is over the 8 KiB limit: refused with 431, not buffered.
+  const std::string big = "/metrics HTTP/1.1\r\nX-Padding: " + std::string(16 * 1024, 'a') + "\r\nX-End: 1";
+  const std::string reply = HttpGet(d.http(), big, /*whole_response=*/true);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 431", 0), 0u) << reply.substr(0, 100);
+}
+
 TEST_F(ControllerTest, CliSaysHowToStartAnUnreachableController) {
   std::string out;
   EXPECT_EQ(Cli({"status", "--controller", "127.0.0.1:1"}, &out), 3) << out;

@@ -31,8 +31,9 @@ namespace dsv3::test {
 
 namespace fs = std::filesystem;
 
-// GET http://<host:port><path> over a plain socket; returns the body ("" on failure).
-inline std::string HttpGet(const std::string& host_port, const std::string& path) {
+// GET http://<host:port><path> over a plain socket; returns the body ("" on failure), or
+// the whole response with its status line and headers.
+inline std::string HttpGet(const std::string& host_port, const std::string& path, bool whole_response = false) {
   const auto colon = host_port.rfind(':');
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_INET;
@@ -51,6 +52,7 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
     }
   }
   if (fd >= 0) close(fd);
+  if (whole_response) return response;
   const auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
