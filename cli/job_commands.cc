@@ -362,8 +362,8 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
     Common common;
     std::optional<int64_t> job;
     std::vector<std::string> states;
+    std::string name;
     int limit = 0;
-    bool all = false;
   };
   for (const bool is_list : {false, true}) {
     auto st = std::make_shared<State>();
@@ -374,6 +374,7 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
       verb->add_option("JOB", st->job, "Job id: show this job in detail");
     } else {
       verb->add_option("--state", st->states, "Only jobs in these states (QUEUED, RUNNING, COMPLETED, ...)");
+      verb->add_option("--name", st->name, "Only jobs whose name contains this");
       verb->add_option("--limit", st->limit, "At most this many jobs (default 100)")->check(CLI::PositiveNumber);
     }
     st->common.Add(*verb);
@@ -406,6 +407,7 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
       }
       // `status` shows what is active plus the last few that ended, like squeue + sacct.
       req.set_limit(is_list ? st->limit : 20);
+      req.set_name_contains(st->name);
       v1::ListJobsResponse resp;
       if (!Call(st->common, ctx, &v1::Controller::Stub::ListJobs, req, &resp)) return;
       if (json_out) {

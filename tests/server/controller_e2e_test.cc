@@ -156,6 +156,7 @@ TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
   d.Start();
   auto stub = d.Stub();
   const int64_t id = Submit(*stub, QuickConfig(60, 20));
+  const int64_t reference = Submit(*stub, QuickConfig(60, 20));  // the same run, uninterrupted
   v1::Job job;
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -179,6 +180,13 @@ TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
   }
   EXPECT_TRUE(saw_kill) << job.DebugString();
   EXPECT_TRUE(saw_resume) << job.DebugString();
+  // Resuming is exact: the killed-and-restarted job ends with the uninterrupted one's loss.
+  const v1::Job ref = WaitEnded(*stub, reference, seconds(180));
+  ASSERT_EQ(ref.state(), v1::JOB_STATE_COMPLETED) << ref.state_reason();
+  ASSERT_TRUE(job.has_loss() && ref.has_loss());
+  EXPECT_EQ(job.loss(), ref.loss());
+  ASSERT_TRUE(job.has_val_loss() && ref.has_val_loss());
+  EXPECT_EQ(job.val_loss(), ref.val_loss());
 }
 
 // kill -9 of the controller mid-job, then a new dsv3d on the same state dir: the running
