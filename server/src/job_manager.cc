@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -51,6 +52,8 @@ std::string JobManager::LogPath(const JobRecord& job, int rank) const { return R
 
 namespace {
 
+constexpr size_t kMaxNameLength = 128;
+
 std::vector<FieldProblem> Problems(const std::vector<config::Diagnostic>& list) {
   std::vector<FieldProblem> out;
   for (const auto& d : list) out.push_back({d.path, d.message});
@@ -83,6 +86,13 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
                                            std::to_string(allocator_.TotalSlots()) +
                                            " (dsv3d --slots); submit with fewer ranks (--gpus)"});
   }
+  const bool control_chars =
+      std::any_of(r.name.begin(), r.name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+  if (r.name.size() > kMaxNameLength || control_chars) {
+    out.errors.push_back({"name", "a job name has at most " + std::to_string(kMaxNameLength) +
+                                      " characters and no control characters (got " + std::to_string(r.name.size()) +
+                                      " characters)"});
+  }
   const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(1, r.num_ranks), r.resume_from, r.base_dir);
   for (auto& e : Problems(prepared.errors)) out.errors.push_back(std::move(e));
   out.warnings = Problems(prepared.warnings);
@@ -101,6 +111,10 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
   out.job.max_restarts = static_cast<int>(prepared.max_restarts);
   out.job.resume_from = r.resume_from;
   out.job.working_dir = r.base_dir;
+  // As the config names them; Submit places them in the job's folder.
+  out.job.output_dir = prepared.output_dir;
+  out.job.checkpoint_dir = prepared.checkpoint_dir;
+  out.job.tensorboard_dir = prepared.tensorboard_dir;
   // The plan: what each rank would run, in the job's folder.
   std::ostringstream plan;
   plan << "allocator " << allocator_.Name() << ": " << r.num_ranks << " rank(s) on this machine ("
@@ -120,7 +134,6 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
 SubmitOutcome JobManager::Submit(const SubmitRequest& r) {
   SubmitOutcome out = Validate(r);
   if (!out.status.ok() || r.dry_run) return out;
-  const PreparedConfig prepared = PrepareJobConfig(r.config_json, r.num_ranks, r.resume_from, r.base_dir);
   JobRecord job = out.job;
   job.owner = r.owner;
   job.config_json = out.resolved_json;
@@ -133,9 +146,9 @@ SubmitOutcome JobManager::Submit(const SubmitRequest& r) {
   }
   // The job's folder and the exact config its ranks read.
   job.job_dir = options_.state_dir + "/jobs/" + std::to_string(job.id);
-  job.output_dir = AbsoluteUnder(job.job_dir, prepared.output_dir);
-  job.checkpoint_dir = AbsoluteUnder(job.job_dir, prepared.checkpoint_dir);
-  job.tensorboard_dir = prepared.tensorboard_dir.empty() ? "" : AbsoluteUnder(job.job_dir, prepared.tensorboard_dir);
+  job.output_dir = AbsoluteUnder(job.job_dir, out.job.output_dir);
+  job.checkpoint_dir = AbsoluteUnder(job.job_dir, out.job.checkpoint_dir);
+  job.tensorboard_dir = out.job.tensorboard_dir.empty() ? "" : AbsoluteUnder(job.job_dir, out.job.tensorboard_dir);
   std::error_code ec;
   fs::create_directories(job.job_dir + "/logs", ec);
   {

@@ -338,16 +338,18 @@ TEST_F(JobManagerTest, SubmitValidatesAndDryRunWritesNothing) {
   SubmitRequest r;
   r.config_json = R"({"model": {"num_layer": 2}, "training": {"learning_rate": -1}})";
   r.num_ranks = 3;
+  r.name = "line\nbreak";
   r.base_dir = dir_.path().string();
   SubmitOutcome o = m->Submit(r);
   ASSERT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
   std::vector<std::string> paths;
   for (const auto& e : o.errors) paths.push_back(e.path);
   // 3 ranks: the slot count and the batch arithmetic (16 = 8 x 3 x accumulation) both fail.
-  EXPECT_EQ(paths, (std::vector<std::string>{"num_ranks", "/model/num_layer", "/training/learning_rate",
+  EXPECT_EQ(paths, (std::vector<std::string>{"num_ranks", "name", "/model/num_layer", "/training/learning_rate",
                                              "/training/global_batch_size"}));
   r.config_json = Config(1);
   r.num_ranks = 2;
+  r.name = "";
   r.dry_run = true;
   o = m->Submit(r);
   ASSERT_TRUE(o.status.ok()) << o.status;
