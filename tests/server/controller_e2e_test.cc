@@ -189,6 +189,32 @@ TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
   EXPECT_EQ(job.val_loss(), ref.val_loss());
 }
 
+// A hung rank (SIGSTOP: its heartbeat thread stops too) fails the attempt after the
+// heartbeat timeout; the stopped process is killed and the job resumes and completes.
+TEST_F(ControllerTest, HungRankIsKilledAfterTheHeartbeatTimeoutAndTheJobResumes) {
+  Dsv3d d(dir_.path() / "state", 2, /*heartbeat_timeout_s=*/3);
+  d.Start();
+  auto stub = d.Stub();
+  const int64_t id = Submit(*stub, QuickConfig(40, 10));
+  v1::Job job;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        job = GetJob(*stub, id);
+        return job.last_checkpoint_step() >= 10 && job.state() == v1::JOB_STATE_RUNNING;
+      },
+      seconds(120)));
+  ASSERT_EQ(kill(static_cast<pid_t>(job.ranks(0).pid()), SIGSTOP), 0);
+  job = WaitEnded(*stub, id, seconds(180));
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
+  EXPECT_EQ(job.restarts(), 1);
+  bool saw_timeout = false;
+  for (const auto& h : job.history()) {
+    saw_timeout = saw_timeout || (h.state() == v1::JOB_STATE_RESTARTING &&
+                                  h.reason().find("rank 0 sent no heartbeat for 3 s") != std::string::npos);
+  }
+  EXPECT_TRUE(saw_timeout) << job.DebugString();
+}
+
 // kill -9 of the controller mid-job, then a new dsv3d on the same state dir: the running
 // rank is adopted, re-registers and the job completes without a restart.
 TEST_F(ControllerTest, ControllerRestartRecoversTheRunningJob) {

@@ -60,7 +60,9 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
 // dsv3d as a child process. The state dir outlives restarts of the daemon.
 class Dsv3d {
  public:
-  Dsv3d(fs::path state_dir, int slots) : state_dir_(std::move(state_dir)), slots_(slots) {}
+  // `heartbeat_timeout_s`: how long a silent rank may go before its attempt fails.
+  Dsv3d(fs::path state_dir, int slots, int heartbeat_timeout_s = 20)
+      : state_dir_(std::move(state_dir)), slots_(slots), heartbeat_timeout_s_(heartbeat_timeout_s) {}
   ~Dsv3d() { Kill(SIGKILL); }
 
   // Starts dsv3d (on `port`, 0 = any) and waits until it is ready.
@@ -75,7 +77,7 @@ class Dsv3d {
                                      "--slots", std::to_string(slots_),
                                      "--worker", DSV3_WORKER_PATH,
                                      "--heartbeat-interval", "0.5",
-                                     "--heartbeat-timeout", "20",
+                                     "--heartbeat-timeout", std::to_string(heartbeat_timeout_s_),
                                      "--grace-period", "30"};
     pid_ = fork();
     if (pid_ == 0) {
@@ -116,7 +118,7 @@ class Dsv3d {
 
  private:
   fs::path state_dir_;
-  int slots_;
+  int slots_, heartbeat_timeout_s_;
   pid_t pid_ = -1;
   int starts_ = 0;
   std::string address_, http_;
