@@ -155,8 +155,9 @@ TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
   Dsv3d d(dir_.path() / "state", 2);
   d.Start();
   auto stub = d.Stub();
-  const int64_t id = Submit(*stub, QuickConfig(60, 20));
-  const int64_t reference = Submit(*stub, QuickConfig(60, 20));  // the same run, uninterrupted
+  // Long enough that the kill lands well before the end even on a loaded machine.
+  const int64_t id = Submit(*stub, QuickConfig(100, 20));
+  const int64_t reference = Submit(*stub, QuickConfig(100, 20));  // the same run, uninterrupted
   v1::Job job;
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -169,7 +170,7 @@ TEST_F(ControllerTest, KilledRankRestartsFromCheckpointAndCompletes) {
   EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
   EXPECT_EQ(job.restarts(), 1);
   EXPECT_EQ(job.attempt(), 2);
-  EXPECT_EQ(job.step(), 60);
+  EXPECT_EQ(job.step(), 100);
   bool saw_kill = false, saw_resume = false;
   for (const auto& h : job.history()) {
     if (h.state() == v1::JOB_STATE_RESTARTING) saw_kill = h.reason().find("killed by signal 9") != std::string::npos;
