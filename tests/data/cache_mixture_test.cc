@@ -64,6 +64,35 @@ TEST_F(CacheTest, SecondRunDoesNothing) {
   EXPECT_EQ(fs::last_write_time(metas[0]), written);
 }
 
+// Two jobs starting together prepare the same cache at the same time: both succeed and
+// agree (found when two dsv3d jobs of one config started at once).
+TEST_F(CacheTest, ConcurrentPreparationsOfOneCacheBothSucceed) {
+  std::vector<PrepareReport> reports(4);
+  std::vector<std::string> errors(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        reports[i] = PrepareCache(cfg_, *tokenizer_, 1);
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(errors[i], "") << i;
+    EXPECT_TRUE(reports[i].ok()) << i;
+    EXPECT_EQ(reports[i].files_total, 3) << i;
+  }
+  const PrepareReport after = PrepareCache(cfg_, *tokenizer_, 1);
+  EXPECT_EQ(after.files_cached, 3);
+  EXPECT_EQ(after.files_prepared, 0);
+  for (const auto& entry : fs::recursive_directory_iterator(cfg_.data.cache_dir)) {
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+  }
+}
+
 TEST_F(CacheTest, ShardsHoldEveryDocumentWithEosAsUint16) {
   ASSERT_TRUE(PrepareCache(cfg_, *tokenizer_, 1).ok());
   const auto sources = OpenCache(cfg_, cfg_.data.sources, *tokenizer_);

@@ -53,7 +53,10 @@ std::string FileKey(const std::string& path, int64_t size, int64_t mtime_ns) {
 
 // Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
 void WriteAtomically(const fs::path& path, const void* data, size_t bytes) {
-  const fs::path tmp = path.string() + ".tmp";
+  // Unique per process and call: two jobs (or ranks) may prepare the same cache at once, and
+  // a shared temporary name would let one truncate or rename away the other's file.
+  static std::atomic<uint64_t> counter{0};
+  const fs::path tmp = path.string() + ".tmp." + std::to_string(getpid()) + "." + std::to_string(counter++);
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(errno));
   const char* p = static_cast<const char*>(data);
