@@ -304,8 +304,8 @@ grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::S
     std::this_thread::sleep_for(kFollowPoll);
     // Decide "ended" only after one more full read pass, so no line written before the
     // job's end is missed.
-    auto now = store_.GetJob(job->id);
-    ended = !now || IsTerminal(now->state);
+    const auto state = store_.GetState(job->id);
+    ended = !state || IsTerminal(*state);
   }
 }
 

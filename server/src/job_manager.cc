@@ -34,6 +34,15 @@ JobManager::~JobManager() {
   allocator_.SetExitCallback(nullptr);
 }
 
+absl::Status AppendToRankLog(const std::string& path, const std::string& text) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError("cannot open " + path);
+  const ssize_t n = write(fd, text.data(), text.size());
+  close(fd);
+  if (n != static_cast<ssize_t>(text.size())) return absl::InternalError("short write to " + path);
+  return absl::OkStatus();
+}
+
 void JobManager::SetControllerAddress(const std::string& address) {
   std::lock_guard<std::mutex> lock(mu_);
   controller_address_ = address;
@@ -328,14 +337,7 @@ absl::Status JobManager::ShipLogs(const RankRef& ref, const std::vector<std::str
   }
   std::string text;
   for (const auto& l : lines) text += l + "\n";
-  // O_APPEND: one write per batch, so lines from a local rank's own output and shipped
-  // lines never interleave mid-line.
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError("cannot open " + path);
-  const ssize_t n = write(fd, text.data(), text.size());
-  close(fd);
-  if (n != static_cast<ssize_t>(text.size())) return absl::InternalError("short write to " + path);
-  return absl::OkStatus();
+  return AppendToRankLog(path, text);
 }
 
 absl::Status JobManager::ReportEnd(const RankRef& ref, RankOutcome outcome, int64_t step, const std::string& message) {

@@ -254,6 +254,14 @@ std::optional<JobRecord> JobStore::GetJob(int64_t job_id) const {
   return ReadJob(s);
 }
 
+std::optional<JobState> JobStore::GetState(int64_t job_id) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Stmt s(impl_->db, "SELECT state FROM jobs WHERE id=?");
+  s.Bind(1, job_id);
+  if (!s.Step()) return std::nullopt;
+  return static_cast<JobState>(s.Int(0));
+}
+
 std::vector<JobRecord> JobStore::ListJobs(const JobFilter& f) const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   std::string sql = std::string("SELECT ") + kJobColumns + " FROM jobs WHERE 1=1";

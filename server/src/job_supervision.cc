@@ -10,7 +10,6 @@
 #include <ctime>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -50,33 +49,12 @@ struct IntactCheckpoint {
   int64_t step = -1;
 };
 
-// The newest checkpoint_<step> under `dir` whose manifest verifies (a crash mid-save or a
-// damaged file makes the next older one the newest intact).
 IntactCheckpoint NewestIntactCheckpoint(const std::string& dir) {
-  std::vector<std::pair<int64_t, std::string>> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("checkpoint_", 0) != 0 || !entry.is_directory()) continue;
-    const std::string digits = name.substr(11);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-    found.emplace_back(std::stoll(digits), entry.path().string());
-  }
-  std::sort(found.rbegin(), found.rend());
-  for (const auto& [step, path] : found) {
-    try {
-      ckpt::VerifyCheckpoint(path);
-      return {path, step};
-    } catch (const std::exception&) {
-    }
-  }
-  return {};
+  const auto path = ckpt::LatestIntactCheckpoint(dir, nullptr);
+  if (!path) return {};
+  return {*path, ckpt::CheckpointStep(std::filesystem::path(*path).filename().string()).value_or(-1)};
 }
 
-void AppendToLog(const std::string& path, const std::string& line) {
-  std::ofstream f(path, std::ios::app);
-  f << line << "\n";
-}
 
 // training.intra_op_threads > 0 in the job's config: the rank uses that, not our share.
 bool ConfigSetsThreads(const std::string& config_json) {
@@ -341,9 +319,9 @@ void JobManager::LaunchAttemptLocked(Live& l) {
               {env::kAttempt, std::to_string(job.attempt)},
               {env::kJobCredential, job.credential},
               {env::kOpenBlasNumThreads, "1"}};
-    AppendToLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " + std::to_string(job.attempt) +
+    (void)AppendToRankLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " + std::to_string(job.attempt) +
                                  " rank " + std::to_string(r) + (resume.empty() ? "" : " (resume " + resume + ")") +
-                                 " ====");
+                                 " ====\n");
     spec.ranks.push_back(std::move(rl));
   }
   auto launched = allocator_.Launch(spec);

@@ -30,17 +30,15 @@ class ScriptedAllocator final : public Allocator {
   int TotalSlots() const override { return slots_; }
   int FreeSlots() const override {
     std::lock_guard<std::mutex> l(mu_);
-    int used = 0;
-    for (const auto& [id, n] : reserved_) used += n;
-    return slots_ - used;
+    return FreeLocked();
   }
   void SetExitCallback(ExitCallback cb) override {
     std::lock_guard<std::mutex> l(mu_);
     cb_ = std::move(cb);
   }
   std::optional<Placement> Reserve(int64_t job_id, int num_ranks) override {
-    if (FreeSlots() < num_ranks && reserved_.count(job_id) == 0) return std::nullopt;
     std::lock_guard<std::mutex> l(mu_);
+    if (FreeLocked() < num_ranks && reserved_.count(job_id) == 0) return std::nullopt;
     reserved_[job_id] = num_ranks;
     return Placement{std::vector<std::string>(num_ranks, "host"), "127.0.0.1"};
   }
@@ -101,6 +99,12 @@ class ScriptedAllocator final : public Allocator {
   bool cancel_written_before_sigterm = true;
 
  private:
+  int FreeLocked() const {
+    int used = 0;
+    for (const auto& [id, n] : reserved_) used += n;
+    return slots_ - used;
+  }
+
   const int slots_;
   JobStore& store_;
   mutable std::mutex mu_;

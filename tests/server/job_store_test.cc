@@ -64,6 +64,8 @@ TEST(JobStore, StateChangesAreRecordedInOrderWithReasons) {
   EXPECT_EQ(got->owner, "alice");
   EXPECT_EQ(got->credential, "secret");
   EXPECT_FALSE(store->SetState(999, JobState::kRunning, "x", 1).ok());
+  EXPECT_EQ(store->GetState(j.id), JobState::kCompleted);
+  EXPECT_FALSE(store->GetState(999).has_value());
 }
 
 TEST(JobStore, ListFiltersByStateOwnerAndNameNewestFirst) {

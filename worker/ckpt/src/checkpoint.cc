@@ -8,7 +8,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <stdexcept>
 
 #include "dsv3/ckpt/manifest.h"
@@ -38,13 +37,6 @@ void WriteText(const fs::path& path, const std::string& text) {
     if (!out) throw std::runtime_error("cannot write " + path.string());
   }
   FsyncPath(path, false);
-}
-
-std::optional<int64_t> StepOf(const std::string& name) {
-  static const std::regex kName(R"(^checkpoint_(\d+)$)");
-  std::smatch m;
-  if (!std::regex_match(name, m, kName)) return std::nullopt;
-  return std::stoll(m[1]);
 }
 
 // Writes everything into a temporary directory, then renames it into place.
@@ -133,7 +125,7 @@ std::string CheckpointManager::Wait() {
 std::vector<CheckpointEntry> CheckpointManager::List() const {
   std::vector<CheckpointEntry> out;
   for (const auto& e : fs::directory_iterator(dir_)) {
-    const auto step = StepOf(e.path().filename().string());
+    const auto step = CheckpointStep(e.path().filename().string());
     if (!step || !e.is_directory() || !fs::exists(e.path() / "manifest.json")) continue;
     CheckpointEntry entry{e.path().string(), *step, std::nullopt};
     std::ifstream in(e.path() / "manifest.json");
@@ -185,25 +177,6 @@ LoadedCheckpoint LoadCheckpoint(const std::string& path_in) {
   std::ifstream st(path / "trainer_state.json");
   out.trainer_state = json::parse(st);
   return out;
-}
-
-std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped) {
-  if (!fs::is_directory(dir)) return std::nullopt;
-  std::vector<std::pair<int64_t, std::string>> found;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const auto step = StepOf(e.path().filename().string());
-    if (step && e.is_directory()) found.push_back({*step, e.path().string()});
-  }
-  std::sort(found.rbegin(), found.rend());
-  for (const auto& [step, path] : found) {
-    try {
-      VerifyCheckpoint(path);
-      return path;
-    } catch (const std::exception& e) {
-      if (skipped != nullptr) skipped->push_back(e.what());
-    }
-  }
-  return std::nullopt;
 }
 
 }  // namespace dsv3::ckpt

@@ -1,5 +1,6 @@
 #include "dsv3/ckpt/manifest.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -45,6 +46,34 @@ json VerifyCheckpoint(const std::string& path_in) {
     }
   }
   return manifest;
+}
+
+std::optional<int64_t> CheckpointStep(const std::string& name) {
+  const std::string prefix = "checkpoint_";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  const std::string digits = name.substr(prefix.size());
+  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  return std::stoll(digits);
+}
+
+std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return std::nullopt;
+  std::vector<std::pair<int64_t, std::string>> found;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const auto step = CheckpointStep(e.path().filename().string());
+    if (step && e.is_directory()) found.push_back({*step, e.path().string()});
+  }
+  std::sort(found.rbegin(), found.rend());
+  for (const auto& [step, path] : found) {
+    try {
+      VerifyCheckpoint(path);
+      return path;
+    } catch (const std::exception& e) {
+      if (skipped != nullptr) skipped->push_back(e.what());
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace dsv3::ckpt

@@ -109,6 +109,8 @@ class JobStore {
   // job_dir and paths, config_json); never the state (use SetState).
   absl::Status UpdateJob(const JobRecord& job);
   std::optional<JobRecord> GetJob(int64_t job_id) const;
+  // Just the state: what log followers poll, without reading the config.
+  std::optional<JobState> GetState(int64_t job_id) const;
   std::vector<JobRecord> ListJobs(const JobFilter& filter) const;
   // Jobs not in a terminal state, oldest first: what the controller recovers at start.
   std::vector<JobRecord> ActiveJobs() const;

@@ -90,9 +90,5 @@ struct LoadedCheckpoint {
 // or does not match its checksum.
 LoadedCheckpoint LoadCheckpoint(const std::string& path);
 
-// The newest checkpoint in `dir` that verifies; damaged newer ones are listed in `skipped`
-// with the reason. nullopt when there is none.
-std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped);
-
 
 }  // namespace dsv3::ckpt

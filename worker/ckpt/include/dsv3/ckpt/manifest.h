@@ -2,7 +2,10 @@
 // by the trainer (dsv3_ckpt) and dsv3ctl (export-hf), which must stay LibTorch-free.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -17,5 +20,14 @@ std::string ResolveCheckpointPath(const std::string& path);
 // Checks that every file the manifest lists exists with its size and CRC-32. Returns the
 // manifest; throws std::runtime_error saying which file is missing or damaged.
 nlohmann::json VerifyCheckpoint(const std::string& path);
+
+// The step of a checkpoint directory named `checkpoint_<step>`; nullopt for other names.
+std::optional<int64_t> CheckpointStep(const std::string& dir_name);
+
+// The newest checkpoint_<step> in `dir` that verifies (a crash mid-save or a damaged file
+// makes an older one the newest intact); damaged newer ones are listed in `skipped` with the
+// reason. nullopt when there is none. Used by the trainer's `--resume latest` and by dsv3d's
+// restarts.
+std::optional<std::string> LatestIntactCheckpoint(const std::string& dir, std::vector<std::string>* skipped);
 
 }  // namespace dsv3::ckpt
