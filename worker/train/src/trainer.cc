@@ -397,9 +397,17 @@ TrainResult Trainer::Run() {
       const auto f2 = Clock::now();
       fwd += Ms(f0, f1);
       bwd += Ms(f1, f2);
-      step_main += out.main_loss.item<double>() / static_cast<double>(gas);
-      step_mtp += out.mtp_loss.item<double>() / static_cast<double>(gas);
-      step_balance += out.balance_loss.item<double>() / static_cast<double>(gas);
+      {
+        // One device-to-host copy for the three loss parts (each .item() is a sync on a GPU).
+        const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
+                                                  out.mtp_loss.detach().to(torch::kDouble),
+                                                  out.balance_loss.detach().to(torch::kDouble)})
+                                        .to(torch::kCPU);
+        const double* v = parts.data_ptr<double>();
+        step_main += v[0] / static_cast<double>(gas);
+        step_mtp += v[1] / static_cast<double>(gas);
+        step_balance += v[2] / static_cast<double>(gas);
+      }
       if (s.mixed) {
         // Accumulate in fp32 on the master, so many micro-steps lose no precision.
         torch::NoGradGuard no_grad;
@@ -428,12 +436,14 @@ TrainResult Trainer::Run() {
     }
     if (apply && t.use_fp16) {
       torch::NoGradGuard no_grad;
-      bool finite = true;
+      // One host sync for the overflow check of every gradient, not one per parameter.
+      std::vector<torch::Tensor> all_finite;
       for (auto& p : s.master_params) {
         if (!p.grad().defined()) continue;
         p.mutable_grad().div_(s.loss_scale);
-        finite = finite && torch::isfinite(p.grad()).all().item<bool>();
+        all_finite.push_back(torch::isfinite(p.grad()).all());
       }
+      const bool finite = all_finite.empty() || torch::stack(all_finite).all().item<bool>();
       if (!finite) {  // overflow: skip the update and halve the scale
         apply = false;
         s.loss_scale /= 2;
