@@ -1,6 +1,8 @@
 // dsv3-worker: one training rank. Standalone: `dsv3-worker --config X [--resume P|latest]
-// [--output-dir D] [--threads N] [--max-steps N]`. Reads RANK / WORLD_SIZE / LOCAL_RANK /
-// MASTER_ADDR / MASTER_PORT when a launcher sets them.
+// [--output-dir D] [--threads N] [--max-steps N]`. Under a launcher (dsv3d, torchrun, srun,
+// mpirun) it finds its rank from the launcher's variables (dist::DiscoverLaunch) and meets
+// the other ranks at MASTER_ADDR:MASTER_PORT. DSV3_RENDEZVOUS_TIMEOUT and
+// DSV3_COLLECTIVE_TIMEOUT (seconds; 300 and 600) bound the waits for other ranks.
 //
 // SIGTERM or SIGINT: the current step finishes, a checkpoint is saved, exit 0 with a final
 // line saying where. A second signal exits at once (status 128 + signal).
@@ -8,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -17,6 +20,8 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
 #include "dsv3/common/threads.h"
+#include "dsv3/dist/communicator.h"
+#include "dsv3/dist/launch.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/trainer.h"
 #ifdef DSV3_HAVE_GRPC
@@ -37,9 +42,10 @@ void OnCheckpointSignal(int) {
   if (auto* t = g_trainer.load()) t->RequestCheckpoint();
 }
 
-int EnvInt(const char* name, int fallback) {
+std::chrono::milliseconds EnvSeconds(const char* name, int fallback) {
   const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+  const double s = v != nullptr && *v != '\0' ? std::atof(v) : fallback;
+  return std::chrono::milliseconds(static_cast<int64_t>((s > 0 ? s : fallback) * 1000));
 }
 
 #ifdef DSV3_HAVE_GRPC
@@ -101,8 +107,16 @@ int main(int argc, char** argv) {
     }
   }
   if (config_path.empty()) return Usage("--config is required");
-  options.rank = EnvInt(dsv3::env::kRank, 0);
-  options.world_size = EnvInt(dsv3::env::kWorldSize, 1);
+  dsv3::dist::LaunchInfo launch;
+  try {
+    launch = dsv3::dist::DiscoverLaunch();
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker: " << e.what() << std::endl;
+    return 1;
+  }
+  options.rank = launch.rank;
+  options.world_size = launch.world_size;
+  options.local_rank = launch.local_rank;
 
   dsv3::config::LoadOptions load;
   load.world_size = options.world_size;
@@ -138,9 +152,21 @@ int main(int argc, char** argv) {
     if (controller) reporters.push_back(std::make_unique<Forward>(controller.get()));
 #endif
     const std::string out_dir = options.output_dir.empty() ? cfg.config.output_dir : options.output_dir;
-    reporters.push_back(dsv3::train::MakeJsonlReporter(out_dir + "/metrics.jsonl"));
-    if (cfg.config.logging.tensorboard.enabled) {
-      reporters.push_back(dsv3::train::MakeTensorBoardReporter(cfg.config.logging.tensorboard.log_dir));
+    if (options.rank == 0) {  // one writer for the job's metric files
+      reporters.push_back(dsv3::train::MakeJsonlReporter(out_dir + "/metrics.jsonl"));
+      if (cfg.config.logging.tensorboard.enabled) {
+        reporters.push_back(dsv3::train::MakeTensorBoardReporter(cfg.config.logging.tensorboard.log_dir));
+      }
+    }
+    std::unique_ptr<dsv3::dist::Communicator> world;
+    if (launch.world_size > 1) {
+      dsv3::dist::ConnectOptions connect;
+      connect.backend = dsv3::dist::ResolveBackend(cfg.config.distributed.backend, torch::cuda::is_available());
+      connect.rendezvous_timeout = EnvSeconds("DSV3_RENDEZVOUS_TIMEOUT", 300);
+      connect.collective_timeout = EnvSeconds("DSV3_COLLECTIVE_TIMEOUT", 600);
+      connect.device_index = launch.local_rank;
+      world = dsv3::dist::Connect(launch, connect);
+      options.world = world.get();
     }
     dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
     g_trainer.store(&trainer);

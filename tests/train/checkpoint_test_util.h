@@ -14,7 +14,8 @@ inline ckpt::CheckpointData CheckpointAt(int64_t step, int64_t numel = 1000, std
   ckpt::CheckpointData d;
   d.step = step;
   d.model = {{"model.embed_tokens.weight", torch::full({numel}, static_cast<float>(step))}};
-  d.optimizer = "optimizer state " + std::to_string(step);
+  d.shard = {{"dense.exp_avg", torch::full({4}, static_cast<float>(step))}};
+  d.shard_metadata = {{"note", "optimizer state " + std::to_string(step)}};
   d.state_tensors = {{"rng_cpu", torch::arange(8, torch::kByte)}};
   d.trainer_state = {{"step", step}};
   d.val_loss = val;

@@ -20,7 +20,15 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const char* const kFiles[] = {"model.safetensors", "optimizer.pt", "state.safetensors", "trainer_state.json"};
+std::vector<std::string> Files(int world) {
+  std::vector<std::string> files = {"model.safetensors", "state.safetensors", "trainer_state.json"};
+  for (int r = 0; r < world; ++r) files.push_back("shard_" + std::to_string(r) + ".safetensors");
+  return files;
+}
+
+void Barrier(const SaveGroup& g) {
+  if (g.world > 1 && g.barrier) g.barrier();
+}
 
 void FsyncPath(const fs::path& p, bool directory) {
   const int fd = open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
@@ -39,44 +47,56 @@ void WriteText(const fs::path& path, const std::string& text) {
   FsyncPath(path, false);
 }
 
-// Writes everything into a temporary directory, then renames it into place.
-std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d) {
+// Every rank writes its files into one temporary directory; rank 0 writes the rest, the
+// manifest with every checksum, and renames it into place.
+std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d, const SaveGroup& g) {
   const fs::path final_dir = fs::path(dir) / ("checkpoint_" + std::to_string(d.step));
-  const fs::path tmp = fs::path(dir) / ("checkpoint_" + std::to_string(d.step) + ".tmp-" + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  WriteSafetensors((tmp / "model.safetensors").string(), d.model, {{"format", "pt"}});
-  WriteText(tmp / "optimizer.pt", d.optimizer);
-  WriteSafetensors((tmp / "state.safetensors").string(), d.state_tensors);
-  WriteText(tmp / "trainer_state.json", d.trainer_state.dump(2));
-  json files = json::object();
-  for (const char* name : kFiles) {
-    const auto crc = Crc32OfFile((tmp / name).string());
-    if (!crc) throw std::runtime_error("cannot read back " + (tmp / name).string());
-    files[name] = {{"bytes", fs::file_size(tmp / name)}, {"crc32", *crc}};
+  const std::string suffix = g.world > 1 ? "dist" : std::to_string(getpid());
+  const fs::path tmp = fs::path(dir) / ("checkpoint_" + std::to_string(d.step) + ".tmp-" + suffix);
+  if (g.rank == 0) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
   }
-  json manifest = {{"format", kCheckpointFormat},
-                   {"step", d.step},
-                   {"created_unix", std::chrono::duration_cast<std::chrono::seconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count()},
-                   {"val_loss", d.val_loss ? json(*d.val_loss) : json()},
-                   {"files", files},
-                   {"config", d.config}};
-  WriteText(tmp / "manifest.json", manifest.dump(2));
-  FsyncPath(tmp, true);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older save of the same step
-  fs::rename(tmp, final_dir);
-  FsyncPath(dir, true);
+  Barrier(g);
+  WriteSafetensors((tmp / ("shard_" + std::to_string(g.rank) + ".safetensors")).string(), d.shard, d.shard_metadata);
+  if (g.rank == 0) {
+    WriteSafetensors((tmp / "model.safetensors").string(), d.model, {{"format", "pt"}});
+    WriteSafetensors((tmp / "state.safetensors").string(), d.state_tensors);
+    WriteText(tmp / "trainer_state.json", d.trainer_state.dump(2));
+  }
+  Barrier(g);
+  if (g.rank == 0) {
+    json files = json::object();
+    for (const std::string& name : Files(g.world)) {
+      const auto crc = Crc32OfFile((tmp / name).string());
+      if (!crc) throw std::runtime_error("cannot read back " + (tmp / name).string());
+      files[name] = {{"bytes", fs::file_size(tmp / name)}, {"crc32", *crc}};
+    }
+    json manifest = {{"format", kCheckpointFormat},
+                     {"step", d.step},
+                     {"world_size", g.world},
+                     {"created_unix", std::chrono::duration_cast<std::chrono::seconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count()},
+                     {"val_loss", d.val_loss ? json(*d.val_loss) : json()},
+                     {"files", files},
+                     {"config", d.config}};
+    WriteText(tmp / "manifest.json", manifest.dump(2));
+    FsyncPath(tmp, true);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older save of the same step
+    fs::rename(tmp, final_dir);
+    FsyncPath(dir, true);
+  }
+  Barrier(g);
   return final_dir.string();
 }
 
-
 }  // namespace
 
-CheckpointManager::CheckpointManager(std::string dir, int64_t keep_last_n, int64_t keep_best_n)
-    : dir_(std::move(dir)), keep_last_n_(keep_last_n), keep_best_n_(keep_best_n) {
+CheckpointManager::CheckpointManager(std::string dir, int64_t keep_last_n, int64_t keep_best_n, SaveGroup group)
+    : dir_(std::move(dir)), keep_last_n_(keep_last_n), keep_best_n_(keep_best_n), group_(std::move(group)) {
   fs::create_directories(dir_);
+  if (group_.rank != 0) return;
   for (const auto& e : fs::directory_iterator(dir_)) {
     if (e.is_directory() && e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove_all(e.path());
   }
@@ -88,20 +108,22 @@ CheckpointManager::~CheckpointManager() {
 
 std::string CheckpointManager::Save(const CheckpointData& data) {
   Wait();
-  const std::string path = WriteCheckpoint(dir_, data);
-  ApplyRetention();
+  const std::string path = WriteCheckpoint(dir_, data, group_);
+  if (group_.rank == 0) ApplyRetention();
   return path;
 }
 
 void CheckpointManager::SaveAsync(CheckpointData data) {
+  if (group_.world > 1) throw std::logic_error("SaveAsync is for one rank; a distributed save is collective");
   Wait();
   // The copy to host memory happens now, so training may change the weights right after.
   for (auto& [name, t] : data.model) t = t.detach().to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
   for (auto& [name, t] : data.state_tensors) t = t.detach().to(torch::kCPU, false, true);
+  for (auto& [name, t] : data.shard) t = t.detach().to(torch::kCPU, false, true);
   writer_ = std::thread([this, d = std::move(data)] {
     std::string path, error;
     try {
-      path = WriteCheckpoint(dir_, d);
+      path = WriteCheckpoint(dir_, d, group_);
       ApplyRetention();
     } catch (const std::exception& e) {
       error = e.what();
@@ -172,11 +194,14 @@ LoadedCheckpoint LoadCheckpoint(const std::string& path_in) {
   out.step = out.manifest["step"].get<int64_t>();
   out.model = ReadSafetensors((path / "model.safetensors").string()).tensors;
   out.state_tensors = ReadSafetensors((path / "state.safetensors").string()).tensors;
-  std::ifstream opt(path / "optimizer.pt", std::ios::binary);
-  out.optimizer.assign(std::istreambuf_iterator<char>(opt), std::istreambuf_iterator<char>());
+  out.world_size = out.manifest.value("world_size", 1);
   std::ifstream st(path / "trainer_state.json");
   out.trainer_state = json::parse(st);
   return out;
+}
+
+SafetensorsFile LoadShard(const LoadedCheckpoint& checkpoint, int rank) {
+  return ReadSafetensors((fs::path(checkpoint.path) / ("shard_" + std::to_string(rank) + ".safetensors")).string());
 }
 
 }  // namespace dsv3::ckpt

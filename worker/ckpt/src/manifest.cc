@@ -25,9 +25,14 @@ json VerifyCheckpoint(const std::string& path_in) {
   std::ifstream in(manifest_path);
   if (!in) throw std::runtime_error("checkpoint " + path.string() + ": no manifest.json (not a checkpoint, or an incomplete one)");
   const json manifest = json::parse(in, nullptr, false);
-  if (manifest.is_discarded() || !manifest.is_object() || manifest.value("format", "") != kCheckpointFormat ||
-      !manifest.contains("files") || !manifest["files"].is_object()) {
+  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("files") || !manifest["files"].is_object()) {
     throw std::runtime_error("checkpoint " + path.string() + ": manifest.json is damaged or of another format");
+  }
+  if (manifest.value("format", "") != kCheckpointFormat) {
+    throw std::runtime_error("checkpoint " + path.string() + ": format \"" + manifest.value("format", "") +
+                             "\" is not this dsv3's \"" + kCheckpointFormat +
+                             "\" (dsv3-checkpoint/1, from before distributed training, kept a LibTorch optimizer "
+                             "archive that no data-parallel layout can load); start a new run from step 0");
   }
   for (const auto& [name, info] : manifest["files"].items()) {
     const fs::path file = path / name;

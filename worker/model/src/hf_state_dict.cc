@@ -43,11 +43,15 @@ void Map(const std::string& ours, const torch::Tensor& t, int64_t num_layers,
 
 }  // namespace
 
-std::vector<std::pair<std::string, torch::Tensor>> ToHfStateDict(DeepSeekV3Impl& model) {
+std::vector<std::pair<std::string, torch::Tensor>> ToHfStateDict(DeepSeekV3Impl& model,
+                                                                const std::map<std::string, torch::Tensor>& replace) {
   const config::Config& cfg = model.config();
   const int64_t L = cfg.model.num_layers;
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : model.named_parameters()) Map(p.key(), p.value(), L, out);
+  for (const auto& p : model.named_parameters()) {
+    const auto r = replace.find(p.key());
+    Map(p.key(), r != replace.end() ? r->second : p.value(), L, out);
+  }
   if (cfg.model.moe.use_aux_loss_free) {  // HF has the bias only with topk_method noaux_tc
     for (const auto& b : model.named_buffers()) {
       if (EndsWith(b.key(), "e_score_correction_bias")) Map(b.key(), b.value(), L, out);

@@ -208,6 +208,10 @@ std::vector<MoE> DeepSeekV3Impl::MoeLayers() const {
   return out;
 }
 
+void DeepSeekV3Impl::ShardExperts(const std::shared_ptr<ExpertExchange>& exchange) {
+  for (auto& moe : MoeLayers()) moe->ShardExperts(exchange);
+}
+
 std::vector<MoeStats> DeepSeekV3Impl::TakeMoeStats() {
   std::vector<MoeStats> out;
   for (auto& moe : MoeLayers()) out.push_back(moe->TakeStats());

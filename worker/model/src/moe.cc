@@ -114,17 +114,22 @@ MoeOutput MoEImpl::forward(const torch::Tensor& x_BTD) {
   const int64_t* counts = counts_E.data_ptr<int64_t>();
 
   torch::Tensor y_XD = torch::zeros_like(x_XD);
-  int64_t offset = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = counts[e];
-    if (n == 0) continue;
-    const torch::Tensor tokens = token_sorted.narrow(0, offset, n);
-    const torch::Tensor xe = x_XD.index_select(0, tokens);
-    const torch::Tensor hidden = torch::silu(torch::matmul(xe, experts->gate_proj[e].t())) *
-                                 torch::matmul(xe, experts->up_proj[e].t());
-    const torch::Tensor out = torch::matmul(hidden, experts->down_proj[e].t());
-    y_XD = y_XD.index_add(0, tokens, out * gate_sorted.narrow(0, offset, n).unsqueeze(1));  // eq. (12)
-    offset += n;
+  if (exchange_) {
+    const torch::Tensor out = RunParallelExperts(x_XD.index_select(0, token_sorted), counts_E);
+    y_XD = y_XD.index_add(0, token_sorted, out * gate_sorted.unsqueeze(1));  // eq. (12)
+  } else {
+    int64_t offset = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = counts[e];
+      if (n == 0) continue;
+      const torch::Tensor tokens = token_sorted.narrow(0, offset, n);
+      const torch::Tensor xe = x_XD.index_select(0, tokens);
+      const torch::Tensor hidden = torch::silu(torch::matmul(xe, experts->gate_proj[e].t())) *
+                                   torch::matmul(xe, experts->up_proj[e].t());
+      const torch::Tensor out = torch::matmul(hidden, experts->down_proj[e].t());
+      y_XD = y_XD.index_add(0, tokens, out * gate_sorted.narrow(0, offset, n).unsqueeze(1));  // eq. (12)
+      offset += n;
+    }
   }
   if (!shared_experts.is_empty()) y_XD = y_XD + shared_experts(x_XD);
   y_XD = torch::dropout(y_XD, moe_.dropout, is_training());
@@ -167,6 +172,85 @@ torch::Tensor ComputeBalanceLoss(const config::MoeConfig& moe, const Routing& r,
     loss = loss + moe.seq_aux_loss_weight * (f_BE * p_BE).sum(-1).mean();
   }
   return loss;
+}
+
+namespace {
+
+// The differentiable all-to-all: the gradient of an exchange is the reverse exchange.
+struct ExchangeFunction : public torch::autograd::Function<ExchangeFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, ExpertExchange* ex,
+                               const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+    ctx->saved_data["ex"] = reinterpret_cast<int64_t>(ex);
+    ctx->saved_data["send"] = send;
+    ctx->saved_data["recv"] = recv;
+    return ex->Exchange(x, send, recv);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    auto* ex = reinterpret_cast<ExpertExchange*>(ctx->saved_data["ex"].toInt());
+    const auto send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
+    return {ex->Exchange(grad[0].contiguous(), recv, send), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+void MoEImpl::ShardExperts(std::shared_ptr<ExpertExchange> exchange) {
+  const int64_t E = moe_.num_experts, size = exchange->size();
+  DSV3_CHECK(E % size == 0) << size << " expert-parallel ranks for " << E << " experts";
+  const int64_t local = E / size;
+  expert_offset_ = exchange->rank() * local;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor* t : {&experts->gate_proj, &experts->up_proj, &experts->down_proj}) {
+    t->set_data(t->narrow(0, expert_offset_, local).clone());
+  }
+  exchange_ = std::move(exchange);
+}
+
+torch::Tensor MoEImpl::RunLocalExperts(const torch::Tensor& x_AD, const int64_t* counts, int64_t first, int64_t n) {
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    const int64_t rows = counts[first + e];
+    if (rows == 0) continue;
+    const torch::Tensor xe = x_AD.narrow(0, offset, rows);
+    const torch::Tensor hidden = torch::silu(torch::matmul(xe, experts->gate_proj[e].t())) *
+                                 torch::matmul(xe, experts->up_proj[e].t());
+    outs.push_back(torch::matmul(hidden, experts->down_proj[e].t()));
+    offset += rows;
+  }
+  return outs.empty() ? torch::zeros_like(x_AD) : torch::cat(outs);
+}
+
+torch::Tensor MoEImpl::RunParallelExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_E) {
+  // Rows are sorted by global expert; rank r holds experts [r * L, (r + 1) * L).
+  const int64_t size = exchange_->size(), L = moe_.num_experts / size;
+  const torch::Tensor sent_counts = counts_E.to(torch::kCPU).to(torch::kLong).contiguous();
+  const torch::Tensor recv_counts = exchange_->ExchangeCounts(sent_counts).view({size, L});  // [source, local expert]
+  std::vector<int64_t> send(static_cast<size_t>(size)), recv(static_cast<size_t>(size));
+  for (int64_t r = 0; r < size; ++r) {
+    send[static_cast<size_t>(r)] = sent_counts.narrow(0, r * L, L).sum().item<int64_t>();
+    recv[static_cast<size_t>(r)] = recv_counts[r].sum().item<int64_t>();
+  }
+  const torch::Tensor x_recv = ExchangeFunction::apply(x_AD.contiguous(), exchange_.get(), send, recv);
+  // Received rows are grouped by source, then by expert: regroup by expert for the GEMMs.
+  const int64_t* rc = recv_counts.data_ptr<int64_t>();
+  std::vector<int64_t> order, per_expert(static_cast<size_t>(L), 0);
+  std::vector<int64_t> source_start(static_cast<size_t>(size), 0);
+  for (int64_t r = 1; r < size; ++r) source_start[static_cast<size_t>(r)] = source_start[static_cast<size_t>(r - 1)] + recv[static_cast<size_t>(r - 1)];
+  for (int64_t e = 0; e < L; ++e) {
+    for (int64_t r = 0; r < size; ++r) {
+      int64_t at = source_start[static_cast<size_t>(r)];
+      for (int64_t j = 0; j < e; ++j) at += rc[r * L + j];
+      for (int64_t i = 0; i < rc[r * L + e]; ++i) order.push_back(at + i);
+      per_expert[static_cast<size_t>(e)] += rc[r * L + e];
+    }
+  }
+  const torch::Tensor perm = torch::tensor(order, torch::TensorOptions().dtype(torch::kLong)).to(x_AD.device());
+  const torch::Tensor by_expert = x_recv.index_select(0, perm);
+  const torch::Tensor out_by_expert = RunLocalExperts(by_expert, per_expert.data(), 0, L);
+  const torch::Tensor out_recv = torch::zeros_like(x_recv).index_copy(0, perm, out_by_expert);
+  return ExchangeFunction::apply(out_recv, exchange_.get(), recv, send);
 }
 
 MoeStats MoEImpl::TakeStats() {

@@ -16,6 +16,9 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/estimator.h"
 #include "dsv3/data/pipeline.h"
+#include "dsv3/dist/communicator.h"
+#include "dsv3/dist/distributed_optimizer.h"
+#include "dsv3/dist/expert_parallel.h"
 #include "dsv3/model/hf_state_dict.h"
 #include "dsv3/model/model.h"
 #include "dsv3/model/torch_compat.h"
@@ -74,8 +77,13 @@ struct Trainer::State {
   torch::ScalarType compute_dtype = torch::kFloat;
   bool mixed = false;
   model::DeepSeekV3 master{nullptr}, compute{nullptr};
-  std::vector<torch::Tensor> master_params, compute_params;
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // The world (data-parallel ranks; tp = pp = 1), and with expert parallelism the groups
+  // that exchange tokens and that hold the same experts.
+  dist::Communicator* world = nullptr;
+  std::unique_ptr<dist::Communicator> self_world;
+  dist::ExpertParallelGroups ep_groups;
+  int dp = 1, ep = 1;
+  std::unique_ptr<dist::DistributedOptimizer> optimizer;
   data::DataPipeline data;
   std::unique_ptr<ckpt::CheckpointManager> checkpoints;
   config::Estimate estimate;
@@ -87,35 +95,96 @@ struct Trainer::State {
   std::optional<double> eval_loss_at_step;
   int64_t eval_step = -1, last_saved_step = -1;
 
+  // Seconds blocked in communication, every group together.
+  double CommSeconds() const {
+    double total = world->blocked_seconds();
+    if (ep_groups.ep) total += ep_groups.ep->blocked_seconds() + ep_groups.replicas->blocked_seconds();
+    return total;
+  }
+
   void Message(const std::string& m) {
     for (auto& r : reporters) r->OnMessage(m);
   }
 
+  // Parameters into replica groups (dense: every rank; experts: the ranks holding the same
+  // experts), then the ZeRO-sharded optimizer over them.
   void BuildOptimizer() {
     const config::TrainingConfig& t = cfg.training;
-    // Weight decay on matrices only: not on norms' gains and biases (the router's bias is a
-    // buffer, never seen by the optimizer).
-    std::vector<torch::Tensor> decay, no_decay;
-    for (const auto& p : master->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-    if (t.optimizer == "sgd") {
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
-                                     torch::optim::SGDOptions(t.learning_rate).weight_decay(t.weight_decay)));
-      groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(t.learning_rate)));
-      optimizer = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(t.learning_rate));
-    } else if (t.optimizer == "adam") {
-      const auto opts = torch::optim::AdamOptions(t.learning_rate).betas({t.adam_beta1, t.adam_beta2}).eps(t.adam_eps);
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      groups.emplace_back(decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(opts).weight_decay(t.weight_decay)));
-      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(opts).weight_decay(0)));
-      optimizer = std::make_unique<torch::optim::Adam>(groups, opts);
-    } else {
-      const auto opts = torch::optim::AdamWOptions(t.learning_rate).betas({t.adam_beta1, t.adam_beta2}).eps(t.adam_eps);
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(t.weight_decay)));
-      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0)));
-      optimizer = std::make_unique<torch::optim::AdamW>(groups, opts);
+    const config::DistributedConfig& d = cfg.distributed;
+    dist::ParamGroup dense{"dense", {}, world}, experts{"expert", {}, ep_groups.replicas.get()};
+    auto compute_params = compute->named_parameters();
+    for (const auto& p : master->named_parameters()) {
+      dist::ParamEntry e;
+      e.name = p.key();
+      e.master = p.value();
+      e.compute = compute_params[p.key()];
+      // Weight decay on matrices only: not on norms' gains and biases (the router's bias is
+      // a buffer, never seen by the optimizer).
+      e.decay = p.value().dim() >= 2;
+      const bool expert = ep > 1 && e.name.find(".mlp.experts.") != std::string::npos;
+      if (expert) {
+        const int64_t offset = master->MoeLayers().front()->expert_offset();
+        e.full_offset = offset * (e.master.numel() / e.master.size(0));
+      }
+      (expert ? experts : dense).params.push_back(std::move(e));
     }
+    std::vector<dist::ParamGroup> groups;
+    groups.push_back(std::move(dense));
+    if (!experts.params.empty()) groups.push_back(std::move(experts));
+    dist::OptimizerOptions o;
+    o.type = t.optimizer;
+    o.beta1 = t.adam_beta1;
+    o.beta2 = t.adam_beta2;
+    o.eps = t.adam_eps;
+    o.weight_decay = t.weight_decay;
+    dist::ShardingOptions sh;
+    sh.zero_stage = static_cast<int>(cfg.derived.effective_zero_stage);
+    const config::DeepSpeedConfig& ds = cfg.deepspeed;
+    sh.overlap_grad_reduce = ds.enabled ? ds.overlap_comm : d.overlap_grad_reduce;
+    sh.overlap_param_gather = d.overlap_param_gather;
+    sh.offload = cfg.derived.optimizer_offload && device.is_cuda();
+    // DeepSpeed's reduce_bucket_size when its section is on; else DDP's 25 Mi elements.
+    sh.bucket_elements = ds.enabled ? ds.reduce_bucket_size : (int64_t{25} << 20);
+    sh.grad_divisor = dp;
+    optimizer = std::make_unique<dist::DistributedOptimizer>(std::move(groups), o, sh, world);
+  }
+
+  // The weights as HF tensors, with every expert (gathered from the expert-parallel group:
+  // a collective there). Rank 0 writes them.
+  std::vector<std::pair<std::string, torch::Tensor>> FullModelState() {
+    std::map<std::string, torch::Tensor> full;
+    if (ep > 1) {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : master->named_parameters()) {
+        if (p.key().find(".mlp.experts.") == std::string::npos) continue;
+        std::vector<int64_t> shape = p.value().sizes().vec();
+        shape[0] *= ep;
+        torch::Tensor all = torch::empty(shape, p.value().options());
+        ep_groups.ep->AllGather(all, p.value())->Wait();
+        full[p.key()] = all;
+      }
+    }
+    return model::ToHfStateDict(*master, full);
+  }
+
+  // The checkpoint whose optimizer state loads once the optimizer exists (after the experts
+  // are sharded).
+  std::optional<ckpt::LoadedCheckpoint> pending_optimizer;
+
+  void LoadOptimizerState() {
+    if (!pending_optimizer) return;
+    const ckpt::LoadedCheckpoint& loaded = *pending_optimizer;
+    const json& st = loaded.trainer_state;
+    optimizer->LoadState(loaded.world_size, [&](int r) {
+      ckpt::SafetensorsFile f = ckpt::LoadShard(loaded, r);
+      return std::make_pair(std::move(f.tensors), std::move(f.metadata));
+    });
+    const int64_t saved_dp = st.value("data_parallel_size", int64_t{1});
+    if (saved_dp != dp) {
+      Message("resharded the optimizer state of " + loaded.path + " from data-parallel size " +
+              std::to_string(saved_dp) + " to " + std::to_string(dp));
+    }
+    pending_optimizer.reset();
   }
 
   void Resume(const std::string& requested) {
@@ -133,10 +202,6 @@ struct Trainer::State {
     ckpt::LoadedCheckpoint loaded = ckpt::LoadCheckpoint(path);
     model::LoadHfStateDict(*master, loaded.model);
     if (mixed) CopyMasterToCompute(*master, *compute);
-    std::istringstream in(loaded.optimizer);
-    torch::serialize::InputArchive archive;
-    archive.load_from(in);
-    optimizer->load(archive);
     const json& st = loaded.trainer_state;
     step = st.at("step").get<int64_t>();
     tokens_seen = st.at("tokens_seen").get<int64_t>();
@@ -146,11 +211,14 @@ struct Trainer::State {
     sampler.next_sample = st.at("sampler").at("next_sample").get<int64_t>();
     sampler.taken = st.at("sampler").at("taken").get<std::vector<int64_t>>();
     data.sampler->Restore(sampler);
-    model::compat::SetRngState(torch::kCPU, loaded.state_tensors.at("rng_cpu"));
-    if (device.is_cuda() && loaded.state_tensors.count("rng_device")) {
-      model::compat::SetRngState(device, loaded.state_tensors.at("rng_device"));
-    }
-    resumed_from = loaded.path;
+    // This rank's RNG when the world is the same, else rank 0's.
+    const int saved_ranks = loaded.world_size;
+    std::map<std::string, torch::Tensor> rng = loaded.state_tensors;
+    if (saved_ranks == opt.world_size && opt.rank > 0) rng = ckpt::LoadShard(loaded, opt.rank).tensors;
+    model::compat::SetRngState(torch::kCPU, rng.at("rng_cpu"));
+    if (device.is_cuda() && rng.count("rng_device")) model::compat::SetRngState(device, rng.at("rng_device"));
+    pending_optimizer = std::move(loaded);
+    resumed_from = pending_optimizer->path;
     checkpoints->Protect(loaded.path);
     last_saved_step = step;
   }
@@ -159,12 +227,12 @@ struct Trainer::State {
     const auto start = Clock::now();
     ckpt::CheckpointData d;
     d.step = step;
-    d.model = model::ToHfStateDict(*master);
-    std::ostringstream os;
-    torch::serialize::OutputArchive archive;
-    optimizer->save(archive);
-    archive.save_to(os);
-    d.optimizer = os.str();
+    d.model = FullModelState();
+    if (opt.rank != 0) d.model.clear();
+    d.shard = optimizer->StateTensors();
+    d.shard_metadata = optimizer->StateMetadata();
+    d.shard.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
+    if (device.is_cuda()) d.shard.push_back({"rng_device", model::compat::GetRngState(device)});
     d.state_tensors.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
     if (device.is_cuda()) d.state_tensors.push_back({"rng_device", model::compat::GetRngState(device)});
     const data::SamplerState sampler = data.sampler->state();
@@ -173,11 +241,15 @@ struct Trainer::State {
                        {"loss_scale", loss_scale},
                        {"good_steps", good_steps},
                        {"world_size", opt.world_size},
+                       {"data_parallel_size", dp},
+                       {"expert_parallel_size", ep},
+                       {"zero_stage", cfg.derived.effective_zero_stage},
                        {"sampler", {{"next_sample", sampler.next_sample}, {"taken", sampler.taken}}}};
     d.config = config::ToJson(cfg);
     if (eval_step == step && eval_loss_at_step) d.val_loss = *eval_loss_at_step;
     std::string path;
-    const bool async = cfg.checkpointing.async_save && reason == "interval";
+    // A distributed save is collective, so it runs in the foreground.
+    const bool async = cfg.checkpointing.async_save && reason == "interval" && opt.world_size == 1;
     if (async) {
       checkpoints->SaveAsync(std::move(d));
       path = checkpoint_dir + "/checkpoint_" + std::to_string(step);
@@ -267,9 +339,30 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
     throw std::runtime_error("/model/mla/use_flash_mla: FlashMLA kernels are not in this build and fallback_to_dense "
                              "is false; set one of them");
   }
-  if (s.opt.world_size > 1) {
-    throw std::runtime_error("world size " + std::to_string(s.opt.world_size) +
-                             ": this dsv3-worker trains one rank; distributed training arrives with worker/dist");
+  const config::DistributedConfig& dc = c.distributed;
+  if (dc.tensor_parallel_size != 1 || dc.pipeline_parallel_size != 1) {
+    throw std::runtime_error(std::string(dc.tensor_parallel_size != 1 ? "/distributed/tensor_parallel_size: " +
+                                                                            std::to_string(dc.tensor_parallel_size)
+                                                                      : "/distributed/pipeline_parallel_size: " +
+                                                                            std::to_string(dc.pipeline_parallel_size)) +
+                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-2) and expert-parallel; set "
+                             "tensor_parallel_size and pipeline_parallel_size to 1");
+  }
+  if (c.derived.effective_zero_stage == 3) {
+    throw std::runtime_error("/distributed/zero_stage: 3 (parameter sharding) is not supported yet; use 2, which "
+                             "shards optimizer state and gradients");
+  }
+  if (s.opt.world_size > 1 && s.opt.world == nullptr) {
+    throw std::runtime_error("world size " + std::to_string(s.opt.world_size) + " needs a communicator (dist::Connect)");
+  }
+  if (s.opt.world != nullptr && (s.opt.world->size() != s.opt.world_size || s.opt.world->rank() != s.opt.rank)) {
+    throw std::runtime_error("the communicator's rank/size do not match the trainer's rank " +
+                             std::to_string(s.opt.rank) + " of " + std::to_string(s.opt.world_size));
+  }
+  if (dc.data_parallel_size != s.opt.world_size) {
+    throw std::runtime_error("/distributed/data_parallel_size: " + std::to_string(dc.data_parallel_size) +
+                             " does not match the world of " + std::to_string(s.opt.world_size) +
+                             " ranks (load the config with the launcher's world size)");
   }
   if (!c.training.train_steps) throw std::runtime_error("/training/train_steps: could not be resolved");
   if (!s.opt.output_dir.empty()) {
@@ -284,7 +377,17 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
                                                    : std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(s.threads);
   torch::manual_seed(static_cast<uint64_t>(c.seed));
-  s.device = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  s.device = torch::cuda::is_available()
+                 ? torch::Device(torch::kCUDA, static_cast<int8_t>(s.opt.local_rank % std::max<int64_t>(
+                                                                       torch::cuda::device_count(), 1)))
+                 : torch::Device(torch::kCPU);
+  s.world = s.opt.world;
+  if (s.world == nullptr) {
+    s.self_world = dist::MakeSelfCommunicator();
+    s.world = s.self_world.get();
+  }
+  s.dp = s.world->size();
+  s.ep = static_cast<int>(dc.expert_parallel_size);
   s.mixed = c.training.use_bf16 || c.training.use_fp16;
   s.compute_dtype = c.training.use_bf16 ? torch::kBFloat16 : c.training.use_fp16 ? torch::kHalf : torch::kFloat;
 
@@ -314,9 +417,6 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
   }
   s.master->train();
   s.compute->train();
-  for (const auto& p : s.master->parameters()) s.master_params.push_back(p);
-  for (const auto& p : s.compute->parameters()) s.compute_params.push_back(p);
-  s.BuildOptimizer();
   s.estimate = config::EstimateConfig(c);
   s.peak_flops = c.logging.peak_tflops > 0 ? c.logging.peak_tflops * 1e12 : MeasurePeakFlops(s.device, s.compute_dtype);
 
@@ -326,10 +426,31 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
               std::to_string(s.data.prepared.tokens) + " tokens");
   }
   for (const auto& issue : s.data.prepared.issues) s.Message("data warning: " + issue.ToString());
+  ckpt::SaveGroup save_group;
+  save_group.rank = s.opt.rank;
+  save_group.world = s.opt.world_size;
+  save_group.barrier = [world = s.world] { world->Barrier(); };
   s.checkpoints = std::make_unique<ckpt::CheckpointManager>(s.checkpoint_dir, c.checkpointing.keep_last_n,
-                                                            c.checkpointing.keep_best_n);
+                                                            c.checkpointing.keep_best_n, save_group);
   const std::string resume = !s.opt.resume.empty() ? s.opt.resume : c.checkpointing.resume_from.value_or("");
   if (!resume.empty()) s.Resume(resume);
+  if (s.ep > 1) {
+    // After the full weights are in place: each rank keeps its block of experts.
+    s.ep_groups = dist::MakeExpertParallelGroups(*s.world, s.ep);
+    const auto exchange = dist::MakeExpertExchange(s.ep_groups.ep.get());
+    s.master->ShardExperts(exchange);
+    if (s.mixed) s.compute->ShardExperts(exchange);
+  }
+  s.BuildOptimizer();
+  s.LoadOptimizerState();
+  if (s.opt.world_size > 1) {
+    std::ostringstream m;
+    m << "rank " << s.opt.rank << " of " << s.opt.world_size << " (" << s.world->backend() << "): data-parallel "
+      << s.dp << ", expert-parallel " << s.ep << ", ZeRO-" << c.derived.effective_zero_stage
+      << "; optimizer state on this rank " << s.optimizer->state_bytes() / 1048576.0 << " MiB, gradient buffers "
+      << s.optimizer->grad_bytes() / 1048576.0 << " MiB";
+    s.Message(m.str());
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -367,7 +488,7 @@ TrainResult Trainer::Run() {
   int64_t run_steps = 0;
   // Sums over the steps since the last log line.
   double sum_loss = 0, sum_main = 0, sum_mtp = 0, sum_balance = 0, sum_norm = 0;
-  double ms_data = 0, ms_fwd = 0, ms_bwd = 0, ms_opt = 0;
+  double ms_data = 0, ms_fwd = 0, ms_bwd = 0, ms_opt = 0, ms_comm = 0;
   int64_t window_steps = 0;
   auto window_start = Clock::now();
   std::vector<torch::Tensor> load_sums;
@@ -381,10 +502,11 @@ TrainResult Trainer::Run() {
     const auto t1 = Clock::now();
     s.compute->SetTrainingProgress(static_cast<double>(s.step) / static_cast<double>(total));
     const double lr = LearningRate(t, s.step);
-    for (auto& group : s.optimizer->param_groups()) group.options().set_lr(lr);
 
     double step_main = 0, step_mtp = 0, step_balance = 0, fwd = 0, bwd = 0;
+    const double comm_before = s.CommSeconds();
     for (int64_t m = 0; m < gas; ++m) {
+      s.optimizer->BeginMicroStep(m == gas - 1);
       const auto f0 = Clock::now();
       const torch::Tensor tokens = Rows(batch.tokens, m * micro, micro, batch.width, s.device);
       torch::Tensor segments;  // data.reset_attention_mask
@@ -394,6 +516,7 @@ TrainResult Trainer::Run() {
       if (t.use_fp16) loss = loss * s.loss_scale;
       const auto f1 = Clock::now();
       loss.backward();
+      s.optimizer->FinishBackward();  // this micro-step's reductions (overlapped with backward)
       const auto f2 = Clock::now();
       fwd += Ms(f0, f1);
       bwd += Ms(f1, f2);
@@ -408,18 +531,26 @@ TrainResult Trainer::Run() {
         step_mtp += v[1] / static_cast<double>(gas);
         step_balance += v[2] / static_cast<double>(gas);
       }
-      if (s.mixed) {
-        // Accumulate in fp32 on the master, so many micro-steps lose no precision.
-        torch::NoGradGuard no_grad;
-        for (size_t i = 0; i < s.master_params.size(); ++i) {
-          torch::Tensor& cg = s.compute_params[i].mutable_grad();
-          if (!cg.defined()) continue;
-          torch::Tensor& mg = s.master_params[i].mutable_grad();
-          if (mg.defined()) mg.add_(cg.to(torch::kFloat));
-          else mg = cg.to(torch::kFloat);
-          cg = torch::Tensor();
-        }
-      }
+    }
+    // The step's loss averaged over the data-parallel ranks, and the stop / checkpoint
+    // requests of any rank, in one all-reduce so every rank decides alike.
+    bool stop_requested = stop_.load(), checkpoint_requested = false;
+    if (s.world->size() > 1) {
+      const torch::Tensor v = torch::tensor({step_main, step_mtp, step_balance, stop_requested ? 1.0 : 0.0,
+                                             checkpoint_now_.load() ? 1.0 : 0.0},
+                                            torch::kDouble)
+                                  .to(s.device);
+      s.world->AllReduce(v)->Wait();
+      const torch::Tensor h = v.to(torch::kCPU);
+      const double* x = h.data_ptr<double>();
+      step_main = x[0] / s.dp;
+      step_mtp = x[1] / s.dp;
+      step_balance = x[2] / s.dp;
+      stop_requested = x[3] > 0;
+      checkpoint_requested = x[4] > 0;
+      if (checkpoint_requested) checkpoint_now_.store(false);
+    } else {
+      checkpoint_requested = checkpoint_now_.exchange(false);
     }
     const auto t2 = Clock::now();
     const double step_loss = step_main + t.mtp_loss_weight * step_mtp + step_balance;
@@ -434,16 +565,14 @@ TrainResult Trainer::Run() {
       s.Message("skipping step " + std::to_string(s.step + 1) + ": non-finite loss");
       apply = false;
     }
+    double grad_norm = 0;
+    if (apply) {
+      if (t.use_fp16) s.optimizer->ScaleGrads(1.0 / s.loss_scale);
+      // The global norm: one all-reduce of every rank's share; nan/inf when a gradient overflowed.
+      grad_norm = s.optimizer->GradNorm();
+    }
     if (apply && t.use_fp16) {
-      torch::NoGradGuard no_grad;
-      // One host sync for the overflow check of every gradient, not one per parameter.
-      std::vector<torch::Tensor> all_finite;
-      for (auto& p : s.master_params) {
-        if (!p.grad().defined()) continue;
-        p.mutable_grad().div_(s.loss_scale);
-        all_finite.push_back(torch::isfinite(p.grad()).all());
-      }
-      const bool finite = all_finite.empty() || torch::stack(all_finite).all().item<bool>();
+      const bool finite = std::isfinite(grad_norm);
       if (!finite) {  // overflow: skip the update and halve the scale
         apply = false;
         s.loss_scale /= 2;
@@ -452,24 +581,40 @@ TrainResult Trainer::Run() {
         s.loss_scale *= 2;
       }
     }
-    double grad_norm = 0;
     if (apply) {
-      grad_norm = torch::nn::utils::clip_grad_norm_(s.master_params,
-                                                    t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity());
-      s.optimizer->step();
+      // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+      if (t.grad_clip > 0 && grad_norm > 0 && t.grad_clip / (grad_norm + 1e-6) < 1.0) {
+        s.optimizer->ScaleGrads(t.grad_clip / (grad_norm + 1e-6));
+      }
+      s.optimizer->Step(lr);  // updates, gathers the shards, refreshes the compute model
+    } else {
+      s.optimizer->ZeroGrad();
     }
-    s.optimizer->zero_grad();
-    for (auto& p : s.compute_params) p.mutable_grad() = torch::Tensor();
-    if (s.mixed && apply) CopyMasterToCompute(*s.master, *s.compute);
-    // Aux-loss-free balancing from this step's loads (one rank: its loads are the global ones).
+    // Aux-loss-free balancing from the global batch's loads: every rank's counts summed, so
+    // every rank applies the same bias update.
     std::vector<model::MoeStats> stats = s.compute->TakeMoeStats();
     std::vector<torch::Tensor> loads;
-    for (size_t i = 0; i < stats.size(); ++i) {
-      loads.push_back(stats[i].tokens_per_expert_E);
-      if (load_sums.size() <= i) load_sums.push_back(torch::zeros_like(stats[i].tokens_per_expert_E));
-      load_sums[i] += stats[i].tokens_per_expert_E;
-      assignments += stats[i].assignments;
-      dropped += stats[i].dropped;
+    if (!stats.empty()) {
+      std::vector<torch::Tensor> parts;
+      for (const auto& st : stats) parts.push_back(st.tokens_per_expert_E.to(torch::kLong));
+      int64_t step_assignments = 0, step_dropped = 0;
+      for (const auto& st : stats) {
+        step_assignments += st.assignments;
+        step_dropped += st.dropped;
+      }
+      parts.push_back(torch::tensor({step_assignments, step_dropped}, torch::kLong));
+      torch::Tensor all = torch::cat(parts);
+      if (s.world->size() > 1) s.world->AllReduce(all)->Wait();
+      int64_t at = 0;
+      for (size_t i = 0; i < stats.size(); ++i) {
+        const int64_t E = stats[i].tokens_per_expert_E.numel();
+        loads.push_back(all.narrow(0, at, E));
+        at += E;
+        if (load_sums.size() <= i) load_sums.push_back(torch::zeros_like(loads.back()));
+        load_sums[i] += loads.back();
+      }
+      assignments += all[at].item<int64_t>();
+      dropped += all[at + 1].item<int64_t>();
     }
     if (apply) {
       s.compute->UpdateRouterBiases(loads);
@@ -490,6 +635,7 @@ TrainResult Trainer::Run() {
     ms_fwd += fwd;
     ms_bwd += bwd;
     ms_opt += Ms(t2, t3);
+    ms_comm += 1000.0 * (s.CommSeconds() - comm_before);
     ++window_steps;
 
     if (s.step % t.log_interval == 0 || s.step == total) {
@@ -521,14 +667,15 @@ TrainResult Trainer::Run() {
                   {"time_forward_ms", ms_fwd / n},
                   {"time_backward_ms", ms_bwd / n},
                   {"time_optimizer_ms", ms_opt / n},
-                  {"time_communication_ms", 0.0},
+                  {"time_communication_ms", ms_comm / n},
+                  {"optimizer_state_bytes", static_cast<double>(s.optimizer->state_bytes())},
                   {"expert_load_max_over_mean", worst},
                   {"expert_dropped_fraction", assignments > 0 ? static_cast<double>(dropped) / assignments : 0.0},
                   {"tokens_seen", static_cast<double>(s.tokens_seen)}};
       m.values.insert(m.values.end(), per_layer.begin(), per_layer.end());
       if (t.use_fp16) m.values.push_back({"loss_scale", s.loss_scale});
       for (auto& r : s.reporters) r->OnMetrics(m);
-      sum_loss = sum_main = sum_mtp = sum_balance = sum_norm = ms_data = ms_fwd = ms_bwd = ms_opt = 0;
+      sum_loss = sum_main = sum_mtp = sum_balance = sum_norm = ms_data = ms_fwd = ms_bwd = ms_opt = ms_comm = 0;
       window_steps = 0;
       assignments = dropped = 0;
       window_start = Clock::now();
@@ -539,11 +686,11 @@ TrainResult Trainer::Run() {
     if (c.checkpointing.enabled) {
       if (t.save_interval > 0 && s.step % t.save_interval == 0) {
         result.last_checkpoint = s.SaveCheckpoint("interval");
-      } else if (checkpoint_now_.exchange(false)) {
+      } else if (checkpoint_requested) {
         result.last_checkpoint = s.SaveCheckpoint("request");
       }
     }
-    if (stop_.load()) {
+    if (stop_requested) {
       stopped_by_signal = true;
       break;
     }

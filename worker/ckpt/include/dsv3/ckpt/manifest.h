@@ -11,7 +11,9 @@
 
 namespace dsv3::ckpt {
 
-inline constexpr const char* kCheckpointFormat = "dsv3-checkpoint/1";
+// /2: optimizer state in per-rank shard files (any data-parallel size loads them); /1 held a
+// LibTorch optimizer archive.
+inline constexpr const char* kCheckpointFormat = "dsv3-checkpoint/2";
 
 // A checkpoint directory from the directory itself, its manifest.json, or the guide's
 // `checkpoint_<step>.pt` spelling.

@@ -20,7 +20,10 @@ namespace dsv3::model {
 
 // Every tensor HF expects, by HF name, in model order. Expert tensors are views into the
 // stacked parameters; copies of shared tensors (MTP embed/head) alias the originals.
-std::vector<std::pair<std::string, torch::Tensor>> ToHfStateDict(DeepSeekV3Impl& model);
+// `replace`: our parameter names -> tensors to export instead (the full expert stacks
+// gathered from an expert-parallel group).
+std::vector<std::pair<std::string, torch::Tensor>> ToHfStateDict(
+    DeepSeekV3Impl& model, const std::map<std::string, torch::Tensor>& replace = {});
 
 // Copies HF-named tensors into the model (converting dtype and device). Throws
 // std::runtime_error listing missing tensors, unexpected names and shape mismatches; the

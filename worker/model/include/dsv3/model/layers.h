@@ -162,6 +162,21 @@ struct MoeOutput {
   torch::Tensor balance_loss;  // weighted sum of the configured balance losses (scalar)
 };
 
+// Expert parallelism: moves token rows between the ranks of an expert-parallel group.
+// Implemented by dsv3_dist over a communicator; the model sees only this interface.
+class ExpertExchange {
+ public:
+  virtual ~ExpertExchange() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // All-to-all of rows: send_rows[r] rows of x_ND go to rank r (in order); returns the
+  // rows received, recv_rows[r] from rank r, in rank order. Blocking.
+  virtual torch::Tensor Exchange(const torch::Tensor& x_ND, const std::vector<int64_t>& send_rows,
+                                 const std::vector<int64_t>& recv_rows) = 0;
+  // All-to-all of equal chunks of an int64 vector (chunk r to rank r).
+  virtual torch::Tensor ExchangeCounts(const torch::Tensor& counts) = 0;
+};
+
 // Per-layer statistics accumulated over forward passes until taken.
 struct MoeStats {
   torch::Tensor tokens_per_expert_E;  // int64, assignments kept after capacity
@@ -181,6 +196,11 @@ class MoEImpl : public torch::nn::Module {
   // Aux-loss-free balancing (paper §2.1.2): b_i += speed * sign(mean load - load_i), with
   // `load_E` the global batch's per-expert token counts. Call after each optimizer step.
   void UpdateBias(const torch::Tensor& load_E);
+  // Keeps only this rank's num_experts / size experts (a contiguous block) and runs routed
+  // tokens through the group with all-to-all; routing and capacity stay per rank.
+  void ShardExperts(std::shared_ptr<ExpertExchange> exchange);
+  // The first global expert held here (0 without expert parallelism).
+  int64_t expert_offset() const { return expert_offset_; }
 
   Router gate{nullptr};
   GroupedExperts experts{nullptr};
@@ -188,8 +208,15 @@ class MoEImpl : public torch::nn::Module {
 
  private:
   config::MoeConfig moe_;
+  // Routed experts for tokens sorted by expert (counts_E per global expert); returns the
+  // expert outputs in the same row order.
+  torch::Tensor RunLocalExperts(const torch::Tensor& x_AD, const int64_t* counts, int64_t first, int64_t n);
+  torch::Tensor RunParallelExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_E);
+
   double noise_scale_ = 1.0;
   MoeStats stats_;
+  std::shared_ptr<ExpertExchange> exchange_;
+  int64_t expert_offset_ = 0;
 };
 TORCH_MODULE(MoE);
 

@@ -65,6 +65,8 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // the order of TakeMoeStats().
   void UpdateRouterBiases(const std::vector<torch::Tensor>& loads_E);
   std::vector<MoE> MoeLayers() const;
+  // Expert parallelism: every MoE layer keeps its block of experts (see MoEImpl).
+  void ShardExperts(const std::shared_ptr<ExpertExchange>& exchange);
 
   int64_t NumParameters() const;
   const config::Config& config() const { return cfg_; }

@@ -2,7 +2,8 @@
 // accumulation, clipping, warmup + decay, mixed precision with fp32 master weights (fp16
 // with dynamic loss scaling), MoE bias updates and router-noise annealing, evaluation,
 // metrics through Reporters, and checkpoints (interval, request, signal, end) that resume
-// exactly. Knows nothing of RPC or of how the process was launched.
+// exactly. Several ranks train one model data-parallel (ZeRO 0-2) and expert-parallel over
+// a Communicator. Knows nothing of RPC or of how the process was launched.
 #pragma once
 
 #include <atomic>
@@ -14,12 +15,19 @@
 #include "dsv3/common/config.h"
 #include "dsv3/train/reporter.h"
 
+namespace dsv3::dist {
+class Communicator;
+}
+
 namespace dsv3::train {
 
 struct TrainerOptions {
   std::string resume;      // "", a checkpoint path, or "latest"
   std::string output_dir;  // overrides config.output_dir when set
   int rank = 0, world_size = 1;
+  int local_rank = 0;      // picks the CUDA device
+  // The job's world (dist::Connect), required when world_size > 1; not owned.
+  dist::Communicator* world = nullptr;
   int threads = 0;         // intra-op threads; 0 = config, else cores
   int64_t max_steps = -1;  // stop (with a checkpoint) after this many steps of this run; tests
 };

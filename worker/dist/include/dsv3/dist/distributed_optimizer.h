@@ -1,0 +1,120 @@
+// Data-parallel gradient reduction and the optimizer, sharded ZeRO-style (DeepSpeed's
+// stages, Megatron's distributed-optimizer layout):
+//   stage 0  plain data parallel: gradients all-reduced, every rank updates everything;
+//   stage 1  optimizer state sharded: gradients reduce-scattered on the last micro-step,
+//            each rank updates its shard, parameters all-gathered back;
+//   stage 2  gradients sharded too: reduce-scattered every micro-step into the shard and
+//            freed, so no rank keeps a full gradient across micro-steps.
+// Master parameters (fp32) live in one flat buffer per group, laid out in buckets in
+// backward order (reverse registration) of about bucket_elements each, padded to a multiple
+// of the group size; rank r's shard is chunk r of every bucket. A bucket is reduced as soon
+// as all of its parameters have their gradients (overlap_grad_reduce: launched from the
+// gradient-accumulator hooks during backward, in bucket order on every rank); parameters
+// that got no gradient this step are reduced as zeros when backward finishes.
+// With mixed precision the hooks also fold each bf16/fp16 gradient into the fp32 master
+// gradient; after the update the master copies back into the compute model.
+//
+// Groups: the parameters replicated over one communicator. Without expert parallelism one
+// group spans the data-parallel ranks; with it, expert weights form a second group over
+// the ranks that hold the same experts. Gradients are averaged over `grad_divisor` (the
+// data-parallel size) in both. Optimizer state is saved per rank as pieces of parameters
+// (name, element offset), so a checkpoint loads into any data-parallel size.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "dsv3/dist/communicator.h"
+
+namespace dsv3::dist {
+
+struct ParamEntry {
+  std::string name;
+  torch::Tensor master;   // fp32; becomes a view into the group's flat buffer
+  torch::Tensor compute;  // the tensor backward fills (== master without mixed precision)
+  bool decay = true;      // weight decay applies (matrices, not norms)
+  int64_t full_offset = 0;  // offset of this tensor's first element in the full parameter (expert shards)
+};
+
+struct ParamGroup {
+  std::string name;  // "dense", "expert": names the state in checkpoints
+  std::vector<ParamEntry> params;
+  Communicator* comm = nullptr;  // the ranks holding replicas of these parameters
+};
+
+struct OptimizerOptions {
+  std::string type = "adamw";  // adamw | adam | sgd (same arithmetic as torch::optim's)
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+};
+
+struct ShardingOptions {
+  int zero_stage = 0;
+  bool overlap_grad_reduce = true;
+  bool overlap_param_gather = true;
+  bool offload = false;             // optimizer state and its update in host memory (GPU)
+  int64_t bucket_elements = 25 << 20;
+  double grad_divisor = 1;          // data-parallel size: gradients are averaged
+};
+
+class DistributedOptimizer {
+ public:
+  // `world` spans every rank (grad norm, overflow checks). Registers gradient hooks.
+  DistributedOptimizer(std::vector<ParamGroup> groups, OptimizerOptions optimizer, ShardingOptions sharding,
+                       Communicator* world);
+  ~DistributedOptimizer();
+
+  // Before each micro-step's backward: `last` = the micro-step whose gradients complete the
+  // step (stages 0 and 1 reduce only then).
+  void BeginMicroStep(bool last);
+  // After backward: launches the buckets the hooks did not, waits for this micro-step's
+  // reductions.
+  void FinishBackward();
+
+  // The global L2 norm of the averaged gradient (every rank gets the same number; inf or
+  // nan when a gradient overflowed).
+  double GradNorm();
+  void ScaleGrads(double factor);
+  // One update with learning rate `lr`, then the parameters are gathered (stages 1, 2) and
+  // copied into the compute model. Zeroes the gradients.
+  void Step(double lr);
+  // Drops this step's gradients without an update (skipped step).
+  void ZeroGrad();
+
+  // This rank's optimizer state: tensors plus metadata describing which parameter elements
+  // they hold. Load takes the pieces of every rank's saved state (any sharding).
+  std::vector<std::pair<std::string, torch::Tensor>> StateTensors() const;
+  std::map<std::string, std::string> StateMetadata() const;
+  // `read_rank(r)` returns rank r's saved tensors and metadata; `ranks` saved ranks.
+  using ShardReader = std::function<std::pair<std::map<std::string, torch::Tensor>, std::map<std::string, std::string>>(int)>;
+  void LoadState(int ranks, const ShardReader& read_rank);
+
+  int64_t state_bytes() const;   // optimizer state held by this rank
+  int64_t grad_bytes() const;    // gradient buffers held between micro-steps by this rank
+  int64_t step_count() const { return step_; }
+
+ private:
+  struct Group;
+  struct Bucket;
+  void LaunchReady(Group& g);
+  void Launch(Group& g, size_t bucket);
+  void OnGradReady(size_t group, size_t param);
+  torch::Tensor StageBucket(Group& g, Bucket& b);
+
+  std::vector<std::unique_ptr<Group>> groups_;
+  OptimizerOptions opt_;
+  ShardingOptions sh_;
+  Communicator* world_;
+  bool last_micro_ = true;
+  int64_t step_ = 0;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooks alive
+};
+
+}  // namespace dsv3::dist

@@ -1,0 +1,144 @@
+// Rendezvous: a TCPStore on the master, every rank announces itself under a key, and every
+// rank waits until all keys are there, so a missing rank is named rather than waited for.
+#include <chrono>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "backends.h"
+#include "dsv3/dist/communicator.h"
+
+namespace dsv3::dist {
+namespace internal {
+
+std::string DescribeFailure(const std::string& backend, const std::string& op, const Communicator& c,
+                            const std::string& why) {
+  std::ostringstream s;
+  s << backend << " " << op << " on rank " << c.rank() << " of group '" << c.name() << "' (" << c.size()
+    << " ranks) failed: " << why;
+  return s.str();
+}
+
+
+namespace {
+
+class DoneWork final : public Work {
+ public:
+  void Wait() override {}
+};
+
+class SelfCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  const std::string& name() const override { return name_; }
+  std::string backend() const override { return "self"; }
+  WorkHandle AllReduce(torch::Tensor, ReduceOp) override { return Done(); }
+  WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override { return Copy(out, in); }
+  WorkHandle AllGather(torch::Tensor out, torch::Tensor in) override { return Copy(out, in); }
+  WorkHandle Broadcast(torch::Tensor, int) override { return Done(); }
+  WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>&,
+                      const std::vector<int64_t>&) override {
+    return Copy(out, in);
+  }
+  void Barrier() override {}
+  std::unique_ptr<Communicator> Subgroup(const std::vector<int>&, const std::string&) override {
+    return std::make_unique<SelfCommunicator>();
+  }
+
+ private:
+  static WorkHandle Done() { return std::make_shared<DoneWork>(); }
+  static WorkHandle Copy(torch::Tensor out, const torch::Tensor& in) {
+    if (!out.is_same(in)) out.copy_(in.view_as(out));
+    return Done();
+  }
+  std::string name_ = "self";
+};
+
+}  // namespace
+}  // namespace internal
+
+std::unique_ptr<Communicator> MakeSelfCommunicator() { return std::make_unique<internal::SelfCommunicator>(); }
+
+std::string ResolveBackend(const std::string& configured, bool cuda) {
+  if (configured == "gloo") {
+    if (!internal::HaveGloo()) {
+      throw std::runtime_error("/distributed/backend: \"gloo\" is not in this build (LibTorch without c10d Gloo "
+                               "headers); use \"nccl\"");
+    }
+    return "gloo";
+  }
+  if (configured == "nccl") {
+    if (!internal::HaveNccl()) {
+      throw std::runtime_error("/distributed/backend: \"nccl\" is not in this build (no nccl.h was found at build "
+                               "time); use \"gloo\"");
+    }
+    if (!cuda) {
+      throw std::runtime_error("/distributed/backend: \"nccl\" needs CUDA tensors, and this process has no CUDA "
+                               "device (or its LibTorch is CPU-only); use \"gloo\" or \"deepspeed\" on the CPU");
+    }
+    return "nccl";
+  }
+  if (configured == "deepspeed") return ResolveBackend(cuda && internal::HaveNccl() ? "nccl" : "gloo", cuda);
+  throw std::runtime_error("/distributed/backend: \"" + configured + "\" is not a backend; use nccl, gloo or deepspeed");
+}
+
+std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOptions& options) {
+  using Clock = std::chrono::steady_clock;
+  const auto where = launch.master_addr + ":" + std::to_string(launch.master_port);
+  const double wait_s = std::chrono::duration<double>(options.rendezvous_timeout).count();
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(launch.master_port);
+  so.isServer = launch.rank == 0 && !launch.agent_store;
+  so.waitWorkers = false;
+  so.timeout = options.rendezvous_timeout;
+  c10::intrusive_ptr<c10d::Store> tcp;
+  try {
+    tcp = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+  } catch (const std::exception& e) {
+    std::ostringstream s;
+    s << "rendezvous: rank " << launch.rank << " of " << launch.world_size;
+    if (so.isServer) {
+      s << " could not host the store at " << where << " (is the port in use?): " << e.what();
+    } else {
+      s << " could not reach the store at " << where << " within " << wait_s
+        << " s: missing ranks: 0 (it hosts the store" << (launch.agent_store ? " through the launcher's agent" : "")
+        << "); check MASTER_ADDR/MASTER_PORT. " << e.what();
+    }
+    throw std::runtime_error(s.str());
+  }
+  auto store = c10::make_intrusive<c10d::PrefixStore>("dsv3", tcp);
+  const std::string arrived = "arrived/";
+  store->set(arrived + std::to_string(launch.rank), std::vector<uint8_t>{1});
+  std::vector<std::string> keys;
+  for (int r = 0; r < launch.world_size; ++r) keys.push_back(arrived + std::to_string(r));
+  const auto deadline = Clock::now() + options.rendezvous_timeout;
+  while (!store->check(keys)) {
+    if (Clock::now() >= deadline) {
+      std::ostringstream missing;
+      int count = 0;
+      for (int r = 0; r < launch.world_size; ++r) {
+        if (!store->check({keys[static_cast<size_t>(r)]})) missing << (count++ ? ", " : "") << r;
+      }
+      throw std::runtime_error("rendezvous at " + where + " timed out after " + std::to_string(wait_s) + " s: " +
+                               std::to_string(count) + " of " + std::to_string(launch.world_size) +
+                               " ranks did not arrive: missing ranks: " + missing.str());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  internal::GroupSpec spec;
+  spec.store = c10::make_intrusive<c10d::PrefixStore>("world", store);
+  spec.rank = launch.rank;
+  spec.size = launch.world_size;
+  spec.name = "world";
+  spec.options = options;
+  spec.master_addr = launch.master_addr;
+  if (options.backend == "nccl") return internal::MakeNccl(spec);
+  if (options.backend == "gloo") return internal::MakeGloo(spec);
+  throw std::runtime_error("unknown communicator backend \"" + options.backend + "\" (gloo or nccl)");
+}
+
+}  // namespace dsv3::dist
