@@ -195,6 +195,22 @@ TEST_F(TrainerTest, WhatTheBuildCannotDoIsAClearError) {
           << e.what();
     }
   }
+  for (const auto& [field, value] : std::vector<std::pair<std::string, int>>{{"tensor_parallel_size", 2},
+                                                                            {"pipeline_parallel_size", 2}}) {
+    try {
+      Train(Config(dir_.path() / field, {{"distributed", {{field, value}}}}));
+      FAIL() << field;
+    } catch (const std::runtime_error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("/distributed/" + field + ": 2 is not supported yet", 0), 0u) << e.what();
+    }
+  }
+  try {
+    Train(Config(dir_.path() / "zero3", {{"distributed", {{"zero_stage", 3}}}}));
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("/distributed/zero_stage: 3 (parameter sharding) is not supported yet", 0), 0u)
+        << e.what();
+  }
   TrainerOptions two;
   two.world_size = 2;
   try {

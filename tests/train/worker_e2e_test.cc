@@ -24,6 +24,7 @@
 #include "dsv3/data/synth.h"
 #include "hf_reference.h"
 #include "test_util.h"
+#include "worker_process.h"
 
 namespace dsv3 {
 namespace {
@@ -31,53 +32,15 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Starts dsv3-worker in `cwd` with stdout+stderr to `log`.
-pid_t StartWorker(const fs::path& cwd, const std::vector<std::string>& args, const fs::path& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (chdir(cwd.c_str()) != 0) _exit(127);
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    std::vector<char*> argv;
-    std::string exe = DSV3_WORKER_PATH;
-    argv.push_back(exe.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(exe.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int WaitExit(pid_t pid, int timeout_s) {
-  for (int i = 0; i < timeout_s * 10; ++i) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
+using test::Events;
+using test::StartWorker;
+using test::WaitExit;
 
 std::string Read(const fs::path& p) {
   std::ifstream in(p);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::vector<json> Events(const fs::path& metrics, const std::string& kind) {
-  std::vector<json> out;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const json j = json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.value("event", "") == kind) out.push_back(j);
-  }
-  return out;
 }
 
 class WorkerTest : public ::testing::Test {

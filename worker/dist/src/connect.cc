@@ -89,7 +89,9 @@ std::string ResolveBackend(const std::string& configured, bool cuda) {
 std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOptions& options) {
   using Clock = std::chrono::steady_clock;
   const auto where = launch.master_addr + ":" + std::to_string(launch.master_port);
-  const double wait_s = std::chrono::duration<double>(options.rendezvous_timeout).count();
+  std::ostringstream wait_text;
+  wait_text << std::chrono::duration<double>(options.rendezvous_timeout).count() << " s";
+  const std::string wait_s = wait_text.str();
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(launch.master_port);
   so.isServer = launch.rank == 0 && !launch.agent_store;
@@ -105,7 +107,7 @@ std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOpt
       s << " could not host the store at " << where << " (is the port in use?): " << e.what();
     } else {
       s << " could not reach the store at " << where << " within " << wait_s
-        << " s: missing ranks: 0 (it hosts the store" << (launch.agent_store ? " through the launcher's agent" : "")
+        << ": missing ranks: 0 (it hosts the store" << (launch.agent_store ? " through the launcher's agent" : "")
         << "); check MASTER_ADDR/MASTER_PORT. " << e.what();
     }
     throw std::runtime_error(s.str());
@@ -115,19 +117,51 @@ std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOpt
   store->set(arrived + std::to_string(launch.rank), std::vector<uint8_t>{1});
   std::vector<std::string> keys;
   for (int r = 0; r < launch.world_size; ++r) keys.push_back(arrived + std::to_string(r));
+  // Every rank waits for every key. The store's host (rank 0) names the missing ranks under
+  // "failed" when it gives up and keeps the store up a moment so the others read it; a rank
+  // that loses the store reports the ranks missing at its last look.
   const auto deadline = Clock::now() + options.rendezvous_timeout;
-  while (!store->check(keys)) {
-    if (Clock::now() >= deadline) {
-      std::ostringstream missing;
-      int count = 0;
-      for (int r = 0; r < launch.world_size; ++r) {
-        if (!store->check({keys[static_cast<size_t>(r)]})) missing << (count++ ? ", " : "") << r;
-      }
-      throw std::runtime_error("rendezvous at " + where + " timed out after " + std::to_string(wait_s) + " s: " +
-                               std::to_string(count) + " of " + std::to_string(launch.world_size) +
-                               " ranks did not arrive: missing ranks: " + missing.str());
+  const auto missing_now = [&] {
+    std::string list;
+    int count = 0;
+    for (int r = 0; r < launch.world_size; ++r) {
+      if (!store->check({keys[static_cast<size_t>(r)]})) list += (count++ ? ", " : "") + std::to_string(r);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return std::to_string(count) + " of " + std::to_string(launch.world_size) +
+           " ranks did not arrive: missing ranks: " + list;
+  };
+  struct RendezvousError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  const auto fail = [&](const std::string& why) {
+    throw RendezvousError("rendezvous at " + where + " failed after " + wait_s + ": " + why);
+  };
+  std::string last_missing = "the store's host went away";
+  auto next_look = Clock::now();
+  try {
+    while (!store->check(keys)) {
+      if (store->check({"failed"})) {
+        const std::vector<uint8_t> v = store->get("failed");
+        fail(std::string(v.begin(), v.end()));
+      }
+      if (Clock::now() >= next_look) {
+        last_missing = missing_now();
+        next_look = Clock::now() + std::chrono::seconds(1);
+      }
+      if (Clock::now() >= deadline) {
+        const std::string missing = missing_now();
+        if (so.isServer) {
+          store->set("failed", std::vector<uint8_t>(missing.begin(), missing.end()));
+          std::this_thread::sleep_for(std::chrono::seconds(2));
+        }
+        fail(missing);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  } catch (const RendezvousError&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(last_missing + " (then the store closed: " + e.what() + ")");
   }
   internal::GroupSpec spec;
   spec.store = c10::make_intrusive<c10d::PrefixStore>("world", store);

@@ -86,12 +86,14 @@ class NcclCommunicator final : public Communicator {
   std::string backend() const override { return "nccl"; }
 
   WorkHandle AllReduce(torch::Tensor t, ReduceOp op) override {
+    Usable("allreduce");
     Check(ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), ToNccl(op),
                         comm_, stream()),
           "allreduce");
     return std::make_shared<NcclWork>(this, "allreduce");
   }
   WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override {
+    Usable("reduce_scatter");
     torch::Tensor src = in.contiguous();
     Check(ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()),
                             ToNccl(in.scalar_type()), ncclSum, comm_, stream()),
@@ -99,6 +101,7 @@ class NcclCommunicator final : public Communicator {
     return std::make_shared<NcclWork>(this, "reduce_scatter");
   }
   WorkHandle AllGather(torch::Tensor out, torch::Tensor in) override {
+    Usable("allgather");
     torch::Tensor src = in.contiguous();
     Check(ncclAllGather(src.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), ToNccl(in.scalar_type()),
                         comm_, stream()),
@@ -106,6 +109,7 @@ class NcclCommunicator final : public Communicator {
     return std::make_shared<NcclWork>(this, "allgather");
   }
   WorkHandle Broadcast(torch::Tensor t, int root) override {
+    Usable("broadcast");
     Check(ncclBroadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), root,
                         comm_, stream()),
           "broadcast");
@@ -113,6 +117,7 @@ class NcclCommunicator final : public Communicator {
   }
   WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
                       const std::vector<int64_t>& in_rows) override {
+    Usable("alltoall");
     torch::Tensor src = in.contiguous();
     const int64_t row = src.dim() > 1 ? src.numel() / std::max<int64_t>(src.size(0), 1) : 1;
     const size_t bytes = static_cast<size_t>(row) * src.element_size();
@@ -148,6 +153,11 @@ class NcclCommunicator final : public Communicator {
     return std::make_unique<NcclCommunicator>(sub);
   }
 
+  // After a timeout or an asynchronous error: frees NCCL's resources; later calls fail.
+  void Abort() {
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
   cudaStream_t stream() const { return nullptr; }  // the legacy default stream
   ncclComm_t comm() const { return comm_; }
   const GroupSpec& spec() const { return spec_; }
@@ -157,6 +167,9 @@ class NcclCommunicator final : public Communicator {
     if (r != ncclSuccess && r != ncclInProgress) {
       throw std::runtime_error(DescribeFailure("nccl", op, *this, ncclGetErrorString(r)));
     }
+  }
+  void Usable(const std::string& op) {
+    if (comm_ == nullptr) throw std::runtime_error(DescribeFailure("nccl", op, *this, "the communicator was aborted"));
   }
   void Cuda(cudaError_t r, const std::string& op) {
     if (r != cudaSuccess) throw std::runtime_error(DescribeFailure("nccl", op, *this, cudaGetErrorString(r)));
@@ -181,13 +194,13 @@ void NcclWork::Wait() {
     if (q == cudaSuccess) break;
     if (q != cudaErrorNotReady) comm_->Cuda(q, op_);
     ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(comm_->comm(), &async);
+    if (comm_->comm() != nullptr) ncclCommGetAsyncError(comm_->comm(), &async);
     if (async != ncclSuccess && async != ncclInProgress) {
-      ncclCommAbort(comm_->comm());
+      comm_->Abort();
       comm_->Check(async, op_);
     }
     if (Clock::now() > deadline) {
-      ncclCommAbort(comm_->comm());
+      comm_->Abort();
       const double s = std::chrono::duration<double>(comm_->spec().options.collective_timeout).count();
       throw std::runtime_error(DescribeFailure("nccl", op_, *comm_, "timed out after " + std::to_string(s) + " s"));
     }

@@ -231,6 +231,12 @@ struct Trainer::State {
     if (opt.rank != 0) d.model.clear();
     d.shard = optimizer->StateTensors();
     d.shard_metadata = optimizer->StateMetadata();
+    // Every rank's router biases: equal on all ranks when the loads were summed right; kept
+    // per rank so that a checkpoint shows it.
+    const std::vector<model::MoE> moes = master->MoeLayers();
+    for (size_t i = 0; i < moes.size(); ++i) {
+      d.shard.push_back({"router_bias." + std::to_string(i), moes[i]->gate->e_score_correction_bias});
+    }
     d.shard.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
     if (device.is_cuda()) d.shard.push_back({"rng_device", model::compat::GetRngState(device)});
     d.state_tensors.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
@@ -417,6 +423,11 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
   }
   s.master->train();
   s.compute->train();
+  if (s.opt.world_size > 1) {
+    // Same initial weights everywhere (the seed above); from here on each rank draws its own
+    // dropout masks and router noise.
+    torch::manual_seed(static_cast<uint64_t>(c.seed) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(s.opt.rank + 1)));
+  }
   s.estimate = config::EstimateConfig(c);
   s.peak_flops = c.logging.peak_tflops > 0 ? c.logging.peak_tflops * 1e12 : MeasurePeakFlops(s.device, s.compute_dtype);
 
