@@ -30,14 +30,17 @@ json DiagnosticsJson(const std::vector<Diagnostic>& list) {
 // Options shared by verbs that load a config.
 struct LoadFlags {
   std::optional<int64_t> world_size;
+  bool deepspeed = false;
   void Add(CLI::App& verb) {
     verb.add_option("--gpus,--world-size", world_size,
                     "Ranks the job runs with (derives data_parallel_size when it is -1)")
         ->check(CLI::PositiveNumber);
+    verb.add_flag("--deepspeed", deepspeed, "Turn the deepspeed section on (deepspeed.enabled = true)");
   }
   config::LoadOptions Options() const {
     config::LoadOptions o;
     o.world_size = world_size;
+    o.enable_deepspeed = deepspeed;
     return o;
   }
 };

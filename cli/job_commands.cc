@@ -260,7 +260,7 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
     Common common;
     std::string file, resume, name;
     int gpus = 1, priority = 0;
-    bool follow = false, dry_run = false;
+    bool follow = false, dry_run = false, deepspeed = false;
   };
   auto st = std::make_shared<State>();
   CLI::App* verb = app.add_subcommand("submit", "Submit a training config as a job to dsv3d");
@@ -273,11 +273,14 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
   verb->add_option("--priority", st->priority, "Higher runs first; equal priorities run in submission order");
   verb->add_flag("--follow,-f", st->follow, "Stream the job's logs until it ends; exit with its outcome");
   verb->add_flag("--dry-run", st->dry_run, "Validate on the controller and show what would start; queue nothing");
+  verb->add_flag("--deepspeed", st->deepspeed,
+                 "Turn the deepspeed section on (ZeRO, precision, clipping from it and its config_file)");
   st->common.Add(*verb);
   verb->callback([st, &ctx] {
     // Validate here first: a broken config never reaches the controller's queue.
     config::LoadOptions lo;
     lo.world_size = st->gpus;
+    lo.enable_deepspeed = st->deepspeed;
     const config::LoadResult loaded = config::LoadConfigFile(st->file, lo);
     for (const auto& w : loaded.warnings) ctx.err << st->file << ": warning: " << w.ToString() << "\n";
     if (!loaded.ok()) {

@@ -240,6 +240,10 @@ std::string MergeDeepSpeedFile(json& doc, const fs::path& dir, LoadState& st) {
 LoadResult Finish(json doc, const fs::path& dir, const LoadOptions& options, LoadState st) {
   LoadResult result;
   HoistDistributedSections(doc, st);
+  if (options.enable_deepspeed && doc.is_object()) {
+    if (!doc.contains("deepspeed") || !doc["deepspeed"].is_object()) doc["deepspeed"] = json::object();
+    doc["deepspeed"]["enabled"] = true;
+  }
   const std::string deepspeed_file = MergeDeepSpeedFile(doc, dir, st);
   std::set<std::string> present;
   internal::ReadConfig(doc, result.config, st.errors, present);

@@ -105,6 +105,22 @@ TEST_F(ConfigCommandsTest, ShowJsonHasConfigDerivedAndWarnings) {
   EXPECT_EQ(j["warnings"][0]["path"], "/data/sources");
 }
 
+TEST_F(ConfigCommandsTest, DeepSpeedFlagTurnsTheSectionOn) {
+  const std::string cfg = Write(
+      "ds.json", R"({"data": {"sources": [{"subset": "dolma_v1_6_cc"}]},
+                    "deepspeed": {"zero_optimization": {"stage": 2}, "gradient_clipping": 0.5}})");
+  const CliRun off = Cli({"config", "show", cfg, "--output", "json"});
+  ASSERT_EQ(off.code, 0) << off.err;
+  EXPECT_EQ(json::parse(off.out)["config"]["deepspeed"]["enabled"], false);
+  EXPECT_EQ(json::parse(off.out)["derived"]["zero_stage"], 1);  // the section is off
+  const CliRun on = Cli({"config", "show", cfg, "--deepspeed", "--gpus", "2", "--output", "json"});
+  ASSERT_EQ(on.code, 0) << on.err;
+  const json j = json::parse(on.out);
+  EXPECT_EQ(j["config"]["deepspeed"]["enabled"], true);
+  EXPECT_EQ(j["derived"]["zero_stage"], 2);
+  EXPECT_DOUBLE_EQ(j["config"]["training"]["grad_clip"].get<double>(), 0.5);
+}
+
 TEST_F(ConfigCommandsTest, EstimateOnDeepSeekV3Prints671B) {
   const std::string out = (dir_.path() / "v3.json").string();
   const CliRun imported = Cli({"config", "import-hf", std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/hf/deepseek_v3_config.json",

@@ -122,6 +122,35 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
       << scrape;
 }
 
+// Two ranks on the local allocator: submit --gpus 2 --deepspeed trains data-parallel with
+// ZeRO-1 over Gloo; the checkpoint holds each rank's optimizer shard.
+TEST_F(ControllerTest, TwoRankDeepSpeedJobCompletesWithShardedCheckpoints) {
+  Dsv3d d(dir_.path() / "state", 2);
+  d.Start();
+  json c = QuickConfig(10, 10);
+  c["distributed"].erase("zero_stage");
+  c["deepspeed"] = {{"zero_optimization", {{"stage", 1}}}};
+  c["training"]["micro_batch_size"] = 4;
+  const fs::path cfg = dir_.path() / "two.json";
+  std::ofstream(cfg) << c.dump(2);
+  std::string out;
+  ASSERT_EQ(Cli({"submit", cfg.string(), "--gpus", "2", "--deepspeed", "--follow", "--controller", d.address()}, &out),
+            0)
+      << out;
+  const v1::Job job = GetJob(*d.Stub(), 1);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
+  ASSERT_EQ(job.ranks_size(), 2);
+  EXPECT_EQ(job.ranks(0).exit_code(), 0);
+  EXPECT_EQ(job.ranks(1).exit_code(), 0);
+  EXPECT_EQ(job.step(), 10);
+  EXPECT_NE(out.find("rank 1 of 2 (gloo): data-parallel 2, expert-parallel 1, ZeRO-1"), std::string::npos) << out;
+  const fs::path ckpt = job.last_checkpoint();
+  EXPECT_EQ(ckpt.filename(), "checkpoint_10");
+  EXPECT_TRUE(fs::exists(ckpt / "shard_0.safetensors"));
+  EXPECT_TRUE(fs::exists(ckpt / "shard_1.safetensors"));
+  EXPECT_EQ(json::parse(ReadFile(ckpt / "manifest.json"))["world_size"], 2);
+}
+
 // Cancel mid-run: SIGTERM -> the trainer checkpoints -> CANCELED with that checkpoint.
 TEST_F(ControllerTest, CancelMidRunEndsCanceledWithACheckpoint) {
   Dsv3d d(dir_.path() / "state", 2);

@@ -35,6 +35,8 @@ struct LoadOptions {
   // Directory that relative "extends" and deepspeed.config_file paths of an in-memory text
   // resolve against (files use their own directory).
   std::string base_dir = ".";
+  // dsv3ctl --deepspeed (the guide's flag): deepspeed.enabled = true, as if the file said so.
+  bool enable_deepspeed = false;
 };
 
 struct LoadResult {
