@@ -129,15 +129,16 @@ int main(int argc, char** argv) {
               m.Get("tokens_per_s"), m.Get("step_ms"), m.Get("time_data_ms"), m.Get("time_forward_ms"),
               m.Get("time_backward_ms"), m.Get("time_optimizer_ms"), 100 * m.Get("mfu"));
 
-  // Checkpoint speed on this model's weights (+ Adam state in optimizer.pt).
+  // Checkpoint speed on this model's weights (+ Adam state in the rank's shard).
   torch::manual_seed(0);
   dsv3::model::DeepSeekV3 model(r.config);
   dsv3::ckpt::CheckpointData d;
   d.step = 1;
   d.model = dsv3::model::ToHfStateDict(*model);
-  d.optimizer = std::string(static_cast<size_t>(model->NumParameters()) * 8, '\0');  // Adam's m and v, fp32
+  d.shard = {{"dense.exp_avg", torch::zeros({model->NumParameters()})},  // Adam's m and v, fp32
+             {"dense.exp_avg_sq", torch::zeros({model->NumParameters()})}};
   d.state_tensors = {{"rng_cpu", torch::zeros({8}, torch::kByte)}};
-  int64_t bytes = static_cast<int64_t>(d.optimizer.size());
+  int64_t bytes = model->NumParameters() * 8;
   for (const auto& [n, w] : d.model) bytes += w.numel() * w.element_size();
   dsv3::ckpt::CheckpointManager manager(dir + "/ckpt", 0, 0);
   auto start = Clock::now();

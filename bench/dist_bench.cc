@@ -1,0 +1,182 @@
+// Data-parallel scaling on this machine: the same config and global batch trained by 1 rank
+// and by N dsv3-worker processes over Gloo on loopback (started as torchrun starts them),
+// with each ZeRO stage. Prints tokens/s, the step time spent blocked in communication, and
+// the optimizer state each rank holds. Asserts nothing.
+//
+//   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
+//              [--stages 0,1,2] [--dir /tmp/dsv3_dist_bench]
+//
+// Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
+// each. The data is replaced by a synthetic corpus (byte tokenizer).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dsv3/common/config_io.h"
+#include "dsv3/data/synth.h"
+#include "train/worker_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Figures {
+  bool ok = false;
+  double tokens_per_s = 0;  // the job's, every rank together
+  double step_ms = 0, comm_ms = 0, optimizer_mb = 0;
+};
+
+// One job: `ranks` processes, the last logged window (the steps after the first).
+Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, int ranks, int threads) {
+  const fs::path out = dir / name;
+  fs::remove_all(out);
+  json c = cfg;
+  c["output_dir"] = out.string();
+  c["checkpointing"]["dir"] = (out / "checkpoints").string();
+  const fs::path path = dir / (name + ".json");
+  std::ofstream(path) << c.dump(2);
+  const int port = FreePort();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < ranks; ++r) {
+    const std::string rs = std::to_string(r);
+    std::map<std::string, std::string> env;
+    if (ranks > 1) {
+      env = {{"RANK", rs}, {"WORLD_SIZE", std::to_string(ranks)}, {"LOCAL_RANK", rs},
+             {"LOCAL_WORLD_SIZE", std::to_string(ranks)}, {"MASTER_ADDR", "127.0.0.1"},
+             {"MASTER_PORT", std::to_string(port)}};
+    }
+    pids.push_back(dsv3::test::StartWorker(dir, {"--config", path.string(), "--threads", std::to_string(threads)},
+                                           out.string() + ".rank" + rs + ".log", env));
+  }
+  Figures f;
+  f.ok = true;
+  for (int r = 0; r < ranks; ++r) {
+    if (dsv3::test::WaitExit(pids[static_cast<size_t>(r)], 3600) != 0) {
+      std::ifstream log(out.string() + ".rank" + std::to_string(r) + ".log");
+      std::cerr << name << " rank " << r << " failed:\n" << log.rdbuf() << "\n";
+      f.ok = false;
+    }
+  }
+  const auto train = dsv3::test::Events(out / "metrics.jsonl", "train");
+  if (!f.ok || train.size() < 2) {
+    f.ok = false;
+    return f;
+  }
+  const json& m = train.back();
+  f.tokens_per_s = m["tokens_per_s"].get<double>() * ranks;  // the metric is per rank
+  f.step_ms = m["step_ms"];
+  f.comm_ms = m["time_communication_ms"];
+  f.optimizer_mb = m["optimizer_state_bytes"].get<double>() / 1048576.0;
+  return f;
+}
+
+std::vector<int> ParseList(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> configs;
+  std::string dir = "/tmp/dsv3_dist_bench";
+  int steps = 12, ranks = 2;
+  std::vector<int> stages = {0, 1, 2};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--config") configs.push_back(v);
+    else if (k == "--steps") steps = std::stoi(v);
+    else if (k == "--ranks") ranks = std::stoi(v);
+    else if (k == "--stages") stages = ParseList(v);
+    else if (k == "--dir") dir = v;
+    else {
+      std::cerr << "unknown argument " << k << "\n";
+      return 2;
+    }
+  }
+  if (configs.empty()) configs.push_back("configs/train_config_nano.json");
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  dsv3::data::SynthesizeDolma(dir + "/corpus", 300, 1);
+  std::printf("dist_bench: %d cores; 1 rank x %d threads vs %d ranks x %d threads (Gloo, loopback); %d steps, the "
+              "last %d timed\n",
+              cores, cores, ranks, std::max(1, cores / ranks), steps, steps / 2);
+  for (const std::string& config_path : configs) {
+    const dsv3::config::LoadResult base = dsv3::config::LoadConfigFile(config_path);
+    if (!base.ok()) {
+      std::cerr << config_path << ": " << base.errors[0].ToString() << "\n";
+      return 1;
+    }
+    json cfg = dsv3::config::ToJson(base.config);
+    json sources = json::array();
+    for (const auto& s : dsv3::config::DolmaSubsets()) {
+      sources.push_back({{"subset", s}, {"paths", {dir + "/corpus/" + s + "/*.json.gz"}}});
+    }
+    cfg["data"]["sources"] = sources;
+    cfg["data"]["tokenizer"] = {{"type", "byte"}, {"model", ""}};
+    cfg["data"]["cache_dir"] = dir + "/cache";
+    cfg["logging"]["tensorboard"]["enabled"] = false;
+    cfg["logging"]["peak_tflops"] = 1.0;
+    cfg["validation"]["enabled"] = false;
+    cfg["deepspeed"]["enabled"] = false;
+    cfg["slurm"]["enabled"] = false;
+    cfg["distributed"]["data_parallel_size"] = -1;
+    cfg["distributed"]["backend"] = "gloo";
+    cfg["training"]["use_bf16"] = false;
+    cfg["training"]["log_interval"] = steps / 2;
+    cfg["training"]["eval_interval"] = 0;
+    cfg["training"]["save_interval"] = 0;
+    cfg["training"]["train_steps"] = steps;
+    cfg["training"]["total_training_tokens"] = nullptr;
+    cfg["checkpointing"]["enabled"] = false;
+    const int64_t global = cfg["training"]["global_batch_size"], micro = cfg["training"]["micro_batch_size"];
+    if (global % (micro * ranks) != 0) cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, global / ranks);
+    std::printf("%s: global batch %lld x seq %lld\n", config_path.c_str(),
+                static_cast<long long>(cfg["training"]["global_batch_size"].get<int64_t>()),
+                static_cast<long long>(cfg["training"]["seq_length"].get<int64_t>()));
+    cfg["distributed"]["zero_stage"] = 0;
+    const Figures one = RunJob(cfg, dir, "one", 1, cores);
+    if (!one.ok) return 1;
+    std::printf("  1 rank              %8.0f tokens/s  %7.0f ms/step  optimizer state %7.2f MiB/rank\n",
+                one.tokens_per_s, one.step_ms, one.optimizer_mb);
+    for (int stage : stages) {
+      cfg["distributed"]["zero_stage"] = stage;
+      const Figures f = RunJob(cfg, dir, "zero" + std::to_string(stage), ranks, std::max(1, cores / ranks));
+      if (!f.ok) return 1;
+      std::printf("  %d ranks, ZeRO-%d    %8.0f tokens/s  %7.0f ms/step  (x%.2f; communication %.0f ms = %.0f%% of "
+                  "the step)  optimizer state %7.2f MiB/rank\n",
+                  ranks, stage, f.tokens_per_s, f.step_ms, f.tokens_per_s / one.tokens_per_s, f.comm_ms,
+                  100 * f.comm_ms / f.step_ms, f.optimizer_mb);
+    }
+  }
+  fs::remove_all(dir);
+  return 0;
+}
