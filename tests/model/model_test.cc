@@ -211,6 +211,22 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
   const auto stats_a = plain->TakeMoeStats(), stats_b = ckpt->TakeMoeStats();
   ASSERT_EQ(stats_a.size(), stats_b.size());
   for (size_t i = 0; i < stats_a.size(); ++i) EXPECT_EQ(stats_a[i].assignments, stats_b[i].assignments);
+
+  // Without packed documents too (no segments tensor at all).
+  plain->zero_grad();
+  ckpt->zero_grad();
+  torch::manual_seed(34);
+  const ModelOutput c = plain->forward(tokens);
+  c.loss.backward();
+  torch::manual_seed(34);
+  const ModelOutput d = ckpt->forward(tokens);
+  d.loss.backward();
+  EXPECT_EQ(c.loss.item<float>(), d.loss.item<float>());
+  grads = plain->named_parameters();
+  for (auto& p : ckpt->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_LT((p.value().grad() - grads[p.key()].grad()).abs().max().item<float>(), 1e-6) << p.key();
+  }
 }
 
 TEST(Model, GreedyGenerationMatchesFullRecomputation) {

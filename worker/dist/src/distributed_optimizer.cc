@@ -21,23 +21,30 @@ int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 struct DistributedOptimizer::Bucket {
   int64_t start = 0, numel = 0, chunk = 0;  // region of the flat buffer (padded); chunk = numel / group size
   int64_t shard_offset = 0;                 // where this rank's chunk sits in the shard buffers
+  int unit = -1;                            // stage 3: the layer whose parameters it holds
   std::vector<size_t> params;
   size_t pending = 0;
   bool launched = false;
   WorkHandle work;
   torch::Tensor staging, received;  // stage 2: the bucket's gradients in flight
+  torch::Tensor full;               // stage 3: the gathered parameters (compute dtype) while acquired
 };
 
 struct DistributedOptimizer::Group {
   ParamGroup spec;
-  std::vector<int64_t> offset;     // per parameter, in the flat buffer
+  std::vector<int64_t> offset;     // per parameter, in the flat buffer (padded layout)
+  std::vector<int64_t> numel;      // per parameter (stage 3 frees the tensors themselves)
+  std::vector<std::vector<int64_t>> shape;
   std::vector<size_t> bucket_of;   // per parameter
   std::vector<char> seen;          // per parameter: gradient arrived this micro-step
   std::vector<Bucket> buckets;
   size_t next_launch = 0;
   bool reducing = false;           // this micro-step's gradients are reduced
   int64_t total = 0;               // flat elements, padding included
-  torch::Tensor flat_master, flat_grad;  // flat_grad: stages 0 and 1
+  // Master weights: the whole flat buffer, or (stage 3) only this rank's chunks, in shard
+  // order; compute_shard is their copy in the compute dtype (the same tensor in fp32).
+  torch::Tensor flat_master, compute_shard;
+  torch::Tensor flat_grad;                 // stages 0 and 1
   torch::Tensor shard_grad;              // stages 1 and 2: this rank's chunks
   torch::Tensor exp_avg, exp_avg_sq, decay;  // over the update range
   int64_t update_numel = 0;
@@ -60,6 +67,12 @@ struct DistributedOptimizer::Group {
     const Range r = UpdateRange(b, stage);
     return stage == 0 ? flat_grad.narrow(0, r.flat, r.count) : shard_grad.narrow(0, r.state, r.count);
   }
+  // This rank's updated chunk of bucket b in the master buffer.
+  torch::Tensor MasterChunk(const Bucket& b, int stage) const {
+    if (stage == 3) return flat_master.narrow(0, b.shard_offset, b.chunk);
+    const Range r = UpdateRange(b, stage);
+    return flat_master.narrow(0, r.flat, r.count);
+  }
   torch::Tensor OwnedGrad(const Bucket& b, int stage) const {
     const Range r = OwnedRange(b);
     return stage == 0 ? flat_grad.narrow(0, r.flat, r.count) : shard_grad.narrow(0, r.state, r.count);
@@ -75,7 +88,7 @@ struct DistributedOptimizer::Group {
     std::vector<Piece> out;
     for (size_t p : b.params) {
       const int64_t lo = std::max(flat, offset[p]);
-      const int64_t hi = std::min(flat + count, offset[p] + spec.params[p].master.numel());
+      const int64_t hi = std::min(flat + count, offset[p] + numel[p]);
       if (lo < hi) out.push_back({p, lo - offset[p], hi - lo, lo - flat});
     }
     return out;
@@ -85,9 +98,8 @@ struct DistributedOptimizer::Group {
 DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, OptimizerOptions optimizer,
                                            ShardingOptions sharding, Communicator* world)
     : opt_(std::move(optimizer)), sh_(sharding), world_(world) {
-  if (sh_.zero_stage < 0 || sh_.zero_stage > 2) {
-    throw std::runtime_error("/distributed/zero_stage: " + std::to_string(sh_.zero_stage) +
-                             " is not supported here (0, 1 or 2)");
+  if (sh_.zero_stage < 0 || sh_.zero_stage > 3) {
+    throw std::runtime_error("/distributed/zero_stage: " + std::to_string(sh_.zero_stage) + " is not 0, 1, 2 or 3");
   }
   torch::NoGradGuard no_grad;
   for (auto& spec : groups) {
@@ -98,6 +110,10 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, Optim
     g->offset.assign(P, 0);
     g->bucket_of.assign(P, 0);
     g->seen.assign(P, 0);
+    for (const auto& e : g->spec.params) {
+      g->numel.push_back(e.master.numel());
+      g->shape.push_back(e.master.sizes().vec());
+    }
     // Buckets in backward order: the last registered parameters get their gradients first.
     Bucket current;
     int64_t used = 0;
@@ -110,7 +126,7 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, Optim
       for (size_t p : current.params) {
         g->offset[p] = at;
         g->bucket_of[p] = g->buckets.size();
-        at += g->spec.params[p].master.numel();
+        at += g->numel[p];
       }
       g->total += current.numel;
       g->buckets.push_back(current);
@@ -118,8 +134,10 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, Optim
       used = 0;
     };
     for (size_t i = P; i-- > 0;) {
-      const int64_t numel = g->spec.params[i].master.numel();
-      if (!current.params.empty() && used + numel > sh_.bucket_elements) close();
+      const int64_t numel = g->numel[i];
+      const int unit = sh_.zero_stage == 3 ? g->spec.params[i].unit : -1;  // a bucket never spans two layers
+      if (!current.params.empty() && (used + numel > sh_.bucket_elements || unit != current.unit)) close();
+      current.unit = unit;
       current.params.push_back(i);
       used += numel;
     }
@@ -129,23 +147,40 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, Optim
       b.shard_offset = shard;
       shard += b.chunk;
     }
-    // The flat master, its parameters as views into it.
     const torch::Device device = P > 0 ? g->spec.params[0].master.device() : torch::Device(torch::kCPU);
     const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
-    g->flat_master = torch::zeros({g->total}, f32);
-    for (size_t p = 0; p < P; ++p) {
-      auto& e = g->spec.params[p];
-      torch::Tensor view = g->flat_master.narrow(0, g->offset[p], e.master.numel()).view(e.master.sizes());
-      view.copy_(e.master);
-      const bool same = e.compute.is_same(e.master);
-      e.master.set_data(view);
-      if (same) e.compute = e.master;
+    if (sh_.zero_stage == 3) {
+      // Only this rank's chunks of the master; the parameters are released below.
+      g->flat_master = torch::zeros({shard}, f32);
+      for (auto& b : g->buckets) {
+        const Group::Range owned = g->OwnedRange(b);
+        for (const auto& piece : g->PiecesIn(b, owned.flat, owned.count)) {
+          g->flat_master.narrow(0, b.shard_offset + piece.at, piece.count)
+              .copy_(g->spec.params[piece.param].master.reshape({-1}).narrow(0, piece.in_param, piece.count));
+        }
+      }
+      const bool mixed = P > 0 && !g->spec.params[0].compute.is_same(g->spec.params[0].master);
+      g->compute_shard = mixed ? g->flat_master.to(g->spec.params[0].compute.scalar_type()) : g->flat_master;
+      for (auto& e : g->spec.params) {
+        if (mixed) e.master.set_data(torch::empty({0}, e.master.options()));
+      }
+    } else {
+      // The flat master, its parameters as views into it.
+      g->flat_master = torch::zeros({g->total}, f32);
+      for (size_t p = 0; p < P; ++p) {
+        auto& e = g->spec.params[p];
+        torch::Tensor view = g->flat_master.narrow(0, g->offset[p], g->numel[p]).view(g->shape[p]);
+        view.copy_(e.master);
+        const bool same = e.compute.is_same(e.master);
+        e.master.set_data(view);
+        if (same) e.compute = e.master;
+      }
     }
     if (sh_.zero_stage <= 1) {
       g->flat_grad = torch::zeros({g->total}, f32);
       for (size_t p = 0; p < P; ++p) {
         auto& e = g->spec.params[p];
-        e.master.mutable_grad() = g->flat_grad.narrow(0, g->offset[p], e.master.numel()).view(e.master.sizes());
+        e.master.mutable_grad() = g->flat_grad.narrow(0, g->offset[p], g->numel[p]).view(g->shape[p]);
       }
     }
     if (sh_.zero_stage >= 1) g->shard_grad = torch::zeros({shard}, f32);
@@ -179,6 +214,19 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamGroup> groups, Optim
       accumulators_.push_back(std::move(acc));
     }
   }
+  if (sh_.zero_stage == 3) {
+    // Layer parameters exist only between Acquire and Release; the rest stays gathered.
+    // (After the hooks: a gradient accumulator records its parameter's shape when created.)
+    for (auto& g : groups_) {
+      for (auto& b : g->buckets) {
+        if (b.unit < 0) {
+          GatherBucket(*g, b, true);
+        } else {
+          for (size_t p : b.params) g->spec.params[p].compute.set_data(torch::empty({0}, g->compute_shard.options()));
+        }
+      }
+    }
+  }
 }
 
 DistributedOptimizer::~DistributedOptimizer() {
@@ -188,7 +236,7 @@ DistributedOptimizer::~DistributedOptimizer() {
 void DistributedOptimizer::BeginMicroStep(bool last) {
   last_micro_ = last;
   for (auto& g : groups_) {
-    g->reducing = last || sh_.zero_stage == 2;
+    g->reducing = last || sh_.zero_stage >= 2;
     g->next_launch = 0;
     std::fill(g->seen.begin(), g->seen.end(), 0);
     for (auto& b : g->buckets) {
@@ -247,7 +295,7 @@ torch::Tensor DistributedOptimizer::StageBucket(Group& g, Bucket& b) {
     ParamEntry& e = g.spec.params[p];
     torch::Tensor& grad = e.compute.mutable_grad();
     if (grad.defined()) {
-      staging.narrow(0, g.offset[p] - b.start, e.master.numel()).copy_(grad.reshape({-1}));
+      staging.narrow(0, g.offset[p] - b.start, g.numel[p]).copy_(grad.reshape({-1}));
       grad = torch::Tensor();
     }
   }
@@ -306,7 +354,7 @@ void DistributedOptimizer::ZeroGrad() {
     if (g->flat_grad.defined()) g->flat_grad.zero_();
     if (g->shard_grad.defined()) g->shard_grad.zero_();
     for (auto& e : g->spec.params) {
-      if (!e.compute.is_same(e.master) || sh_.zero_stage == 2) e.compute.mutable_grad() = torch::Tensor();
+      if (!e.compute.is_same(e.master) || sh_.zero_stage >= 2) e.compute.mutable_grad() = torch::Tensor();
     }
   }
 }
@@ -323,7 +371,7 @@ void DistributedOptimizer::Step(double lr) {
     for (size_t bi = 0; bi < g.buckets.size(); ++bi) {
       Bucket& b = g.buckets[bi];
       const Group::Range r = g.UpdateRange(b, sh_.zero_stage);
-      torch::Tensor master = g.flat_master.narrow(0, r.flat, r.count);
+      torch::Tensor master = g.MasterChunk(b, sh_.zero_stage);
       torch::Tensor p = master, grad = g.GradOf(b, sh_.zero_stage);
       if (g.state_device != master.device()) {  // offload: the update runs in host memory
         p = master.to(g.state_device);
@@ -347,7 +395,14 @@ void DistributedOptimizer::Step(double lr) {
         p.addcdiv_(m, denom, -lr / bc1);
       }
       if (!p.is_same(master)) master.copy_(p);
-      if (sh_.zero_stage >= 1 && g.size() > 1) {
+      if (sh_.zero_stage == 3) {
+        // Layers gather their new weights when they next run; the always-gathered buckets
+        // are refreshed now.
+        if (!g.compute_shard.is_same(g.flat_master)) g.compute_shard.narrow(0, b.shard_offset, b.chunk).copy_(master);
+        if (b.unit < 0) GatherBucket(g, b, !sh_.overlap_param_gather);
+        gathers[bi] = b.work;
+        b.work.reset();
+      } else if (sh_.zero_stage >= 1 && g.size() > 1) {
         // Every rank's updated chunk back into everyone's flat master; the next bucket's
         // update overlaps this gather unless overlap_param_gather is off.
         const torch::Tensor mine = master.clone();
@@ -357,6 +412,7 @@ void DistributedOptimizer::Step(double lr) {
     }
     for (size_t bi = 0; bi < g.buckets.size(); ++bi) {
       if (gathers[bi]) gathers[bi]->Wait();
+      if (sh_.zero_stage == 3) continue;
       for (size_t p : g.buckets[bi].params) {
         ParamEntry& e = g.spec.params[p];
         if (!e.compute.is_same(e.master)) e.compute.copy_(e.master);
@@ -456,6 +512,107 @@ void DistributedOptimizer::LoadState(int ranks, const ShardReader& read_rank) {
                              std::to_string(needed) + " parameter elements this rank updates (a different model?)");
   }
   step_ = step;
+}
+
+void DistributedOptimizer::GatherBucket(Group& g, Bucket& b, bool wait) {
+  // The bucket's parameters (compute dtype) from every rank's chunk; the parameters become
+  // views into it.
+  if (!b.full.defined()) {
+    b.full = torch::empty({b.numel}, g.compute_shard.options());
+    for (size_t p : b.params) {
+      g.spec.params[p].compute.set_data(b.full.narrow(0, g.offset[p] - b.start, g.numel[p]).view(g.shape[p]));
+    }
+  }
+  b.work = g.spec.comm->AllGather(b.full, g.compute_shard.narrow(0, b.shard_offset, b.chunk));
+  if (wait) {
+    b.work->Wait();
+    b.work.reset();
+  }
+}
+
+void DistributedOptimizer::Acquire(int unit) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<Group*, Bucket*>> gathering;
+  for (auto& g : groups_) {
+    for (auto& b : g->buckets) {
+      if (b.unit != unit) continue;
+      GatherBucket(*g, b, false);
+      gathering.push_back({g.get(), &b});
+    }
+  }
+  for (auto& [g, b] : gathering) {
+    b->work->Wait();
+    b->work.reset();
+  }
+}
+
+void DistributedOptimizer::Release(int unit) {
+  for (auto& g : groups_) {
+    for (auto& b : g->buckets) {
+      if (b.unit != unit || !b.full.defined()) continue;
+      for (size_t p : b.params) g->spec.params[p].compute.set_data(torch::empty({0}, b.full.options()));
+      b.full = torch::Tensor();
+    }
+  }
+}
+
+void DistributedOptimizer::WithFullMaster(const std::function<void()>& fn) {
+  if (sh_.zero_stage != 3) return fn();
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> restore;  // parameter, its data before
+  std::vector<torch::Tensor> fulls;
+  for (auto& g : groups_) {
+    torch::Tensor full = torch::empty({g->total}, g->flat_master.options());
+    std::vector<WorkHandle> works;
+    for (auto& b : g->buckets) {
+      works.push_back(g->spec.comm->AllGather(full.narrow(0, b.start, b.numel),
+                                              g->flat_master.narrow(0, b.shard_offset, b.chunk)));
+    }
+    for (auto& w : works) w->Wait();
+    for (size_t p = 0; p < g->spec.params.size(); ++p) {
+      torch::Tensor& master = g->spec.params[p].master;
+      restore.push_back({master, master.data()});
+      master.set_data(full.narrow(0, g->offset[p], g->numel[p]).view(g->shape[p]));
+    }
+    fulls.push_back(full);
+  }
+  std::exception_ptr error;
+  try {
+    fn();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  for (auto& [param, data] : restore) param.set_data(data);
+  if (error) std::rethrow_exception(error);
+}
+
+int64_t DistributedOptimizer::param_bytes() const {
+  int64_t n = 0;
+  for (const auto& g : groups_) {
+    n += g->flat_master.numel() * 4;
+    if (g->compute_shard.defined() && !g->compute_shard.is_same(g->flat_master)) {
+      n += g->compute_shard.numel() * g->compute_shard.element_size();
+    }
+    for (const auto& b : g->buckets) {
+      if (b.full.defined()) n += b.full.numel() * b.full.element_size();
+    }
+  }
+  return n;
+}
+
+void ShardedLayers::Acquire(model::DecoderLayerImpl& layer) {
+  if (const int unit = Unit(layer); unit >= 0) optimizer_->Acquire(unit);
+}
+
+void ShardedLayers::Release(model::DecoderLayerImpl& layer) {
+  if (const int unit = Unit(layer); unit >= 0) optimizer_->Release(unit);
+}
+
+int ShardedLayers::Unit(const model::DecoderLayerImpl& layer) const {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i] == &layer) return static_cast<int>(i);
+  }
+  return -1;  // an MTP block: always gathered
 }
 
 int64_t DistributedOptimizer::state_bytes() const {

@@ -51,6 +51,14 @@ c10d::ReduceOp ToC10d(ReduceOp op) {
   }
 }
 
+// LibTorch 1.13's Gloo has no bfloat16. Moving data needs no arithmetic: the same bits as
+// fp16 (Gloo copies them, never does arithmetic on them). Reductions run in fp32 and are
+// written back.
+torch::Tensor AsMovable(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? t.view(torch::kHalf) : t;
+}
+bool NeedsWideReduce(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
+
 bool IsLoopback(const std::string& addr) {
   return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
@@ -81,16 +89,21 @@ class GlooCommunicator final : public Communicator {
   std::string backend() const override { return "gloo"; }
 
   WorkHandle AllReduce(torch::Tensor t, ReduceOp op) override {
-    std::vector<at::Tensor> v{t};
+    const bool wide = NeedsWideReduce(t);
+    torch::Tensor buf = wide ? t.to(torch::kFloat) : t;
+    std::vector<at::Tensor> v{buf};
     c10d::AllreduceOptions o;
     o.reduceOp = ToC10d(op);
-    return Wrap(Call("allreduce", [&] { return pg_->allreduce(v, o); }), "allreduce");
+    auto work = Call("allreduce", [&] { return pg_->allreduce(v, o); });
+    if (!wide) return Wrap(work, "allreduce");
+    return Wrap(work, "allreduce", [t, buf]() mutable { t.copy_(buf); });
   }
 
   WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override {
     TORCH_CHECK(in.numel() == out.numel() * size(), "ReduceScatter: input of ", in.numel(), " elements for ", size(),
                 " outputs of ", out.numel());
-    torch::Tensor sum = in.reshape({-1}).clone();
+    const auto type = NeedsWideReduce(in) ? torch::kFloat : in.scalar_type();
+    torch::Tensor sum = in.reshape({-1}).to(type, /*non_blocking=*/false, /*copy=*/true);
     std::vector<at::Tensor> v{sum};
     auto work = Call("reduce_scatter", [&] { return pg_->allreduce(v); });
     const int64_t n = out.numel(), r = rank();
@@ -101,14 +114,14 @@ class GlooCommunicator final : public Communicator {
     TORCH_CHECK(out.numel() == in.numel() * size(), "AllGather: output of ", out.numel(), " elements for ", size(),
                 " inputs of ", in.numel());
     std::vector<std::vector<at::Tensor>> outs(1);
-    const torch::Tensor flat = out.view({-1});
-    for (int r = 0; r < size(); ++r) outs[0].push_back(flat.narrow(0, r * in.numel(), in.numel()).view_as(in));
-    std::vector<at::Tensor> ins{in.contiguous()};
+    const torch::Tensor src = AsMovable(in.contiguous()), flat = AsMovable(out).view({-1});
+    for (int r = 0; r < size(); ++r) outs[0].push_back(flat.narrow(0, r * src.numel(), src.numel()).view_as(src));
+    std::vector<at::Tensor> ins{src};
     return Wrap(Call("allgather", [&] { return pg_->allgather(outs, ins); }), "allgather");
   }
 
   WorkHandle Broadcast(torch::Tensor t, int root) override {
-    std::vector<at::Tensor> v{t};
+    std::vector<at::Tensor> v{AsMovable(t)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
     return Wrap(Call("broadcast", [&] { return pg_->broadcast(v, o); }), "broadcast");
@@ -117,8 +130,8 @@ class GlooCommunicator final : public Communicator {
   WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
                       const std::vector<int64_t>& in_rows) override {
     std::vector<int64_t> o = out_rows, i = in_rows;
-    torch::Tensor src = in.contiguous();
-    return Wrap(Call("alltoall", [&] { return pg_->alltoall_base(out, src, o, i); }), "alltoall");
+    torch::Tensor src = AsMovable(in.contiguous()), dst = AsMovable(out);
+    return Wrap(Call("alltoall", [&] { return pg_->alltoall_base(dst, src, o, i); }), "alltoall");
   }
 
   void Barrier() override {

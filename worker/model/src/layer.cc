@@ -26,20 +26,29 @@ class RecomputeScope {
 struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
                                                 torch::Tensor positions, torch::Tensor segments,
-                                                DecoderLayerImpl* layer) {
+                                                DecoderLayerImpl* layer, LayerParameters* params) {
     ctx->saved_data["layer"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
+    ctx->saved_data["params"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(params));
     ctx->saved_data["rng"] = compat::GetRngState(x.device());
     ctx->saved_data["positions"] = positions;
-    ctx->saved_data["has_segments"] = segments.defined();
-    if (segments.defined()) ctx->saved_data["segments"] = segments;
+    // No segments arrive as an empty tensor: autograd::Function inputs must be defined.
+    const bool has_segments = segments.numel() > 0;
+    ctx->saved_data["has_segments"] = has_segments;
+    if (has_segments) ctx->saved_data["segments"] = segments;
     ctx->save_for_backward({x});
-    LayerOutput out = layer->forward(x, AttentionContext{positions, segments});
+    if (params != nullptr) params->Acquire(*layer);
+    LayerOutput out = layer->forward(x, AttentionContext{positions, has_segments ? segments : torch::Tensor()});
+    if (params != nullptr) params->Release(*layer);
+    // Dense layers have no balance loss; a Function's outputs must all be tensors.
+    if (!out.balance_loss.defined()) out.balance_loss = torch::zeros({}, out.h_BTD.options());
     return {out.h_BTD, out.balance_loss};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
+    auto* params = reinterpret_cast<LayerParameters*>(static_cast<intptr_t>(ctx->saved_data["params"].toInt()));
+    if (params != nullptr) params->Acquire(*layer);
     const torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     AttentionContext attention{ctx->saved_data["positions"].toTensor(), torch::Tensor()};
     if (ctx->saved_data["has_segments"].toBool()) attention.segments_BT = ctx->saved_data["segments"].toTensor();
@@ -63,7 +72,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       output_grads.push_back(grads[1]);
     }
     if (!outputs.empty()) torch::autograd::backward(outputs, output_grads);
-    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (params != nullptr) params->Release(*layer);
+    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -106,8 +116,11 @@ torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x_BTD, Latent
   return h + Mlp(post_attention_layernorm(h), nullptr);
 }
 
-LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx) {
-  const torch::autograd::variable_list out = CheckpointFunction::apply(x_BTD, ctx.positions, ctx.segments_BT, &layer);
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx,
+                                LayerParameters* params) {
+  const torch::Tensor segments =
+      ctx.segments_BT.defined() ? ctx.segments_BT : torch::empty({0}, ctx.positions.options());
+  const torch::autograd::variable_list out = CheckpointFunction::apply(x_BTD, ctx.positions, segments, &layer, params);
   return {out[0], out[1]};
 }
 

@@ -83,6 +83,13 @@ torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
 
 LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD,
                                      const AttentionContext& ctx) {
+  if (layer_params_) {
+    if (torch::GradMode::is_enabled()) return CheckpointedForward(layer, x_BTD, ctx, layer_params_.get());
+    layer_params_->Acquire(layer);
+    LayerOutput out = layer.forward(x_BTD, ctx);
+    layer_params_->Release(layer);
+    return out;
+  }
   if (cfg_.model.gradient_checkpointing && is_training() && torch::GradMode::is_enabled()) {
     return CheckpointedForward(layer, x_BTD, ctx);
   }
@@ -161,7 +168,10 @@ torch::Tensor DeepSeekV3Impl::LogitsCached(const torch::Tensor& tokens_BT, std::
   DSV3_CHECK(caches.size() == layers->size()) << caches.size() << " caches for " << layers->size() << " layers";
   torch::Tensor h = embed_tokens(tokens_BT);
   for (size_t i = 0; i < layers->size(); ++i) {
-    h = layers[i]->as<DecoderLayerImpl>()->ForwardCached(h, caches[i]);
+    auto* layer = layers[i]->as<DecoderLayerImpl>();
+    if (layer_params_) layer_params_->Acquire(*layer);
+    h = layer->ForwardCached(h, caches[i]);
+    if (layer_params_) layer_params_->Release(*layer);
   }
   return Head(norm(h));
 }

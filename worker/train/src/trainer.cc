@@ -121,6 +121,7 @@ struct Trainer::State {
       // Weight decay on matrices only: not on norms' gains and biases (the router's bias is
       // a buffer, never seen by the optimizer).
       e.decay = p.value().dim() >= 2;
+      if (e.name.rfind("layers.", 0) == 0) e.unit = std::stoi(e.name.substr(7, e.name.find('.', 7) - 7));
       const bool expert = ep > 1 && e.name.find(".mlp.experts.") != std::string::npos;
       if (expert) {
         const int64_t offset = master->MoeLayers().front()->expert_offset();
@@ -147,11 +148,28 @@ struct Trainer::State {
     sh.bucket_elements = ds.enabled ? ds.reduce_bucket_size : (int64_t{25} << 20);
     sh.grad_divisor = dp;
     optimizer = std::make_unique<dist::DistributedOptimizer>(std::move(groups), o, sh, world);
+    if (sh.zero_stage == 3) {
+      // Each decoder layer gathers its parameters when it runs (checkpointed under grad).
+      std::vector<const model::DecoderLayerImpl*> layers;
+      for (const auto& m : *compute->layers) layers.push_back(m->as<model::DecoderLayerImpl>());
+      compute->SetLayerParameters(std::make_shared<dist::ShardedLayers>(optimizer.get(), layers));
+    }
   }
 
   // The weights as HF tensors, with every expert (gathered from the expert-parallel group:
   // a collective there). Rank 0 writes them.
   std::vector<std::pair<std::string, torch::Tensor>> FullModelState() {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    // ZeRO-3 holds shards: the whole fp32 master is gathered for the save.
+    optimizer->WithFullMaster([&] {
+      out = FullModelStateOf();
+      if (cfg.derived.effective_zero_stage == 3) {
+        for (auto& [name, t] : out) t = t.clone();  // the gathered storage goes away after this call
+      }
+    });
+    return out;
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> FullModelStateOf() {
     std::map<std::string, torch::Tensor> full;
     if (ep > 1) {
       torch::NoGradGuard no_grad;
@@ -354,10 +372,6 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
                              " is not supported yet: dsv3 trains data-parallel (ZeRO 0-2) and expert-parallel; set "
                              "tensor_parallel_size and pipeline_parallel_size to 1");
   }
-  if (c.derived.effective_zero_stage == 3) {
-    throw std::runtime_error("/distributed/zero_stage: 3 (parameter sharding) is not supported yet; use 2, which "
-                             "shards optimizer state and gradients");
-  }
   if (s.opt.world_size > 1 && s.opt.world == nullptr) {
     throw std::runtime_error("world size " + std::to_string(s.opt.world_size) + " needs a communicator (dist::Connect)");
   }
@@ -458,8 +472,9 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
     std::ostringstream m;
     m << "rank " << s.opt.rank << " of " << s.opt.world_size << " (" << s.world->backend() << "): data-parallel "
       << s.dp << ", expert-parallel " << s.ep << ", ZeRO-" << c.derived.effective_zero_stage
-      << "; optimizer state on this rank " << s.optimizer->state_bytes() / 1048576.0 << " MiB, gradient buffers "
-      << s.optimizer->grad_bytes() / 1048576.0 << " MiB";
+      << "; on this rank: parameters " << s.optimizer->param_bytes() / 1048576.0 << " MiB, optimizer state "
+      << s.optimizer->state_bytes() / 1048576.0 << " MiB, gradient buffers " << s.optimizer->grad_bytes() / 1048576.0
+      << " MiB";
     s.Message(m.str());
   }
 }

@@ -4,7 +4,11 @@
 //   stage 1  optimizer state sharded: gradients reduce-scattered on the last micro-step,
 //            each rank updates its shard, parameters all-gathered back;
 //   stage 2  gradients sharded too: reduce-scattered every micro-step into the shard and
-//            freed, so no rank keeps a full gradient across micro-steps.
+//            freed, so no rank keeps a full gradient across micro-steps;
+//   stage 3  parameters sharded too: a decoder layer's parameters are all-gathered when it
+//            runs (forward, and again for its recomputation in backward) and freed after
+//            (see ShardedLayers); the other parameters (embedding, head, norms, MTP) stay
+//            gathered and are refreshed after each update.
 // Master parameters (fp32) live in one flat buffer per group, laid out in buckets in
 // backward order (reverse registration) of about bucket_elements each, padded to a multiple
 // of the group size; rank r's shard is chunk r of every bucket. A bucket is reduced as soon
@@ -33,6 +37,7 @@
 #include <torch/torch.h>
 
 #include "dsv3/dist/communicator.h"
+#include "dsv3/model/layers.h"
 
 namespace dsv3::dist {
 
@@ -42,6 +47,7 @@ struct ParamEntry {
   torch::Tensor compute;  // the tensor backward fills (== master without mixed precision)
   bool decay = true;      // weight decay applies (matrices, not norms)
   int64_t full_offset = 0;  // offset of this tensor's first element in the full parameter (expert shards)
+  int unit = -1;            // stage 3: the decoder layer it belongs to (-1: always gathered)
 };
 
 struct ParamGroup {
@@ -56,7 +62,7 @@ struct OptimizerOptions {
 };
 
 struct ShardingOptions {
-  int zero_stage = 0;
+  int zero_stage = 0;       // 0-3
   bool overlap_grad_reduce = true;
   bool overlap_param_gather = true;
   bool offload = false;             // optimizer state and its update in host memory (GPU)
@@ -96,8 +102,16 @@ class DistributedOptimizer {
   using ShardReader = std::function<std::pair<std::map<std::string, torch::Tensor>, std::map<std::string, std::string>>(int)>;
   void LoadState(int ranks, const ShardReader& read_rank);
 
+  // Stage 3: gathers (Acquire) or frees (Release) the parameters of decoder layer `unit`.
+  void Acquire(int unit);
+  void Release(int unit);
+  // Runs fn with every master parameter whole (stage 3 gathers them for the call: saving a
+  // checkpoint); other stages hold them whole anyway.
+  void WithFullMaster(const std::function<void()>& fn);
+
   int64_t state_bytes() const;   // optimizer state held by this rank
   int64_t grad_bytes() const;    // gradient buffers held between micro-steps by this rank
+  int64_t param_bytes() const;   // master and compute parameter storage held between layers
   int64_t step_count() const { return step_; }
 
  private:
@@ -106,6 +120,7 @@ class DistributedOptimizer {
   void LaunchReady(Group& g);
   void Launch(Group& g, size_t bucket);
   void OnGradReady(size_t group, size_t param);
+  void GatherBucket(Group& g, Bucket& b, bool wait);
   torch::Tensor StageBucket(Group& g, Bucket& b);
 
   std::vector<std::unique_ptr<Group>> groups_;
@@ -115,6 +130,20 @@ class DistributedOptimizer {
   bool last_micro_ = true;
   int64_t step_ = 0;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooks alive
+};
+
+// The model's LayerParameters over a stage-3 optimizer: decoder layer i is unit i.
+class ShardedLayers final : public model::LayerParameters {
+ public:
+  ShardedLayers(DistributedOptimizer* optimizer, std::vector<const model::DecoderLayerImpl*> layers)
+      : optimizer_(optimizer), layers_(std::move(layers)) {}
+  void Acquire(model::DecoderLayerImpl& layer) override;
+  void Release(model::DecoderLayerImpl& layer) override;
+
+ private:
+  int Unit(const model::DecoderLayerImpl& layer) const;
+  DistributedOptimizer* optimizer_;
+  std::vector<const model::DecoderLayerImpl*> layers_;
 };
 
 }  // namespace dsv3::dist

@@ -244,10 +244,22 @@ class DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
+// Parameter sharding (ZeRO-3): a decoder layer's parameters exist only while it runs.
+// Implemented by dsv3_dist; layers it does not manage are left alone.
+class LayerParameters {
+ public:
+  virtual ~LayerParameters() = default;
+  virtual void Acquire(DecoderLayerImpl& layer) = 0;  // gathers the layer's parameters
+  virtual void Release(DecoderLayerImpl& layer) = 0;  // frees them
+};
+
 // Runs layer.forward with activation checkpointing: only the input is kept; the backward
 // pass re-runs the layer under grad mode with the RNG state of the first run restored, so
-// dropout and router noise repeat exactly, and MoE statistics are not counted twice.
-LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx);
+// dropout and router noise repeat exactly, and MoE statistics are not counted twice. With
+// `params`, the layer's parameters are acquired for the forward and again for the
+// recompute, and released after each.
+LayerOutput CheckpointedForward(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx,
+                                LayerParameters* params = nullptr);
 
 // True while a checkpointed layer is being recomputed in the backward pass.
 bool InRecompute();

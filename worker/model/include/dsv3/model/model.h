@@ -67,6 +67,9 @@ class DeepSeekV3Impl : public torch::nn::Module {
   std::vector<MoE> MoeLayers() const;
   // Expert parallelism: every MoE layer keeps its block of experts (see MoEImpl).
   void ShardExperts(const std::shared_ptr<ExpertExchange>& exchange);
+  // Parameter sharding: every decoder layer runs between Acquire and Release (with grad:
+  // checkpointed, so the backward pass acquires it again). Null: parameters stay put.
+  void SetLayerParameters(std::shared_ptr<LayerParameters> params) { layer_params_ = std::move(params); }
 
   int64_t NumParameters() const;
   const config::Config& config() const { return cfg_; }
@@ -85,6 +88,7 @@ class DeepSeekV3Impl : public torch::nn::Module {
   void InitWeights();
 
   config::Config cfg_;
+  std::shared_ptr<LayerParameters> layer_params_;
 };
 TORCH_MODULE(DeepSeekV3);
 
