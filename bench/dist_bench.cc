@@ -4,7 +4,7 @@
 // the optimizer state each rank holds. Asserts nothing.
 //
 //   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
-//              [--stages 0,1,2] [--dir /tmp/dsv3_dist_bench]
+//              [--stages 0,1,2,3] [--batch GLOBAL] [--seq T] [--dir /tmp/dsv3_dist_bench]
 //
 // Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
 // each. The data is replaced by a synthetic corpus (byte tokenizer).
@@ -47,7 +47,7 @@ int FreePort() {
 struct Figures {
   bool ok = false;
   double tokens_per_s = 0;  // the job's, every rank together
-  double step_ms = 0, comm_ms = 0, optimizer_mb = 0;
+  double step_ms = 0, comm_ms = 0, optimizer_mb = 0, param_mb = 0, grad_mb = 0;
 };
 
 // One job: `ranks` processes, the last logged window (the steps after the first).
@@ -91,6 +91,8 @@ Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, in
   f.step_ms = m["step_ms"];
   f.comm_ms = m["time_communication_ms"];
   f.optimizer_mb = m["optimizer_state_bytes"].get<double>() / 1048576.0;
+  f.param_mb = m["parameter_bytes"].get<double>() / 1048576.0;
+  f.grad_mb = m["gradient_bytes"].get<double>() / 1048576.0;
   return f;
 }
 
@@ -108,13 +110,16 @@ int main(int argc, char** argv) {
   std::vector<std::string> configs;
   std::string dir = "/tmp/dsv3_dist_bench";
   int steps = 12, ranks = 2;
-  std::vector<int> stages = {0, 1, 2};
+  int64_t batch = 0, seq = 0;
+  std::vector<int> stages = {0, 1, 2, 3};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") configs.push_back(v);
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--ranks") ranks = std::stoi(v);
     else if (k == "--stages") stages = ParseList(v);
+    else if (k == "--batch") batch = std::stoll(v);
+    else if (k == "--seq") seq = std::stoll(v);
     else if (k == "--dir") dir = v;
     else {
       std::cerr << "unknown argument " << k << "\n";
@@ -157,24 +162,29 @@ int main(int argc, char** argv) {
     cfg["training"]["train_steps"] = steps;
     cfg["training"]["total_training_tokens"] = nullptr;
     cfg["checkpointing"]["enabled"] = false;
+    if (batch > 0) cfg["training"]["global_batch_size"] = batch;
+    if (seq > 0) cfg["training"]["seq_length"] = seq;
     const int64_t global = cfg["training"]["global_batch_size"], micro = cfg["training"]["micro_batch_size"];
-    if (global % (micro * ranks) != 0) cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, global / ranks);
+    if (global % micro != 0 || global % (micro * ranks) != 0) {
+      cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, std::min(micro, global / ranks));
+    }
     std::printf("%s: global batch %lld x seq %lld\n", config_path.c_str(),
                 static_cast<long long>(cfg["training"]["global_batch_size"].get<int64_t>()),
                 static_cast<long long>(cfg["training"]["seq_length"].get<int64_t>()));
     cfg["distributed"]["zero_stage"] = 0;
     const Figures one = RunJob(cfg, dir, "one", 1, cores);
     if (!one.ok) return 1;
-    std::printf("  1 rank              %8.0f tokens/s  %7.0f ms/step  optimizer state %7.2f MiB/rank\n",
-                one.tokens_per_s, one.step_ms, one.optimizer_mb);
+    std::printf("  1 rank           %7.0f tokens/s %6.0f ms/step                              per rank: "
+                "optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
+                one.tokens_per_s, one.step_ms, one.optimizer_mb, one.param_mb, one.grad_mb);
     for (int stage : stages) {
       cfg["distributed"]["zero_stage"] = stage;
       const Figures f = RunJob(cfg, dir, "zero" + std::to_string(stage), ranks, std::max(1, cores / ranks));
       if (!f.ok) return 1;
-      std::printf("  %d ranks, ZeRO-%d    %8.0f tokens/s  %7.0f ms/step  (x%.2f; communication %.0f ms = %.0f%% of "
-                  "the step)  optimizer state %7.2f MiB/rank\n",
-                  ranks, stage, f.tokens_per_s, f.step_ms, f.tokens_per_s / one.tokens_per_s, f.comm_ms,
-                  100 * f.comm_ms / f.step_ms, f.optimizer_mb);
+      std::printf("  %d ranks, ZeRO-%d %7.0f tokens/s %6.0f ms/step x%.2f, communication %3.0f%%  per rank: "
+                  "optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
+                  ranks, stage, f.tokens_per_s, f.step_ms, f.tokens_per_s / one.tokens_per_s,
+                  100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb, f.grad_mb);
     }
   }
   fs::remove_all(dir);

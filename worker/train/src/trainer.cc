@@ -695,6 +695,8 @@ TrainResult Trainer::Run() {
                   {"time_optimizer_ms", ms_opt / n},
                   {"time_communication_ms", ms_comm / n},
                   {"optimizer_state_bytes", static_cast<double>(s.optimizer->state_bytes())},
+                  {"parameter_bytes", static_cast<double>(s.optimizer->param_bytes())},
+                  {"gradient_bytes", static_cast<double>(s.optimizer->grad_bytes())},
                   {"expert_load_max_over_mean", worst},
                   {"expert_dropped_fraction", assignments > 0 ? static_cast<double>(dropped) / assignments : 0.0},
                   {"tokens_seen", static_cast<double>(s.tokens_seen)}};
