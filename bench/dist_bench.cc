@@ -8,8 +8,6 @@
 //
 // Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
 // each. The data is replaced by a synthetic corpus (byte tokenizer).
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -32,17 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 struct Figures {
   bool ok = false;
@@ -59,7 +46,7 @@ Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, in
   c["checkpointing"]["dir"] = (out / "checkpoints").string();
   const fs::path path = dir / (name + ".json");
   std::ofstream(path) << c.dump(2);
-  const int port = FreePort();
+  const int port = dsv3::test::FreeLoopbackPort();
   std::vector<pid_t> pids;
   for (int r = 0; r < ranks; ++r) {
     const std::string rs = std::to_string(r);

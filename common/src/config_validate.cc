@@ -194,6 +194,11 @@ void CheckDeepSpeed(Config& c, Checker& ck) {
                                                : "/deepspeed/zero_optimization/offload_optimizer/device",
              "\"nvme\" is not supported by dsv3; use \"cpu\" or \"none\"");
   }
+  if (ds.offload_param_device == "cpu" && out.effective_zero_stage != 3) {
+    ck.Error("/deepspeed/zero_optimization/offload_param/device",
+             "\"cpu\" needs ZeRO stage 3 (only sharded parameters can live in host memory), not stage " +
+                 Num(out.effective_zero_stage));
+  }
   out.optimizer_offload = d.zero_offload || ds.offload_optimizer_device == "cpu";
   if (out.optimizer_offload && out.effective_zero_stage == 0) {
     ck.Error("/deepspeed/zero_optimization/offload_optimizer/device",

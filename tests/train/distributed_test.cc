@@ -1,8 +1,6 @@
 // Distributed training on the CPU with Gloo: dsv3-worker processes on loopback, started the
 // way torchrun, srun and mpirun start them, compared number by number with one rank. Also
 // the launcher discovery and the communicator's collectives in-process.
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <cmath>
 #include <filesystem>
@@ -32,17 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // ---------------------------------------------------------------- launcher discovery
 dist::EnvLookup Env(std::map<std::string, std::string> vars) {
@@ -115,7 +102,7 @@ TEST(Launch, MalformedVariablesAreClearErrors) {
 // Runs fn(rank) for every rank of a Gloo world in threads of this process.
 template <typename F>
 void InWorld(int n, F fn, dist::ConnectOptions options = {}) {
-  const int port = FreePort();
+  const int port = test::FreeLoopbackPort();
   std::vector<std::future<void>> ranks;
   for (int r = 0; r < n; ++r) {
     ranks.push_back(std::async(std::launch::async, [=] {
@@ -265,7 +252,7 @@ class DistributedTest : public ::testing::Test {
                        const std::map<std::string, std::string>& extra_env = {}) {
     const fs::path cfg_path = dir_->path() / (name + ".json");
     std::ofstream(cfg_path) << Config(name, overrides).dump(2);
-    const int port = FreePort();
+    const int port = test::FreeLoopbackPort();
     std::unique_ptr<c10d::TCPStore> agent;  // torchrun >= 2.3: the launcher's agent hosts the store
     if (launcher == Launcher::kTorchrunAgentStore) {
       c10d::TCPStoreOptions o;
@@ -472,7 +459,7 @@ TEST_F(DistributedTest, ARankThatNeverArrivesIsNamed) {
   // World of 4, ranks 0, 2 and 3 started: each gives up naming rank 1.
   const fs::path cfg_path = dir_->path() / "missing.json";
   std::ofstream(cfg_path) << Config("missing", json::object()).dump(2);
-  const int port = FreePort();
+  const int port = test::FreeLoopbackPort();
   std::vector<pid_t> pids;
   for (int r : {0, 2, 3}) {
     const std::string rs = std::to_string(r);

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
@@ -17,6 +18,10 @@ struct GroupSpec {
   ConnectOptions options;
   std::string master_addr;  // decides the Gloo transport address on loopback
 };
+
+// The spec of a subgroup of `parent` over `members` (ranks of parent), seen from parent's
+// rank: its own store prefix, its rank among the members. Throws if that rank is not one.
+GroupSpec SubgroupSpec(const GroupSpec& parent, const std::vector<int>& members, const std::string& tag);
 
 std::unique_ptr<Communicator> MakeGloo(const GroupSpec& spec);
 std::unique_ptr<Communicator> MakeNccl(const GroupSpec& spec);

@@ -14,6 +14,19 @@
 namespace dsv3::dist {
 namespace internal {
 
+GroupSpec SubgroupSpec(const GroupSpec& parent, const std::vector<int>& members, const std::string& tag) {
+  GroupSpec sub = parent;
+  sub.store = c10::make_intrusive<c10d::PrefixStore>("group/" + tag, parent.store);
+  sub.size = static_cast<int>(members.size());
+  sub.rank = -1;
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (members[i] == parent.rank) sub.rank = static_cast<int>(i);
+  }
+  if (sub.rank < 0) throw std::runtime_error("rank " + std::to_string(parent.rank) + " is not in subgroup " + tag);
+  sub.name = tag;
+  return sub;
+}
+
 std::string DescribeFailure(const std::string& backend, const std::string& op, const Communicator& c,
                             const std::string& why) {
   std::ostringstream s;

@@ -139,16 +139,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Communicator> Subgroup(const std::vector<int>& members, const std::string& tag) override {
-    GroupSpec sub = spec_;
-    sub.store = c10::make_intrusive<c10d::PrefixStore>("group/" + tag, spec_.store);
-    sub.size = static_cast<int>(members.size());
-    sub.rank = -1;
-    for (size_t i = 0; i < members.size(); ++i) {
-      if (members[i] == rank()) sub.rank = static_cast<int>(i);
-    }
-    TORCH_CHECK(sub.rank >= 0, "rank ", rank(), " is not a member of subgroup ", tag);
-    sub.name = tag;
-    return std::make_unique<GlooCommunicator>(sub);
+    return std::make_unique<GlooCommunicator>(SubgroupSpec(spec_, members, tag));
   }
 
  private:

@@ -141,16 +141,7 @@ class NcclCommunicator final : public Communicator {
     AllReduce(one, ReduceOp::kSum)->Wait();
   }
   std::unique_ptr<Communicator> Subgroup(const std::vector<int>& members, const std::string& tag) override {
-    GroupSpec sub = spec_;
-    sub.store = c10::make_intrusive<c10d::PrefixStore>("group/" + tag, spec_.store);
-    sub.size = static_cast<int>(members.size());
-    sub.rank = -1;
-    for (size_t i = 0; i < members.size(); ++i) {
-      if (members[i] == rank()) sub.rank = static_cast<int>(i);
-    }
-    if (sub.rank < 0) throw std::runtime_error("rank " + std::to_string(rank()) + " is not in subgroup " + tag);
-    sub.name = tag;
-    return std::make_unique<NcclCommunicator>(sub);
+    return std::make_unique<NcclCommunicator>(SubgroupSpec(spec_, members, tag));
   }
 
   // After a timeout or an asynchronous error: frees NCCL's resources; later calls fail.

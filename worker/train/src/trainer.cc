@@ -162,14 +162,14 @@ struct Trainer::State {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     // ZeRO-3 holds shards: the whole fp32 master is gathered for the save.
     optimizer->WithFullMaster([&] {
-      out = FullModelStateOf();
+      out = GatheredModelState();
       if (cfg.derived.effective_zero_stage == 3) {
         for (auto& [name, t] : out) t = t.clone();  // the gathered storage goes away after this call
       }
     });
     return out;
   }
-  std::vector<std::pair<std::string, torch::Tensor>> FullModelStateOf() {
+  std::vector<std::pair<std::string, torch::Tensor>> GatheredModelState() {
     std::map<std::string, torch::Tensor> full;
     if (ep > 1) {
       torch::NoGradGuard no_grad;
@@ -372,6 +372,10 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
                              " is not supported yet: dsv3 trains data-parallel (ZeRO 0-2) and expert-parallel; set "
                              "tensor_parallel_size and pipeline_parallel_size to 1");
   }
+  if (c.deepspeed.enabled && c.deepspeed.offload_param_device == "cpu" && torch::cuda::is_available()) {
+    throw std::runtime_error("/deepspeed/zero_optimization/offload_param/device: \"cpu\" (parameter offload) is not "
+                             "supported yet on GPUs; use \"none\" (offload_optimizer is supported)");
+  }
   if (s.opt.world_size > 1 && s.opt.world == nullptr) {
     throw std::runtime_error("world size " + std::to_string(s.opt.world_size) + " needs a communicator (dist::Connect)");
   }
@@ -468,6 +472,9 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
   }
   s.BuildOptimizer();
   s.LoadOptimizerState();
+  if (!s.device.is_cuda() && (c.derived.optimizer_offload || c.deepspeed.offload_param_device == "cpu")) {
+    s.Message("offload: training on the CPU, so optimizer state and parameters are in host memory already");
+  }
   if (s.opt.world_size > 1) {
     std::ostringstream m;
     m << "rank " << s.opt.rank << " of " << s.opt.world_size << " (" << s.world->backend() << "): data-parallel "
