@@ -2,6 +2,8 @@
 // way torchrun, srun and mpirun start them, compared number by number with one rank. Also
 // the launcher discovery and the communicator's collectives in-process.
 
+#include <signal.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -42,7 +44,8 @@ dist::EnvLookup Env(std::map<std::string, std::string> vars) {
 TEST(Launch, EveryLauncherConvention) {
   dist::LaunchInfo t = dist::DiscoverLaunch(Env({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"},
                                                  {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "node7"},
-                                                 {"MASTER_PORT", "29511"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}));
+                                                 {"MASTER_PORT", "29511"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                                 {"TORCHELASTIC_RESTART_COUNT", "2"}}));
   EXPECT_EQ(t.launcher, "torchrun");
   EXPECT_EQ(t.rank, 3);
   EXPECT_EQ(t.world_size, 4);
@@ -51,6 +54,7 @@ TEST(Launch, EveryLauncherConvention) {
   EXPECT_EQ(t.master_addr, "node7");
   EXPECT_EQ(t.master_port, 29511);
   EXPECT_TRUE(t.agent_store);
+  EXPECT_EQ(t.generation, "2");
 
   dist::LaunchInfo s = dist::DiscoverLaunch(Env({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
                                                  {"SLURM_TASKS_PER_NODE", "4(x2)"},
@@ -75,6 +79,7 @@ TEST(Launch, EveryLauncherConvention) {
   const dist::LaunchInfo none = dist::DiscoverLaunch(Env({}));
   EXPECT_EQ(none.launcher, "none");
   EXPECT_EQ(none.world_size, 1);
+  EXPECT_EQ(none.generation, "0");
 
   EXPECT_EQ(dist::FirstSlurmHost("node1"), "node1");
   EXPECT_EQ(dist::FirstSlurmHost("a[1,3-4]b,c"), "a1b");
@@ -96,6 +101,19 @@ TEST(Launch, MalformedVariablesAreClearErrors) {
   EXPECT_EQ(error({{"SLURM_PROCID", "0"}}), "SLURM_PROCID is set but SLURM_NTASKS is not (start ranks with srun)");
   EXPECT_EQ(error({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_PORT", "70000"}}),
             "MASTER_PORT=70000 is not a TCP port (1-65535)");
+}
+
+TEST(Backend, WhatThisBuildAndDeviceCanDo) {
+  EXPECT_EQ(dist::ResolveBackend("gloo", false), "gloo");
+  EXPECT_EQ(dist::ResolveBackend("deepspeed", false), "gloo");  // our ZeRO, over Gloo on the CPU
+  try {
+    dist::ResolveBackend("nccl", false);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("/distributed/backend: \"nccl\" ", 0), 0u) << e.what();
+    EXPECT_NE(std::string(e.what()).find("use \"gloo\""), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(dist::ResolveBackend("mpi", false), std::runtime_error);
 }
 
 // ---------------------------------------------------------------- communicator
@@ -453,6 +471,39 @@ TEST_F(DistributedTest, EveryLauncherConventionFormsTheSameWorld) {
     ExpectSucceeded(r);
     EXPECT_EQ(r.losses, torchrun.losses) << name;
   }
+}
+
+TEST_F(DistributedTest, ASignalToOneRankStopsEveryRankAtTheSameStepWithOneCheckpoint) {
+  // As when a launcher's SIGTERM reaches the ranks at different moments: the stop request
+  // travels with the step's all-reduce, so both ranks stop after the same step and save one
+  // checkpoint together.
+  const fs::path cfg_path = dir_->path() / "signal.json";
+  std::ofstream(cfg_path) << Config("signal", {{"training", {{"train_steps", 100000}}},
+                                               {"distributed", {{"zero_stage", 1}}}})
+                                 .dump(2);
+  const int port = test::FreeLoopbackPort();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r) {
+    const std::string rs = std::to_string(r);
+    pids.push_back(test::StartWorker(dir_->path(), {"--config", cfg_path.string(), "--threads", "1"},
+                                     dir_->path() / ("signal.rank" + rs + ".log"),
+                                     {{"RANK", rs}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                      {"MASTER_PORT", std::to_string(port)}}));
+  }
+  const fs::path metrics = dir_->path() / "signal" / "metrics.jsonl";
+  ASSERT_TRUE(test::WaitFor([&] { return test::Events(metrics, "train").size() >= 3; }, std::chrono::seconds(120)));
+  kill(pids[1], SIGTERM);
+  std::vector<std::string> logs;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(test::WaitExit(pids[static_cast<size_t>(r)], 120), 0);
+    logs.push_back(test::ReadFile(dir_->path() / ("signal.rank" + std::to_string(r) + ".log")));
+  }
+  const size_t at = logs[0].find("dsv3-worker: stopped at step ");
+  ASSERT_NE(at, std::string::npos) << logs[0];
+  const std::string line = logs[0].substr(at, logs[0].find('\n', at) - at);
+  EXPECT_NE(logs[1].find(line), std::string::npos) << "rank 0: " << line << "\nrank 1:\n" << logs[1];
+  const std::string ckpt = line.substr(line.find("checkpoint saved to ") + 20);
+  EXPECT_EQ(ckpt::VerifyCheckpoint(ckpt)["world_size"], 2);
 }
 
 TEST_F(DistributedTest, ARankThatNeverArrivesIsNamed) {

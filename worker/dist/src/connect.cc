@@ -125,7 +125,7 @@ std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOpt
     }
     throw std::runtime_error(s.str());
   }
-  auto store = c10::make_intrusive<c10d::PrefixStore>("dsv3", tcp);
+  auto store = c10::make_intrusive<c10d::PrefixStore>("dsv3/" + launch.generation, tcp);
   const std::string arrived = "arrived/";
   store->set(arrived + std::to_string(launch.rank), std::vector<uint8_t>{1});
   std::vector<std::string> keys;

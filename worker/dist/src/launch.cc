@@ -98,6 +98,12 @@ LaunchInfo DiscoverLaunch(const EnvLookup& env) {
                                 ? ParseInt("OMPI_COMM_WORLD_LOCAL_SIZE", *env("OMPI_COMM_WORLD_LOCAL_SIZE"), 1)
                                 : info.world_size;
   }
+  for (const char* name : {"TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT", env::kAttempt}) {
+    if (auto g = env(name)) {
+      info.generation = *g;
+      break;
+    }
+  }
   if (auto addr = env(env::kMasterAddr)) info.master_addr = *addr;
   if (auto port = env(env::kMasterPort)) info.master_port = ParseInt(env::kMasterPort, *port, 1);
   if (info.master_port > 65535) {

@@ -22,6 +22,10 @@ struct LaunchInfo {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   bool agent_store = false;  // the TCPStore server is not ours to start (torchrun >= 2.3)
+  // Which start of the job this is (TORCHELASTIC_RESTART_COUNT, SLURM_RESTART_COUNT,
+  // DSV3_ATTEMPT): rendezvous keys are kept apart per start, so a store that outlives a
+  // restart (torchrun's agent) cannot count ranks of the previous one.
+  std::string generation = "0";
 };
 
 // Reads a variable; nullopt when unset. Tests pass their own.
