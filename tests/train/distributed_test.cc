@@ -220,6 +220,7 @@ enum class Launcher { kTorchrun, kTorchrunAgentStore, kSlurm, kMpirun };
 
 struct JobResult {
   std::vector<double> losses;  // per step, from rank 0's metrics.jsonl
+  std::vector<double> eval_losses;
   fs::path out;
   std::vector<std::string> logs;
   std::vector<int> exits;
@@ -251,7 +252,7 @@ class DistributedTest : public ::testing::Test {
         {"training", {{"global_batch_size", 8}, {"micro_batch_size", 2}, {"seq_length", 16}, {"train_steps", 4},
                       {"learning_rate", 3e-3}, {"min_learning_rate", 3e-4}, {"lr_warmup_steps", 1},
                       {"weight_decay", 0.1}, {"grad_clip", 1.0}, {"use_bf16", false}, {"log_interval", 1},
-                      {"eval_interval", 0}, {"save_interval", 0}, {"num_predict_tokens", 2}}},
+                      {"eval_interval", 4}, {"save_interval", 0}, {"num_predict_tokens", 2}}},
         {"data", {{"sources", {{{"subset", "dolma_v1_6_cc"},
                                 {"paths", {(dir_->path() / "corpus/dolma_v1_6_cc/*.json.gz").string()}}}}},
                   {"cache_dir", (dir_->path() / "cache").string()},
@@ -259,7 +260,9 @@ class DistributedTest : public ::testing::Test {
         {"distributed", {{"backend", "gloo"}, {"zero_stage", 0}}},
         {"checkpointing", {{"keep_last_n", 0}}},
         {"logging", {{"tensorboard", {{"enabled", false}}}, {"peak_tflops", 1.0}}},
-        {"validation", {{"enabled", false}}},
+        // 3 evaluation chunks: dealt over 2 ranks, one rank runs a padding forward.
+        {"validation", {{"enabled", true}, {"split_fraction", 0.05}, {"eval_batches", 3}, {"micro_batch_size", 2},
+                        {"sample_tokens", 0}}},
     };
     cfg.merge_patch(overrides);
     return cfg;
@@ -312,6 +315,7 @@ class DistributedTest : public ::testing::Test {
       result.logs.push_back(test::ReadFile(result.out.string() + ".rank" + std::to_string(r) + ".log"));
     }
     for (const json& e : test::Events(result.out / "metrics.jsonl", "train")) result.losses.push_back(e["loss"]);
+    for (const json& e : test::Events(result.out / "metrics.jsonl", "eval")) result.eval_losses.push_back(e["loss"]);
     return result;
   }
 
@@ -372,6 +376,8 @@ TEST_F(DistributedTest, DataParallelTwoRanksEqualsOneRankWithTheSameGlobalBatch)
   ExpectSucceeded(two);
   ExpectSameLosses(two.losses, one.losses, kLossRel);
   EXPECT_LT(MaxWeightDiff(two, one, 4), kWeightAbs);
+  ASSERT_EQ(one.eval_losses.size(), 1u);
+  ExpectSameLosses(two.eval_losses, one.eval_losses, kLossRel);  // evaluation split over the ranks
   // The router biases moved, and are the same on both ranks and as with one rank.
   const auto b0 = Shard(two, 4, 0), b1 = Shard(two, 4, 1), b = Shard(one, 4, 0);
   ASSERT_TRUE(b0.count("router_bias.0"));
@@ -403,6 +409,7 @@ TEST_F(DistributedTest, ExpertParallelTwoEqualsOne) {
   const JobResult ep2 = Run("ep2", {{"distributed", {{"zero_stage", 1}, {"expert_parallel_size", 2}}}}, 2);
   ExpectSucceeded(ep2);
   ExpectSameLosses(ep2.losses, ep1.losses, kLossRel);
+  ExpectSameLosses(ep2.eval_losses, ep1.eval_losses, kLossRel);  // padded rounds keep the all-to-alls paired
   EXPECT_LT(MaxWeightDiff(ep2, ep1, 4), kWeightAbs);  // experts gathered into one full checkpoint
   const auto s0 = Shard(ep2, 4, 0), s1 = Shard(ep2, 4, 1);
   EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s1.at("router_bias.0")));

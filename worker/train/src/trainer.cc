@@ -297,10 +297,18 @@ struct Trainer::State {
     std::vector<double> sum(names.size(), 0.0);
     std::vector<int64_t> count(names.size(), 0);
     const int64_t chunk = cfg.validation.micro_batch_size, T = w.width - 1;
-    for (int64_t r0 = 0; r0 < w.rows; r0 += chunk) {
-      const int64_t n = std::min(chunk, w.rows - r0);
+    // The chunks are dealt round-robin over the data-parallel ranks and the sums all-reduced.
+    // Every rank runs the same number of forwards, because a forward can hold collectives
+    // (expert all-to-alls, ZeRO-3 gathers) that must pair up: a rank with no chunk left
+    // repeats the last one and discards the result.
+    const int64_t chunks = (w.rows + chunk - 1) / chunk, rounds = (chunks + dp - 1) / dp;
+    for (int64_t round = 0; round < rounds; ++round) {
+      const int64_t c = round * dp + world->rank();
+      const bool counted = c < chunks;
+      const int64_t r0 = std::min(c, chunks - 1) * chunk, n = std::min(chunk, w.rows - r0);
       const torch::Tensor tokens = Rows(w.tokens, r0, n, w.width, device);
       const torch::Tensor logits = compute->Logits(tokens.narrow(1, 0, T));
+      if (!counted) continue;
       const torch::Tensor losses =
           torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
                                                tokens.narrow(1, 1, T).reshape({-1}),
@@ -313,6 +321,21 @@ struct Trainer::State {
         const size_t s = static_cast<size_t>(w.sources[static_cast<size_t>(r0 + i)]);
         sum[s] += losses[i].item<double>();
         count[s] += T;
+      }
+    }
+    if (world->size() > 1) {
+      const auto S = static_cast<int64_t>(names.size());
+      torch::Tensor both = torch::zeros({2 * S}, torch::kDouble);
+      for (int64_t s = 0; s < S; ++s) {
+        both[s] = sum[static_cast<size_t>(s)];
+        both[S + s] = static_cast<double>(count[static_cast<size_t>(s)]);
+      }
+      both = both.to(device);
+      world->AllReduce(both)->Wait();
+      both = both.to(torch::kCPU);
+      for (int64_t s = 0; s < S; ++s) {
+        sum[static_cast<size_t>(s)] = both[s].item<double>();
+        count[static_cast<size_t>(s)] = static_cast<int64_t>(both[S + s].item<double>());
       }
     }
     double total = 0;
