@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_config.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/data/synth.h"
 #include "train/worker_process.h"
@@ -127,27 +128,10 @@ int main(int argc, char** argv) {
       std::cerr << config_path << ": " << base.errors[0].ToString() << "\n";
       return 1;
     }
-    json cfg = dsv3::config::ToJson(base.config);
-    json sources = json::array();
-    for (const auto& s : dsv3::config::DolmaSubsets()) {
-      sources.push_back({{"subset", s}, {"paths", {dir + "/corpus/" + s + "/*.json.gz"}}});
-    }
-    cfg["data"]["sources"] = sources;
-    cfg["data"]["tokenizer"] = {{"type", "byte"}, {"model", ""}};
-    cfg["data"]["cache_dir"] = dir + "/cache";
-    cfg["logging"]["tensorboard"]["enabled"] = false;
+    json cfg = dsv3::bench::SyntheticDataConfig(base.config, dir + "/corpus", dir + "/cache", steps, steps / 2);
     cfg["logging"]["peak_tflops"] = 1.0;
-    cfg["validation"]["enabled"] = false;
-    cfg["deepspeed"]["enabled"] = false;
-    cfg["slurm"]["enabled"] = false;
     cfg["distributed"]["data_parallel_size"] = -1;
     cfg["distributed"]["backend"] = "gloo";
-    cfg["training"]["use_bf16"] = false;
-    cfg["training"]["log_interval"] = steps / 2;
-    cfg["training"]["eval_interval"] = 0;
-    cfg["training"]["save_interval"] = 0;
-    cfg["training"]["train_steps"] = steps;
-    cfg["training"]["total_training_tokens"] = nullptr;
     cfg["checkpointing"]["enabled"] = false;
     if (batch > 0) cfg["training"]["global_batch_size"] = batch;
     if (seq > 0) cfg["training"]["seq_length"] = seq;

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "bench_config.h"
 #include "dsv3/ckpt/checkpoint.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/threads.h"
@@ -80,25 +81,10 @@ int main(int argc, char** argv) {
     std::cerr << base.errors[0].ToString() << "\n";
     return 1;
   }
-  json cfg = dsv3::config::ToJson(base.config);
-  json sources = json::array();
-  for (const auto& s : dsv3::config::DolmaSubsets()) sources.push_back({{"subset", s}, {"paths", {dir + "/corpus/" + s + "/*.json.gz"}}});
-  cfg["data"]["sources"] = sources;
-  cfg["data"]["tokenizer"] = {{"type", "byte"}, {"model", ""}};
-  cfg["data"]["cache_dir"] = dir + "/cache";
+  json cfg = dsv3::bench::SyntheticDataConfig(base.config, dir + "/corpus", dir + "/cache", 1000000, steps);
   cfg["output_dir"] = dir + "/out";
   cfg["checkpointing"]["dir"] = dir + "/out/checkpoints";
-  cfg["logging"]["tensorboard"]["enabled"] = false;
-  cfg["validation"]["enabled"] = false;
-  cfg["deepspeed"]["enabled"] = false;
-  cfg["slurm"]["enabled"] = false;
   cfg["distributed"]["data_parallel_size"] = 1;
-  cfg["training"]["use_bf16"] = false;
-  cfg["training"]["log_interval"] = steps;
-  cfg["training"]["eval_interval"] = 0;
-  cfg["training"]["save_interval"] = 0;
-  cfg["training"]["train_steps"] = 1000000;
-  cfg["training"]["total_training_tokens"] = nullptr;
   if (seq > 0) cfg["training"]["seq_length"] = seq;
   if (batch > 0) {
     cfg["training"]["micro_batch_size"] = batch;

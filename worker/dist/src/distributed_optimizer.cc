@@ -330,15 +330,13 @@ void DistributedOptimizer::FinishBackward() {
 
 double DistributedOptimizer::GradNorm() {
   torch::NoGradGuard no_grad;
-  torch::Tensor sq;
+  // Per-chunk norms (no copy of the gradients), squared and summed in double.
+  std::vector<torch::Tensor> norms;
   for (auto& g : groups_) {
-    for (auto& b : g->buckets) {
-      const torch::Tensor part = g->OwnedGrad(b, sh_.zero_stage).to(torch::kDouble).pow(2).sum();
-      sq = sq.defined() ? sq + part : part;
-    }
+    for (auto& b : g->buckets) norms.push_back(g->OwnedGrad(b, sh_.zero_stage).norm());
   }
-  if (!sq.defined()) return 0;
-  sq = sq.reshape({1});
+  if (norms.empty()) return 0;
+  torch::Tensor sq = torch::stack(norms).to(torch::kDouble).square().sum().reshape({1});
   if (world_->size() > 1) world_->AllReduce(sq)->Wait();
   return std::sqrt(sq.item<double>());
 }

@@ -20,12 +20,14 @@ class CommExchange final : public model::ExpertExchange {
     comm_->AllToAll(out, x.contiguous(), recv_rows, send_rows)->Wait();
     return out;
   }
+  // Counts live on the CPU; NCCL moves only device memory.
   torch::Tensor ExchangeCounts(const torch::Tensor& counts) override {
     const int64_t chunk = counts.numel() / size();
     const std::vector<int64_t> split(static_cast<size_t>(size()), chunk);
-    torch::Tensor out = torch::empty_like(counts);
-    comm_->AllToAll(out, counts.contiguous(), split, split)->Wait();
-    return out;
+    const torch::Tensor in = comm_->backend() == "nccl" ? counts.to(torch::kCUDA) : counts.contiguous();
+    torch::Tensor out = torch::empty_like(in);
+    comm_->AllToAll(out, in, split, split)->Wait();
+    return out.to(counts.device());
   }
 
  private:

@@ -111,26 +111,12 @@ MoeOutput MoEImpl::forward(const torch::Tensor& x_BTD) {
   const torch::Tensor gate_sorted =
       r.gate_XK.flatten().index_select(0, kept_A).index_select(0, order).to(x_BTD.scalar_type());
   const torch::Tensor counts_E = torch::bincount(expert_A, {}, E).to(torch::kCPU);
-  const int64_t* counts = counts_E.data_ptr<int64_t>();
 
-  torch::Tensor y_XD = torch::zeros_like(x_XD);
-  if (exchange_) {
-    const torch::Tensor out = RunParallelExperts(x_XD.index_select(0, token_sorted), counts_E);
-    y_XD = y_XD.index_add(0, token_sorted, out * gate_sorted.unsqueeze(1));  // eq. (12)
-  } else {
-    int64_t offset = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = counts[e];
-      if (n == 0) continue;
-      const torch::Tensor tokens = token_sorted.narrow(0, offset, n);
-      const torch::Tensor xe = x_XD.index_select(0, tokens);
-      const torch::Tensor hidden = torch::silu(torch::matmul(xe, experts->gate_proj[e].t())) *
-                                   torch::matmul(xe, experts->up_proj[e].t());
-      const torch::Tensor out = torch::matmul(hidden, experts->down_proj[e].t());
-      y_XD = y_XD.index_add(0, tokens, out * gate_sorted.narrow(0, offset, n).unsqueeze(1));  // eq. (12)
-      offset += n;
-    }
-  }
+  // The routed experts on their tokens (here, or on their expert-parallel ranks), then the
+  // gated sum per token, eq. (12).
+  const torch::Tensor x_AD = x_XD.index_select(0, token_sorted);
+  const torch::Tensor out_AD = exchange_ ? RunParallelExperts(x_AD, counts_E) : RunExperts(x_AD, counts_E);
+  torch::Tensor y_XD = torch::zeros_like(x_XD).index_add(0, token_sorted, out_AD * gate_sorted.unsqueeze(1));
   if (!shared_experts.is_empty()) y_XD = y_XD + shared_experts(x_XD);
   y_XD = torch::dropout(y_XD, moe_.dropout, is_training());
 
@@ -207,11 +193,13 @@ void MoEImpl::ShardExperts(std::shared_ptr<ExpertExchange> exchange) {
   exchange_ = std::move(exchange);
 }
 
-torch::Tensor MoEImpl::RunLocalExperts(const torch::Tensor& x_AD, const int64_t* counts, int64_t first, int64_t n) {
+torch::Tensor MoEImpl::RunExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_L) {
+  // Expert e (of those held here) computes down_e(silu(gate_e x) * up_e x) on its rows.
+  const int64_t* counts = counts_L.data_ptr<int64_t>();
   std::vector<torch::Tensor> outs;
   int64_t offset = 0;
-  for (int64_t e = 0; e < n; ++e) {
-    const int64_t rows = counts[first + e];
+  for (int64_t e = 0; e < counts_L.numel(); ++e) {
+    const int64_t rows = counts[e];
     if (rows == 0) continue;
     const torch::Tensor xe = x_AD.narrow(0, offset, rows);
     const torch::Tensor hidden = torch::silu(torch::matmul(xe, experts->gate_proj[e].t())) *
@@ -227,28 +215,16 @@ torch::Tensor MoEImpl::RunParallelExperts(const torch::Tensor& x_AD, const torch
   const int64_t size = exchange_->size(), L = moe_.num_experts / size;
   const torch::Tensor sent_counts = counts_E.to(torch::kCPU).to(torch::kLong).contiguous();
   const torch::Tensor recv_counts = exchange_->ExchangeCounts(sent_counts).view({size, L});  // [source, local expert]
-  std::vector<int64_t> send(static_cast<size_t>(size)), recv(static_cast<size_t>(size));
-  for (int64_t r = 0; r < size; ++r) {
-    send[static_cast<size_t>(r)] = sent_counts.narrow(0, r * L, L).sum().item<int64_t>();
-    recv[static_cast<size_t>(r)] = recv_counts[r].sum().item<int64_t>();
-  }
+  const torch::Tensor send_rows = sent_counts.view({size, L}).sum(1), recv_rows = recv_counts.sum(1);
+  const std::vector<int64_t> send(send_rows.data_ptr<int64_t>(), send_rows.data_ptr<int64_t>() + size),
+      recv(recv_rows.data_ptr<int64_t>(), recv_rows.data_ptr<int64_t>() + size);
   const torch::Tensor x_recv = ExchangeFunction::apply(x_AD.contiguous(), exchange_.get(), send, recv);
-  // Received rows are grouped by source, then by expert: regroup by expert for the GEMMs.
-  const int64_t* rc = recv_counts.data_ptr<int64_t>();
-  std::vector<int64_t> order, per_expert(static_cast<size_t>(L), 0);
-  std::vector<int64_t> source_start(static_cast<size_t>(size), 0);
-  for (int64_t r = 1; r < size; ++r) source_start[static_cast<size_t>(r)] = source_start[static_cast<size_t>(r - 1)] + recv[static_cast<size_t>(r - 1)];
-  for (int64_t e = 0; e < L; ++e) {
-    for (int64_t r = 0; r < size; ++r) {
-      int64_t at = source_start[static_cast<size_t>(r)];
-      for (int64_t j = 0; j < e; ++j) at += rc[r * L + j];
-      for (int64_t i = 0; i < rc[r * L + e]; ++i) order.push_back(at + i);
-      per_expert[static_cast<size_t>(e)] += rc[r * L + e];
-    }
-  }
-  const torch::Tensor perm = torch::tensor(order, torch::TensorOptions().dtype(torch::kLong)).to(x_AD.device());
-  const torch::Tensor by_expert = x_recv.index_select(0, perm);
-  const torch::Tensor out_by_expert = RunLocalExperts(by_expert, per_expert.data(), 0, L);
+  // Received rows are grouped by source, then by expert: a stable sort by local expert
+  // regroups them by expert for the GEMMs.
+  const torch::Tensor expert_of_row =
+      torch::arange(L, torch::kLong).repeat({size}).repeat_interleave(recv_counts.reshape({-1}));
+  const torch::Tensor perm = std::get<1>(torch::sort(expert_of_row, c10::optional<bool>(true), 0, false)).to(x_AD.device());
+  const torch::Tensor out_by_expert = RunExperts(x_recv.index_select(0, perm), recv_counts.sum(0));
   const torch::Tensor out_recv = torch::zeros_like(x_recv).index_copy(0, perm, out_by_expert);
   return ExchangeFunction::apply(out_recv, exchange_.get(), recv, send);
 }

@@ -189,12 +189,18 @@ struct Trainer::State {
   // are sharded).
   std::optional<ckpt::LoadedCheckpoint> pending_optimizer;
 
+  void RestoreRng(const std::map<std::string, torch::Tensor>& saved) {
+    model::compat::SetRngState(torch::kCPU, saved.at("rng_cpu"));
+    if (device.is_cuda() && saved.count("rng_device")) model::compat::SetRngState(device, saved.at("rng_device"));
+  }
+
   void LoadOptimizerState() {
     if (!pending_optimizer) return;
     const ckpt::LoadedCheckpoint& loaded = *pending_optimizer;
     const json& st = loaded.trainer_state;
     optimizer->LoadState(loaded.world_size, [&](int r) {
       ckpt::SafetensorsFile f = ckpt::LoadShard(loaded, r);
+      if (r == opt.rank && loaded.world_size == opt.world_size) RestoreRng(f.tensors);
       return std::make_pair(std::move(f.tensors), std::move(f.metadata));
     });
     const int64_t saved_dp = st.value("data_parallel_size", int64_t{1});
@@ -229,15 +235,12 @@ struct Trainer::State {
     sampler.next_sample = st.at("sampler").at("next_sample").get<int64_t>();
     sampler.taken = st.at("sampler").at("taken").get<std::vector<int64_t>>();
     data.sampler->Restore(sampler);
-    // This rank's RNG when the world is the same, else rank 0's.
-    const int saved_ranks = loaded.world_size;
-    std::map<std::string, torch::Tensor> rng = loaded.state_tensors;
-    if (saved_ranks == opt.world_size && opt.rank > 0) rng = ckpt::LoadShard(loaded, opt.rank).tensors;
-    model::compat::SetRngState(torch::kCPU, rng.at("rng_cpu"));
-    if (device.is_cuda() && rng.count("rng_device")) model::compat::SetRngState(device, rng.at("rng_device"));
-    pending_optimizer = std::move(loaded);
-    resumed_from = pending_optimizer->path;
+    // Rank 0's RNG; LoadOptimizerState replaces it with this rank's own when the world is the
+    // same (it reads every shard anyway).
+    RestoreRng(loaded.state_tensors);
+    resumed_from = loaded.path;
     checkpoints->Protect(loaded.path);
+    pending_optimizer = std::move(loaded);
     last_saved_step = step;
   }
 
@@ -392,7 +395,7 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
                                                                             std::to_string(dc.tensor_parallel_size)
                                                                       : "/distributed/pipeline_parallel_size: " +
                                                                             std::to_string(dc.pipeline_parallel_size)) +
-                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-2) and expert-parallel; set "
+                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-3) and expert-parallel; set "
                              "tensor_parallel_size and pipeline_parallel_size to 1");
   }
   if (c.deepspeed.enabled && c.deepspeed.offload_param_device == "cpu" && torch::cuda::is_available()) {
@@ -588,26 +591,32 @@ TrainResult Trainer::Run() {
         step_balance += v[2] / static_cast<double>(gas);
       }
     }
-    // The step's loss averaged over the data-parallel ranks, and the stop / checkpoint
-    // requests of any rank, in one all-reduce so every rank decides alike.
-    bool stop_requested = stop_.load(), checkpoint_requested = false;
-    if (s.world->size() > 1) {
-      const torch::Tensor v = torch::tensor({step_main, step_mtp, step_balance, stop_requested ? 1.0 : 0.0,
-                                             checkpoint_now_.load() ? 1.0 : 0.0},
-                                            torch::kDouble)
-                                  .to(s.device);
-      s.world->AllReduce(v)->Wait();
-      const torch::Tensor h = v.to(torch::kCPU);
-      const double* x = h.data_ptr<double>();
-      step_main = x[0] / s.dp;
-      step_mtp = x[1] / s.dp;
-      step_balance = x[2] / s.dp;
-      stop_requested = x[3] > 0;
-      checkpoint_requested = x[4] > 0;
-      if (checkpoint_requested) checkpoint_now_.store(false);
-    } else {
-      checkpoint_requested = checkpoint_now_.exchange(false);
+    // One all-reduce per step carries what the ranks must agree on: the loss parts (then
+    // averaged), the stop / checkpoint requests of any rank, and the MoE expert loads of the
+    // global batch (so every rank makes the same aux-loss-free bias update). Counts are exact
+    // in double.
+    const std::vector<model::MoeStats> stats = s.compute->TakeMoeStats();
+    std::vector<torch::Tensor> parts = {torch::tensor(
+        {step_main, step_mtp, step_balance, stop_.load() ? 1.0 : 0.0, checkpoint_now_.exchange(false) ? 1.0 : 0.0},
+        torch::kDouble)};
+    double step_assignments = 0, step_dropped = 0;
+    for (const auto& st : stats) {
+      parts.push_back(st.tokens_per_expert_E.to(torch::kDouble));
+      step_assignments += static_cast<double>(st.assignments);
+      step_dropped += static_cast<double>(st.dropped);
     }
+    parts.push_back(torch::tensor({step_assignments, step_dropped}, torch::kDouble));
+    torch::Tensor agreed = torch::cat(parts);
+    if (s.world->size() > 1) {
+      agreed = agreed.to(s.device);
+      s.world->AllReduce(agreed)->Wait();
+      agreed = agreed.to(torch::kCPU);
+    }
+    const double* x = agreed.data_ptr<double>();
+    step_main = x[0] / s.dp;
+    step_mtp = x[1] / s.dp;
+    step_balance = x[2] / s.dp;
+    const bool stop_requested = x[3] > 0, checkpoint_requested = x[4] > 0;
     const auto t2 = Clock::now();
     const double step_loss = step_main + t.mtp_loss_weight * step_mtp + step_balance;
     bool apply = true;
@@ -646,32 +655,18 @@ TrainResult Trainer::Run() {
     } else {
       s.optimizer->ZeroGrad();
     }
-    // Aux-loss-free balancing from the global batch's loads: every rank's counts summed, so
-    // every rank applies the same bias update.
-    std::vector<model::MoeStats> stats = s.compute->TakeMoeStats();
+    // Aux-loss-free balancing from the global batch's loads (summed above).
     std::vector<torch::Tensor> loads;
-    if (!stats.empty()) {
-      std::vector<torch::Tensor> parts;
-      for (const auto& st : stats) parts.push_back(st.tokens_per_expert_E.to(torch::kLong));
-      int64_t step_assignments = 0, step_dropped = 0;
-      for (const auto& st : stats) {
-        step_assignments += st.assignments;
-        step_dropped += st.dropped;
-      }
-      parts.push_back(torch::tensor({step_assignments, step_dropped}, torch::kLong));
-      torch::Tensor all = torch::cat(parts);
-      if (s.world->size() > 1) s.world->AllReduce(all)->Wait();
-      int64_t at = 0;
-      for (size_t i = 0; i < stats.size(); ++i) {
-        const int64_t E = stats[i].tokens_per_expert_E.numel();
-        loads.push_back(all.narrow(0, at, E));
-        at += E;
-        if (load_sums.size() <= i) load_sums.push_back(torch::zeros_like(loads.back()));
-        load_sums[i] += loads.back();
-      }
-      assignments += all[at].item<int64_t>();
-      dropped += all[at + 1].item<int64_t>();
+    int64_t at = 5;
+    for (size_t i = 0; i < stats.size(); ++i) {
+      const int64_t E = stats[i].tokens_per_expert_E.numel();
+      loads.push_back(agreed.narrow(0, at, E));
+      at += E;
+      if (load_sums.size() <= i) load_sums.push_back(torch::zeros_like(loads.back()));
+      load_sums[i] += loads.back();
     }
+    assignments += static_cast<int64_t>(x[at]);
+    dropped += static_cast<int64_t>(x[at + 1]);
     if (apply) {
       s.compute->UpdateRouterBiases(loads);
       if (s.mixed) s.master->UpdateRouterBiases(loads);

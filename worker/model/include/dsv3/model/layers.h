@@ -208,9 +208,11 @@ class MoEImpl : public torch::nn::Module {
 
  private:
   config::MoeConfig moe_;
-  // Routed experts for tokens sorted by expert (counts_E per global expert); returns the
-  // expert outputs in the same row order.
-  torch::Tensor RunLocalExperts(const torch::Tensor& x_AD, const int64_t* counts, int64_t first, int64_t n);
+  // The experts held here on rows sorted by expert (counts_L: rows per held expert, int64 on
+  // the CPU); outputs in the same row order.
+  torch::Tensor RunExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_L);
+  // The same through the expert-parallel group: rows sorted by global expert (counts_E)
+  // travel to the ranks holding their experts and come back.
   torch::Tensor RunParallelExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_E);
 
   double noise_scale_ = 1.0;
