@@ -9,6 +9,7 @@
 #include "export_command.h"
 #include "job_commands.h"
 #include "output.h"
+#include "slurm_commands.h"
 
 namespace dsv3::cli {
 
@@ -21,6 +22,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   AddDataCommands(app, ctx);
   AddExportCommand(app, ctx);
   AddJobCommands(app, ctx);
+  AddSlurmCommands(app, ctx);
 
   // CLI11 parses argv-style input; keep the strings alive while it reads them.
   std::vector<std::string> storage;

@@ -192,6 +192,15 @@ void PrintJobDetail(const v1::Job& j, std::ostream& os) {
   if (!j.last_checkpoint().empty()) {
     os << "last checkpoint: step " << j.last_checkpoint_step() << " " << j.last_checkpoint() << "\n";
   }
+  if (j.allocations_size() > 0) {
+    // The chain of Slurm jobs, one per attempt: a time limit continues in a new one.
+    os << j.allocations(0).allocator() << " jobs:   ";
+    for (int i = 0; i < j.allocations_size(); ++i) {
+      const auto& a = j.allocations(i);
+      os << (i > 0 ? " -> " : "") << a.external_id() << " " << a.state() << (a.reason().empty() ? "" : " (" + a.reason() + ")");
+    }
+    os << "\n";
+  }
   if (j.has_val_loss()) os << "val loss:     " << Fixed(j.val_loss(), 4) << " (ppl " << Fixed(std::exp(j.val_loss()), 2) << ")\n";
   if (j.ranks_size() > 0) {
     std::vector<std::vector<std::string>> rows = {{"RANK", "PID", "HOST", "STATE", "EXIT", "LOG"}};
@@ -259,15 +268,16 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
   struct State {
     Common common;
     std::string file, resume, name;
-    int gpus = 1, priority = 0;
+    int gpus = 0, priority = 0;
     bool follow = false, dry_run = false, deepspeed = false;
   };
   auto st = std::make_shared<State>();
   CLI::App* verb = app.add_subcommand("submit", "Submit a training config as a job to dsv3d");
   verb->add_option("CONFIG", st->file, "Config file")->required();
-  verb->add_option("--gpus,--world-size", st->gpus, "Ranks to run (GPUs, or CPU processes)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  verb->add_option("--gpus,--world-size", st->gpus,
+                   "Ranks to run (GPUs, or CPU processes); default: the slurm section's nodes x ntasks_per_node "
+                   "when enabled, else distributed.data_parallel_size, else 1")
+      ->check(CLI::PositiveNumber);
   verb->add_option("--resume", st->resume, "Checkpoint to start from (a path or 'latest')");
   verb->add_option("--name", st->name, "Job name (default: experiment_name)");
   verb->add_option("--priority", st->priority, "Higher runs first; equal priorities run in submission order");
@@ -279,7 +289,7 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
   verb->callback([st, &ctx] {
     // Validate here first: a broken config never reaches the controller's queue.
     config::LoadOptions lo;
-    lo.world_size = st->gpus;
+    if (st->gpus > 0) lo.world_size = st->gpus;
     lo.enable_deepspeed = st->deepspeed;
     const config::LoadResult loaded = config::LoadConfigFile(st->file, lo);
     for (const auto& w : loaded.warnings) ctx.err << st->file << ": warning: " << w.ToString() << "\n";
@@ -614,9 +624,41 @@ void AddCheckpoints(CLI::App& app, CliContext& ctx) {
   });
 }
 
+// ------------------------------------------------------------------ nodes
+void AddNodes(CLI::App& app, CliContext& ctx) {
+  auto common = std::make_shared<Common>();
+  CLI::App* verb = app.add_subcommand("nodes", "The controller's hosts: agents (slots in use, last heartbeat), Slurm nodes");
+  common->Add(*verb);
+  verb->callback([common, &ctx] {
+    auto stub = common->Stub();
+    v1::ListNodesResponse resp;
+    if (!Call(*common, ctx, &v1::Controller::Stub::ListNodes, v1::ListNodesRequest{}, &resp)) return;
+    if (common->format == OutputFormat::kJson) {
+      ctx.out << ToJsonText(resp) << "\n";
+    } else if (resp.nodes_size() == 0) {
+      ctx.out << "allocator " << resp.allocator() << ": no nodes"
+              << (resp.allocator() == "static" ? " (no dsv3-agent has joined yet)" : "") << "\n";
+    } else {
+      std::vector<std::vector<std::string>> rows = {{"NODE", "ADDRESS", "STATE", "SLOTS", "USED", "HEARTBEAT", "JOBS"}};
+      const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch()).count();
+      for (const auto& n : resp.nodes()) {
+        std::string jobs;
+        for (int64_t id : n.job_ids()) jobs += (jobs.empty() ? "" : ",") + std::to_string(id);
+        const int64_t hb = n.last_heartbeat_unix_ms();
+        rows.push_back({n.name(), n.address(), n.state(), std::to_string(n.slots()), std::to_string(n.slots_used()),
+                        hb == 0 ? "-" : Fixed((now - hb) / 1000.0, 1) + " s ago", jobs.empty() ? "-" : jobs});
+      }
+      ctx.out << "allocator " << resp.allocator() << "\n" << RenderTable(rows);
+    }
+    ctx.exit_code = kExitOk;
+  });
+}
+
 }  // namespace
 
 void AddJobCommands(CLI::App& app, CliContext& ctx) {
+  AddNodes(app, ctx);
   AddSubmit(app, ctx);
   AddStatusAndList(app, ctx);
   AddLogs(app, ctx);

@@ -15,9 +15,17 @@ int main(int argc, char** argv) {
   app.add_option("--listen", o.listen, "gRPC address HOST:PORT")->capture_default_str();
   app.add_option("--http-listen", o.http_listen, "HTTP address for /metrics and /healthz")->capture_default_str();
   app.add_option("--state-dir", o.state_dir, "Job store (dsv3.db) and job folders")->capture_default_str();
-  app.add_option("--allocator", o.allocator, "Where ranks run: local")->capture_default_str();
+  app.add_option("--allocator", o.allocator,
+                 "Where ranks run: local (this machine), static (hosts running dsv3-agent), slurm (sbatch/srun)")
+      ->capture_default_str();
   app.add_option("--slots", o.slots, "Ranks that may run at once on this machine (0 = one per CPU core)")
       ->capture_default_str();
+  app.add_option("--hosts", o.hosts_file, "static: the agents that may join, one per line: NAME [slots=N]");
+  app.add_option("--agent-token-file", o.agent_token_file,
+                 "static: the agents' join credential (default: <state-dir>/agent.token, created once)");
+  app.add_option("--advertise", o.advertise,
+                 "Host name or address ranks on other hosts dial to report (default: the --listen host)");
+  app.add_option("--slurm-poll", o.slurm_poll_s, "Seconds between squeue polls of Slurm jobs")->capture_default_str();
   app.add_option("--worker", o.worker_path, "dsv3-worker binary (default: next to dsv3d)");
   app.add_option("--work-dir", o.work_dir,
                  "Where relative input paths of remote clients resolve (default: the current folder)");

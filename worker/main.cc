@@ -32,14 +32,33 @@ namespace {
 
 std::atomic<dsv3::train::Trainer*> g_trainer{nullptr};
 std::atomic<int> g_signals{0};
+// Requests that arrive before the trainer exists (during rendezvous or model setup) are
+// applied when it does.
+std::atomic<bool> g_stop_pending{false}, g_checkpoint_pending{false}, g_time_limit{false};
 
 void OnSignal(int sig) {
   if (g_signals.fetch_add(1) > 0) _exit(128 + sig);
+  if (sig == SIGUSR2) g_time_limit.store(true);
+  g_stop_pending.store(true);
   if (auto* t = g_trainer.load()) t->RequestStop();
 }
 
 void OnCheckpointSignal(int) {
+  g_checkpoint_pending.store(true);
   if (auto* t = g_trainer.load()) t->RequestCheckpoint();
+}
+
+// SIGTERM/SIGINT: stop with a checkpoint. SIGUSR2: the same, sent by Slurm (--signal)
+// before the time limit so the job continues in a new allocation. SIGUSR1: checkpoint now.
+void InstallSignalHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGUSR2, &sa, nullptr);
+  sa.sa_handler = OnCheckpointSignal;
+  sigaction(SIGUSR1, &sa, nullptr);
 }
 
 std::chrono::milliseconds EnvSeconds(const char* name, int fallback) {
@@ -107,6 +126,7 @@ int main(int argc, char** argv) {
     }
   }
   if (config_path.empty()) return Usage("--config is required");
+  InstallSignalHandlers();
   dsv3::dist::LaunchInfo launch;
   try {
     launch = dsv3::dist::DiscoverLaunch();
@@ -170,13 +190,8 @@ int main(int argc, char** argv) {
     }
     dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
     g_trainer.store(&trainer);
-    struct sigaction sa {};
-    sa.sa_handler = OnSignal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
-    sigaction(SIGINT, &sa, nullptr);
-    sa.sa_handler = OnCheckpointSignal;
-    sigaction(SIGUSR1, &sa, nullptr);  // checkpoint now
+    if (g_stop_pending.load()) trainer.RequestStop();
+    if (g_checkpoint_pending.load()) trainer.RequestCheckpoint();
 #ifdef DSV3_HAVE_GRPC
     if (controller) {
       controller->SetCommandHandler([](dsv3::worker::ControllerCommand c) {
@@ -188,8 +203,11 @@ int main(int argc, char** argv) {
 #endif
     const dsv3::train::TrainResult r = trainer.Run();
     g_trainer.store(nullptr);
-    finish(r.finished, false, r.step, r.finished ? "finished" : "stopped");
-    std::cout << "dsv3-worker: " << (r.finished ? "finished" : "stopped") << " at step " << r.step
+    const std::string how = r.finished       ? "finished"
+                            : g_time_limit.load() ? "stopped for the time limit (SIGUSR2 from Slurm)"
+                                                  : "stopped";
+    finish(r.finished, false, r.step, how);
+    std::cout << "dsv3-worker: " << how << " at step " << r.step
               << (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint) << std::endl;
     return 0;
   } catch (const std::exception& e) {

@@ -113,10 +113,11 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-ControllerService::ControllerService(JobStore& store, JobManager& manager, std::string local_owner,
+ControllerService::ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator, std::string local_owner,
                                      std::string default_base_dir, ServiceLimits limits)
     : store_(store),
       manager_(manager),
+      allocator_(allocator),
       local_owner_(std::move(local_owner)),
       default_base_dir_(std::move(default_base_dir)),
       limits_(limits) {}
@@ -178,6 +179,15 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
     ev->set_sample(e.sample);
     ev->set_time_unix_ms(e.time_ms);
   }
+  for (const auto& a : store_.Allocations(j.id)) {
+    auto* al = out->add_allocations();
+    al->set_attempt(a.attempt);
+    al->set_allocator(a.allocator);
+    al->set_external_id(a.external_id);
+    al->set_state(a.state);
+    al->set_reason(a.reason);
+    al->set_updated_unix_ms(a.updated_ms);
+  }
   if (include_config) out->set_config_json(j.config_json);
   if (j.state == JobState::kFailed) {
     // The end of each rank's log: usually the error that failed the job.
@@ -204,7 +214,7 @@ grpc::Status ControllerService::SubmitJob(grpc::ServerContext* ctx, const v1::Su
   r.name = req->name();
   r.owner = local_owner_;
   r.resume_from = req->resume_from();
-  r.num_ranks = req->num_ranks() == 0 ? 1 : req->num_ranks();
+  r.num_ranks = req->num_ranks();  // 0: what the config implies
   r.priority = req->priority();
   r.dry_run = req->dry_run();
   r.config_path = req->config_path();
@@ -368,7 +378,7 @@ grpc::Status ControllerService::ValidateConfig(grpc::ServerContext* ctx, const v
   }
   SubmitRequest r;
   r.config_json = req->config_json();
-  r.num_ranks = req->num_ranks() == 0 ? 1 : req->num_ranks();
+  r.num_ranks = req->num_ranks();
   r.base_dir = default_base_dir_;
   (void)ctx;
   const SubmitOutcome o = manager_.Validate(r);
@@ -376,6 +386,25 @@ grpc::Status ControllerService::ValidateConfig(grpc::ServerContext* ctx, const v
   FillProblems(o.errors, resp->mutable_errors());
   FillProblems(o.warnings, resp->mutable_warnings());
   resp->set_resolved_config_json(o.resolved_json);
+  return grpc::Status::OK;
+}
+
+}  // namespace dsv3::server
+
+namespace dsv3::server {
+
+grpc::Status ControllerService::ListNodes(grpc::ServerContext*, const v1::ListNodesRequest*, v1::ListNodesResponse* resp) {
+  resp->set_allocator(allocator_.Name());
+  for (const NodeInfo& n : allocator_.Nodes()) {
+    auto* node = resp->add_nodes();
+    node->set_name(n.name);
+    node->set_address(n.address);
+    node->set_state(n.state);
+    node->set_slots(n.slots);
+    node->set_slots_used(n.used);
+    node->set_last_heartbeat_unix_ms(n.last_heartbeat_ms);
+    for (int64_t id : n.jobs) node->add_job_ids(id);
+  }
   return grpc::Status::OK;
 }
 

@@ -17,6 +17,8 @@
 #include "dsv3/server/job_manager.h"
 #include "dsv3/server/job_store.h"
 #include "dsv3/server/local_allocator.h"
+#include "dsv3/server/slurm_allocator.h"
+#include "dsv3/server/static_allocator.h"
 #include "http_server.h"
 #include "prometheus.h"
 #include "rpc_stats.h"
@@ -70,6 +72,34 @@ absl::StatusOr<std::string> FindWorker(const std::string& given) {
                              "); build it (cmake --build build --target dsv3-worker) or pass --worker PATH");
 }
 
+std::string HostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+// The agents' join credential: given, or made once and kept in the state dir (0600).
+absl::StatusOr<std::string> AgentToken(const std::string& given_file, const std::string& state_dir) {
+  const std::string path = given_file.empty() ? state_dir + "/agent.token" : given_file;
+  std::string token;
+  std::ifstream(path) >> token;
+  if (!token.empty()) return token;
+  if (!given_file.empty()) return absl::NotFoundError("--agent-token-file: " + path + " is missing or empty");
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  unsigned char raw[24];
+  urandom.read(reinterpret_cast<char*>(raw), sizeof(raw));
+  if (!urandom) return absl::InternalError("cannot read /dev/urandom");
+  static const char* kHex = "0123456789abcdef";
+  for (unsigned char c : raw) token += std::string{kHex[c >> 4], kHex[c & 15]};
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return absl::UnavailableError("cannot create " + path);
+  const std::string line = token + "\n";
+  const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  close(fd);
+  if (!ok) return absl::UnavailableError("cannot write " + path);
+  return token;
+}
+
 }  // namespace
 
 struct Daemon::Parts {
@@ -77,6 +107,7 @@ struct Daemon::Parts {
   int lock_fd = -1;
   std::unique_ptr<JobStore> store;
   std::unique_ptr<Allocator> allocator;
+  StaticAllocator* agents = nullptr;  // inside `allocator` when --allocator static
   std::unique_ptr<JobManager> manager;
   RpcStats rpc_stats;
   std::unique_ptr<ControllerService> controller;
@@ -91,6 +122,51 @@ struct Daemon::Parts {
     if (lock_fd >= 0) close(lock_fd);
   }
 };
+
+namespace {
+
+// The daemon's allocator: the primary one (--allocator), wrapped so that jobs whose config
+// sets slurm.enabled go to Slurm when this host can reach it. `agents` is set to the static
+// allocator inside, whose gRPC service the daemon serves.
+absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o, const std::string& state_dir,
+                                                          StaticAllocator*& agents) {
+  const auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+  SlurmOptions so;
+  so.poll_interval = ms(o.slurm_poll_s > 0 ? o.slurm_poll_s : 1);
+  std::unique_ptr<Allocator> slurm;
+  std::string why_no_slurm;
+  if (auto made = MakeSlurmAllocator(so); made.ok()) {
+    slurm = std::move(*made);
+  } else {
+    if (o.allocator == "slurm") return absl::FailedPreconditionError("--allocator slurm: " + std::string(made.status().message()));
+    why_no_slurm = std::string(made.status().message());
+  }
+  std::unique_ptr<Allocator> primary;
+  if (o.allocator == "slurm") {
+    primary = std::move(slurm);
+  } else if (o.allocator == "static") {
+    StaticOptions st;
+    auto token = AgentToken(o.agent_token_file, state_dir);
+    if (!token.ok()) return token.status();
+    st.join_token = *token;
+    if (!o.hosts_file.empty()) {
+      auto hosts = ReadHostsFile(o.hosts_file);
+      if (!hosts.ok()) return hosts.status();
+      st.hosts = *hosts;
+    }
+    st.heartbeat_interval = ms(o.heartbeat_interval_s);
+    st.heartbeat_timeout = ms(o.heartbeat_timeout_s);
+    auto hub = MakeStaticAllocator(st);
+    agents = hub.get();
+    primary = std::move(hub);
+  } else {
+    const int slots = o.slots > 0 ? o.slots : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    primary = MakeLocalAllocator(slots);
+  }
+  return MakeRoutingAllocator(std::move(primary), std::move(slurm), why_no_slurm);
+}
+
+}  // namespace
 
 Daemon::Daemon(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
 Daemon::~Daemon() { Shutdown(); }
@@ -111,10 +187,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!grpc_addr.ok()) return grpc_addr.status();
   auto http_addr = ParseHostPort("--http-listen", options.http_listen);
   if (!http_addr.ok()) return http_addr.status();
-  if (options.allocator != "local") {
-    return absl::UnimplementedError("--allocator: '" + options.allocator +
-                                    "' is not available in this build; valid: local (static and slurm are not "
-                                    "implemented yet)");
+  if (options.allocator != "local" && options.allocator != "static" && options.allocator != "slurm") {
+    return absl::InvalidArgumentError("--allocator: '" + options.allocator + "' is not one of local, static, slurm");
+  }
+  if (!options.hosts_file.empty() && options.allocator != "static") {
+    return absl::InvalidArgumentError("--hosts: only the static allocator reads a hosts file (--allocator static)");
   }
   if (options.slots < 0) return absl::InvalidArgumentError("--slots: must be >= 1 (0 = one per CPU core)");
   for (const auto& [flag, v] : {std::pair<const char*, double>{"--heartbeat-interval", options.heartbeat_interval_s},
@@ -144,8 +221,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!store.ok()) return store.status();
   p->store = std::move(*store);
 
-  const int slots = options.slots > 0 ? options.slots : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  p->allocator = MakeLocalAllocator(slots);
+  auto allocator = MakeAllocators(p->options, state_dir, p->agents);
+  if (!allocator.ok()) return allocator.status();
+  p->allocator = std::move(*allocator);
 
   p->grpc_host = grpc_addr->host;
   p->http_host = http_addr->host;
@@ -160,7 +238,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   p->manager = std::make_unique<JobManager>(*p->store, *p->allocator, mo);
   const std::string base_dir =
       options.work_dir.empty() ? fs::current_path().string() : fs::absolute(options.work_dir).lexically_normal().string();
-  p->controller = std::make_unique<ControllerService>(*p->store, *p->manager, LocalUser(), base_dir);
+  p->controller = std::make_unique<ControllerService>(*p->store, *p->manager, *p->allocator, LocalUser(), base_dir);
   p->worker = std::make_unique<WorkerService>(*p->manager);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -171,6 +249,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.AddListeningPort(grpc_target, grpc::InsecureServerCredentials(), &p->grpc_port);
   builder.RegisterService(p->controller.get());
   builder.RegisterService(p->worker.get());
+  if (p->agents != nullptr) builder.RegisterService(p->agents->service());
   builder.SetMaxReceiveMessageSize(16 << 20);
   // gRPC sets SO_REUSEPORT by default: a second dsv3d would then share the port silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -181,9 +260,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!p->server || p->grpc_port == 0) {
     return absl::UnavailableError("--listen: cannot listen on " + grpc_target + " (address in use or not local)");
   }
-  // Ranks dial the controller where it listens; a wildcard address means loopback for them.
-  const std::string rank_host =
-      grpc_addr->host == "0.0.0.0" || grpc_addr->host == "::" ? "127.0.0.1" : grpc_target.substr(0, grpc_target.rfind(':'));
+  // Ranks dial the controller where it listens. A wildcard address means loopback for local
+  // ranks and this host's name for ranks elsewhere, unless --advertise names the host.
+  const bool wildcard = grpc_addr->host == "0.0.0.0" || grpc_addr->host == "::";
+  std::string rank_host = wildcard ? (options.allocator == "local" ? "127.0.0.1" : HostName())
+                                   : grpc_target.substr(0, grpc_target.rfind(':'));
+  if (!options.advertise.empty()) rank_host = options.advertise;
   p->manager->SetControllerAddress(rank_host + ":" + std::to_string(p->grpc_port));
 
   const auto fail = [&](const absl::Status& s) {
@@ -221,6 +303,7 @@ void Daemon::Shutdown() {
   p_->shut_down = true;
   if (p_->http) p_->http->Stop();
   if (p_->controller) p_->controller->Shutdown();
+  if (p_->agents) p_->agents->Disconnect();
   if (p_->server) p_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (p_->manager) p_->manager->Stop();
 }

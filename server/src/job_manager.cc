@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "job_config.h"
+#include "dsv3/server/slurm_allocator.h"
 #include "job_manager_internal.h"
 
 namespace dsv3::server {
@@ -27,11 +28,19 @@ JobManager::JobManager(JobStore& store, Allocator& allocator, ManagerOptions opt
     }
     cv_.notify_all();
   });
+  allocator_.SetAllocationCallback([this](const AllocationUpdate& u) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      allocation_updates_.push_back(u);
+    }
+    cv_.notify_all();
+  });
 }
 
 JobManager::~JobManager() {
   Stop();
   allocator_.SetExitCallback(nullptr);
+  allocator_.SetAllocationCallback(nullptr);
 }
 
 absl::Status AppendToRankLog(const std::string& path, const std::string& text) {
@@ -85,15 +94,19 @@ std::string RandomHex(size_t bytes) {
 
 }  // namespace
 
-SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
+SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   SubmitOutcome out;
+  SubmitRequest r = request;
+  if (r.num_ranks == 0) {
+    // Not given: what the config implies (the slurm section when enabled, else
+    // data_parallel_size x tp x pp when explicit, else 1).
+    config::LoadOptions lo;
+    lo.base_dir = r.base_dir;
+    const config::LoadResult implied = config::LoadConfigText(r.config_json, lo);
+    r.num_ranks = implied.ok() ? static_cast<int>(std::max<int64_t>(1, implied.config.derived.world_size)) : 1;
+  }
   if (r.num_ranks < 1) {
     out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more"});
-  } else if (r.num_ranks > allocator_.TotalSlots()) {
-    out.errors.push_back({"num_ranks", "the job needs " + std::to_string(r.num_ranks) + " slots but the " +
-                                           allocator_.Name() + " allocator has " +
-                                           std::to_string(allocator_.TotalSlots()) +
-                                           " (dsv3d --slots); submit with fewer ranks (--gpus)"});
   }
   const bool control_chars =
       std::any_of(r.name.begin(), r.name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
@@ -105,13 +118,7 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
   const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(1, r.num_ranks), r.resume_from, r.base_dir);
   for (auto& e : Problems(prepared.errors)) out.errors.push_back(std::move(e));
   out.warnings = Problems(prepared.warnings);
-  if (!out.errors.empty()) {
-    std::string msg = "invalid job (" + std::to_string(out.errors.size()) + (out.errors.size() == 1 ? " error)" : " errors)");
-    for (const auto& e : out.errors) msg += "\n" + e.path + ": " + e.message;
-    out.status = absl::InvalidArgumentError(msg);
-    return out;
-  }
-  out.resolved_json = prepared.resolved.dump(2);
+  out.resolved_json = prepared.ok() ? prepared.resolved.dump(2) : "";
   out.job.name = r.name.empty() ? prepared.experiment_name : r.name;
   out.job.experiment_name = prepared.experiment_name;
   out.job.num_ranks = r.num_ranks;
@@ -120,22 +127,47 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& r) const {
   out.job.max_restarts = static_cast<int>(prepared.max_restarts);
   out.job.resume_from = r.resume_from;
   out.job.working_dir = r.base_dir;
+  out.job.config_json = out.resolved_json;
+  if (out.errors.empty()) {
+    if (absl::Status can = allocator_.CanRun(out.job); !can.ok()) {
+      const std::string msg(can.message());
+      const bool names_field = !msg.empty() && msg[0] == '/';
+      out.errors.push_back({names_field ? msg.substr(0, msg.find(':')) : "num_ranks",
+                            names_field ? msg.substr(msg.find(':') + 2)
+                                        : msg + " (dsv3d --slots); submit with fewer ranks (--gpus)"});
+    }
+  }
+  if (!out.errors.empty()) {
+    std::string msg = "invalid job (" + std::to_string(out.errors.size()) + (out.errors.size() == 1 ? " error)" : " errors)");
+    for (const auto& e : out.errors) msg += "\n" + e.path + ": " + e.message;
+    out.status = absl::InvalidArgumentError(msg);
+    return out;
+  }
   // As the config names them; Submit places them in the job's folder.
   out.job.output_dir = prepared.output_dir;
   out.job.checkpoint_dir = prepared.checkpoint_dir;
   out.job.tensorboard_dir = prepared.tensorboard_dir;
-  // The plan: what each rank would run, in the job's folder.
+  // The plan: what would start, as the job's allocator would start it.
+  JobRecord shown = out.job;
+  shown.id = 0;
+  shown.attempt = 1;
+  shown.job_dir = options_.state_dir + "/jobs/<id>";
+  shown.credential = "<per-job credential>";
+  const bool slurm = allocator_.Name() == "slurm" || ConfigWantsSlurm(shown.config_json);
   std::ostringstream plan;
-  plan << "allocator " << allocator_.Name() << ": " << r.num_ranks << " rank(s) on this machine ("
-       << allocator_.FreeSlots() << " of " << allocator_.TotalSlots() << " slots free now)\n"
-       << "ranks run in <state-dir>/jobs/<id>; outputs: " << prepared.output_dir
+  plan << "allocator " << (slurm ? std::string("slurm") : allocator_.Name()) << ": " << r.num_ranks << " rank(s)";
+  if (!slurm) plan << " (" << allocator_.FreeSlots() << " of " << allocator_.TotalSlots() << " slots free now)";
+  plan << "\nranks run in " << shown.job_dir << "; outputs: " << prepared.output_dir
        << ", checkpoints: " << prepared.checkpoint_dir << "\n"
        << "max_restarts " << prepared.max_restarts << ", train_steps " << prepared.total_steps << "\n";
-  for (int rank = 0; rank < r.num_ranks; ++rank) {
-    plan << "  rank " << rank << ": RANK=" << rank << " WORLD_SIZE=" << r.num_ranks << " LOCAL_RANK=" << rank
-         << " MASTER_ADDR=127.0.0.1 " << options_.worker_path << " --config <job>/config.json"
-         << (r.resume_from.empty() ? "" : " --resume " + r.resume_from) << "\n";
+  Placement placement;
+  placement.hosts.assign(r.num_ranks, "<host>");
+  placement.master_addr = "<rank 0's host>";
+  if (!slurm && allocator_.Name() == "local") {
+    placement.hosts.assign(r.num_ranks, "localhost");
+    placement.master_addr = "127.0.0.1";
   }
+  plan << allocator_.DescribeLaunch(BuildLaunchSpec(shown, placement, r.resume_from));
   out.plan = plan.str();
   return out;
 }
@@ -257,7 +289,10 @@ absl::StatusOr<int> JobManager::RegisterRank(const RankRef& ref, int64_t pid, co
     return absl::FailedPreconditionError("rank " + std::to_string(ref.rank) + " is process " +
                                          std::to_string(r.pid) + ", not " + std::to_string(pid));
   }
-  if (!host.empty()) r.host = host;
+  // Slurm and agents start ranks remotely: the rank itself tells its pid (and, under Slurm,
+  // its host). An agent's name stays the rank's host: recovery finds the agent by it.
+  if (r.pid == 0) r.pid = pid;
+  if (!host.empty() && r.host.empty()) r.host = host;
   MarkSeenLocked(**live, ref.rank);
   return static_cast<int>(options_.heartbeat_interval.count());
 }

@@ -39,6 +39,9 @@ struct JobManager::Live {
   bool killed = false;
   std::string failure;  // why the attempt is failing
   JobProgress progress;
+  Placement placement;  // from the allocator's Reserve
+  bool waiting = false;  // the attempt waits in an external scheduler's queue (Slurm PENDING)
+  bool placement_pending = false;  // a restart waits for hosts (static: an agent was lost)
 };
 
 inline std::string RankLogPath(const JobRecord& job, int rank) {

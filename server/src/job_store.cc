@@ -60,6 +60,14 @@ const std::vector<const char*>& Migrations() {
         per_source_json TEXT NOT NULL, sample TEXT NOT NULL, time_ms INTEGER NOT NULL);
       CREATE INDEX evaluations_by_job ON evaluations(job_id, step);
       )sql",
+      // 2: allocations in external schedulers (the Slurm job of each attempt).
+      R"sql(
+      CREATE TABLE allocations (
+        job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,
+        allocator TEXT NOT NULL, external_id TEXT NOT NULL, state TEXT NOT NULL,
+        reason TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (job_id, attempt));
+      )sql",
   };
   return kMigrations;
 }
@@ -426,6 +434,30 @@ std::vector<CheckpointRecord> JobStore::Checkpoints(int64_t job_id) const {
   s.Bind(1, job_id);
   std::vector<CheckpointRecord> out;
   while (s.Step()) out.push_back({s.Int(0), s.Text(1), s.Text(2), s.OptDouble(3), s.Int(4)});
+  return out;
+}
+
+absl::Status JobStore::UpsertAllocation(const AllocationRecord& a) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return Guarded("record allocation", [&] {
+    Stmt s(impl_->db,
+           "INSERT INTO allocations (job_id, attempt, allocator, external_id, state, reason, created_ms, updated_ms) "
+           "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt) DO UPDATE SET allocator=excluded.allocator, "
+           "external_id=excluded.external_id, state=excluded.state, reason=excluded.reason, "
+           "updated_ms=excluded.updated_ms");
+    s.Bind(1, a.job_id).Bind(2, a.attempt).Bind(3, a.allocator).Bind(4, a.external_id).Bind(5, a.state);
+    s.Bind(6, a.reason).Bind(7, a.updated_ms).Bind(8, a.updated_ms).Run();
+  });
+}
+
+std::vector<AllocationRecord> JobStore::Allocations(int64_t job_id) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Stmt s(impl_->db,
+         "SELECT job_id, attempt, allocator, external_id, state, reason, updated_ms FROM allocations "
+         "WHERE job_id=? ORDER BY attempt");
+  s.Bind(1, job_id);
+  std::vector<AllocationRecord> out;
+  while (s.Step()) out.push_back({s.Int(0), static_cast<int>(s.Int(1)), s.Text(2), s.Text(3), s.Text(4), s.Text(5), s.Int(6)});
   return out;
 }
 

@@ -80,6 +80,14 @@ void LogEvent(const std::string& line) {
   std::fflush(stdout);
 }
 
+// The external allocation (Slurm job) of the job's current attempt, if it has one.
+std::string ExternalId(const JobStore& store, const JobRecord& job) {
+  for (const auto& a : store.Allocations(job.id)) {
+    if (a.attempt == job.attempt) return a.external_id;
+  }
+  return "";
+}
+
 }  // namespace
 
 void JobManager::SetStateLocked(Live& live, JobState state, const std::string& reason) {
@@ -131,13 +139,13 @@ absl::Status JobManager::Recover() {
       if (job.state == JobState::kRestarting) {
         // Between attempts: the failed attempt's ranks were being killed; finish that and
         // let the loop launch the next attempt (restarts was already counted).
-        allocator_.Adopt(job.id, job.attempt, job.num_ranks, store_.Ranks(job.id, job.attempt));
+        allocator_.Adopt(job, store_.Ranks(job.id, job.attempt), ExternalId(store_, job));
         allocator_.Kill(job.id);
         continue;
       }
       // The current attempt's ranks: those still alive are adopted, the others are gone.
       const auto ranks = store_.Ranks(job.id, job.attempt);
-      const auto adopted = allocator_.Adopt(job.id, job.attempt, job.num_ranks, ranks);
+      const auto adopted = allocator_.Adopt(job, ranks, ExternalId(store_, job));
       l.ranks.assign(job.num_ranks, RankLive{});
       l.launched_at = Clock::now();
       for (int r = 0; r < job.num_ranks; ++r) {
@@ -220,6 +228,9 @@ void JobManager::Loop() {
 void JobManager::SuperviseLocked() {
   std::vector<RankExit> exits;
   exits.swap(exits_);
+  std::vector<AllocationUpdate> updates;
+  updates.swap(allocation_updates_);
+  for (const auto& u : updates) OnAllocationLocked(u);
   for (const auto& e : exits) OnRankExitLocked(e);
 
   const auto now = Clock::now();
@@ -236,7 +247,7 @@ void JobManager::SuperviseLocked() {
                                    Seconds(options_.heartbeat_timeout) + " (hung or unreachable)");
           break;
         }
-        if (!rl.registered && now - l.launched_at > options_.startup_timeout) {
+        if (!rl.registered && !l.waiting && now - l.launched_at > options_.startup_timeout) {
           FailAttemptLocked(l, "rank " + std::to_string(r) + " did not register within " +
                                    Seconds(options_.startup_timeout));
           break;
@@ -251,8 +262,14 @@ void JobManager::SuperviseLocked() {
     } else if (l.phase == Phase::kIdle && l.job.state == JobState::kRestarting) {
       if (l.job.cancel_requested) {
         EndJobLocked(l, JobState::kCanceled, "canceled by user between attempts");
-      } else {
+      } else if (auto placement = allocator_.Reserve(l.job)) {
+        // The same hosts unless one was lost: then wherever the job fits now.
+        l.placement = *placement;
+        l.placement_pending = false;
         LaunchAttemptLocked(l);
+      } else if (!l.placement_pending) {
+        l.placement_pending = true;
+        SetStateLocked(l, JobState::kRestarting, "waiting for hosts: " + allocator_.WhyNotPlaced(l.job));
       }
     }
   }
@@ -273,7 +290,9 @@ void JobManager::AdmitLocked() {
   for (Live* l : queued) {
     // Strict order: a job that does not fit blocks those behind it, so a large job is
     // never starved by a stream of small ones.
-    if (!allocator_.Reserve(l->job.id, l->job.num_ranks)) break;
+    auto placement = allocator_.Reserve(l->job);
+    if (!placement) break;
+    l->placement = *placement;
     LaunchAttemptLocked(*l);
   }
 }
@@ -294,40 +313,17 @@ void JobManager::LaunchAttemptLocked(Live& l) {
                  "attempt " + std::to_string(job.attempt) + ": launching " + std::to_string(job.num_ranks) +
                      " rank(s)" + (resume.empty() ? "" : ", resuming from " + resume));
 
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = options_.threads_per_rank > 0
-                          ? options_.threads_per_rank
-                          : std::max(1, static_cast<int>(cores) / std::max(1, allocator_.TotalSlots()));
-  const bool config_sets_threads = ConfigSetsThreads(job.config_json);
-  LaunchSpec spec{job.id, job.attempt, {}};
-  for (int r = 0; r < job.num_ranks; ++r) {
-    RankLaunch rl;
-    rl.rank = r;
-    rl.cwd = job.job_dir;
-    rl.log_path = LogPath(job, r);
-    rl.argv = {options_.worker_path, "--config", job.job_dir + "/config.json"};
-    if (!resume.empty()) rl.argv.insert(rl.argv.end(), {"--resume", resume});
-    if (!config_sets_threads) rl.argv.insert(rl.argv.end(), {"--threads", std::to_string(threads)});
-    rl.env = {{env::kRank, std::to_string(r)},
-              {env::kWorldSize, std::to_string(job.num_ranks)},
-              {env::kLocalRank, std::to_string(r)},
-              {env::kLocalWorldSize, std::to_string(job.num_ranks)},
-              {env::kMasterAddr, "127.0.0.1"},
-              {env::kMasterPort, std::to_string(job.master_port)},
-              {env::kController, controller_address_},
-              {env::kJobId, std::to_string(job.id)},
-              {env::kAttempt, std::to_string(job.attempt)},
-              {env::kJobCredential, job.credential},
-              {env::kOpenBlasNumThreads, "1"}};
-    (void)AppendToRankLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " + std::to_string(job.attempt) +
-                                 " rank " + std::to_string(r) + (resume.empty() ? "" : " (resume " + resume + ")") +
-                                 " ====\n");
-    spec.ranks.push_back(std::move(rl));
+  LaunchSpec spec = BuildLaunchSpec(job, l.placement, resume);
+  for (const auto& rl : spec.ranks) {
+    (void)AppendToRankLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " +
+                                           std::to_string(job.attempt) + " rank " + std::to_string(rl.rank) +
+                                           (resume.empty() ? "" : " (resume " + resume + ")") + " ====\n");
   }
   auto launched = allocator_.Launch(spec);
   l.ranks.assign(job.num_ranks, RankLive{});
   l.launched_at = Clock::now();
   l.killed = false;
+  l.waiting = false;
   l.failure.clear();
   if (!launched.ok()) {
     EndJobLocked(l, JobState::kFailed, "cannot start ranks: " + std::string(launched.status().message()));
@@ -346,6 +342,69 @@ void JobManager::LaunchAttemptLocked(Live& l) {
   if (l.phase == Phase::kStopping) {
     l.stop_deadline = Clock::now() + options_.grace_period;
     allocator_.Signal(job.id, SIGTERM);
+  }
+}
+
+LaunchSpec JobManager::BuildLaunchSpec(const JobRecord& job, const Placement& placement, const std::string& resume) const {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = options_.threads_per_rank > 0
+                          ? options_.threads_per_rank
+                          : std::max(1, static_cast<int>(cores) / std::max(1, allocator_.TotalSlots()));
+  const bool config_sets_threads = ConfigSetsThreads(job.config_json);
+  // Ranks on one host are numbered 0.. on it, in rank order (all ranks of a host together).
+  std::map<std::string, int> per_host;
+  std::vector<int> local_rank(job.num_ranks, 0);
+  for (int r = 0; r < job.num_ranks; ++r) {
+    const std::string host = r < static_cast<int>(placement.hosts.size()) ? placement.hosts[r] : "";
+    local_rank[r] = per_host[host]++;
+  }
+  LaunchSpec spec;
+  spec.job_id = job.id;
+  spec.attempt = job.attempt;
+  spec.job = job;
+  for (int r = 0; r < job.num_ranks; ++r) {
+    const std::string host = r < static_cast<int>(placement.hosts.size()) ? placement.hosts[r] : "";
+    RankLaunch rl;
+    rl.rank = r;
+    rl.cwd = job.job_dir;
+    rl.log_path = RankLogPath(job, r);
+    rl.argv = {options_.worker_path, "--config", job.job_dir + "/config.json"};
+    if (!resume.empty()) rl.argv.insert(rl.argv.end(), {"--resume", resume});
+    if (!config_sets_threads) rl.argv.insert(rl.argv.end(), {"--threads", std::to_string(threads)});
+    rl.env = {{env::kRank, std::to_string(r)},
+              {env::kWorldSize, std::to_string(job.num_ranks)},
+              {env::kLocalRank, std::to_string(local_rank[r])},
+              {env::kLocalWorldSize, std::to_string(per_host[host])},
+              {env::kMasterAddr, placement.master_addr.empty() ? "127.0.0.1" : placement.master_addr},
+              {env::kMasterPort, std::to_string(job.master_port)},
+              {env::kController, controller_address_},
+              {env::kJobId, std::to_string(job.id)},
+              {env::kAttempt, std::to_string(job.attempt)},
+              {env::kJobCredential, job.credential},
+              {env::kOpenBlasNumThreads, "1"}};
+    spec.ranks.push_back(std::move(rl));
+  }
+  return spec;
+}
+
+void JobManager::OnAllocationLocked(const AllocationUpdate& u) {
+  (void)store_.UpsertAllocation({u.job_id, u.attempt, u.allocator, u.external_id, u.state, u.reason, NowMs()});
+  auto it = live_.find(u.job_id);
+  if (it == live_.end() || it->second->job.attempt != u.attempt) return;
+  Live& l = *it->second;
+  const std::string what = u.allocator + " job " + u.external_id + " " + u.state + (u.reason.empty() ? "" : " (" + u.reason + ")");
+  if (!u.started) {
+    // Queued in the external scheduler: the startup timeout starts when it runs the ranks.
+    l.waiting = true;
+    l.launched_at = Clock::now();
+  } else if (l.waiting) {
+    l.waiting = false;
+    l.launched_at = Clock::now();
+  }
+  if (l.job.state == JobState::kStarting) {
+    SetStateLocked(l, JobState::kStarting, "attempt " + std::to_string(l.job.attempt) + ": " + what);
+  } else {
+    LogEvent("job " + std::to_string(l.job.id) + ": " + what);
   }
 }
 
@@ -401,8 +460,13 @@ void JobManager::AttemptOverLocked(Live& l) {
       EndJobLocked(l, JobState::kCompleted, "finished " + std::to_string(l.job.total_steps) + " steps; " + ckpt);
       return;
     }
+    // Stopped from outside dsv3d: Slurm's time-limit signal, a preemption, a user's kill.
+    std::string why = "stopped from outside dsv3d";
+    for (const auto& r : l.ranks) {
+      if (r.outcome == RankOutcome::kStopped && !r.end_message.empty()) why = r.end_message;
+    }
     l.failure = "ranks exited before train_steps (step " + std::to_string(l.progress.step) + " of " +
-                std::to_string(l.job.total_steps) + "), stopped from outside dsv3d";
+                std::to_string(l.job.total_steps) + "): " + why;
     l.phase = Phase::kFailing;
   }
   // A failed attempt: restart from the newest intact checkpoint, or give up.

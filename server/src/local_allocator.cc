@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,7 +45,8 @@ std::string HostName() {
 
 class LocalAllocator final : public Allocator {
  public:
-  explicit LocalAllocator(int slots) : slots_(slots), host_(HostName()) {
+  LocalAllocator(int slots, bool die_with_parent)
+      : slots_(slots), die_with_parent_(die_with_parent), host_(HostName()) {
     watcher_ = std::thread([this] { Watch(); });
   }
   ~LocalAllocator() override {
@@ -69,7 +71,9 @@ class LocalAllocator final : public Allocator {
     on_exit_ = std::move(cb);
   }
 
-  std::optional<Placement> Reserve(int64_t job_id, int num_ranks) override {
+  std::optional<Placement> Reserve(const JobRecord& job) override {
+    const int64_t job_id = job.id;
+    const int num_ranks = job.num_ranks;
     std::lock_guard<std::mutex> lock(mu_);
     if (reserved_.count(job_id) != 0) return PlacementFor(num_ranks);
     if (slots_ - UsedLocked() < num_ranks) return std::nullopt;
@@ -112,10 +116,12 @@ class LocalAllocator final : public Allocator {
     reserved_.erase(job_id);
   }
 
-  std::vector<int> Adopt(int64_t job_id, int attempt, int num_ranks, const std::vector<RankRecord>& ranks) override {
+  std::vector<int> Adopt(const JobRecord& job, const std::vector<RankRecord>& ranks, const std::string&) override {
+    const int64_t job_id = job.id;
+    const int attempt = job.attempt;
     std::vector<int> adopted;
     std::lock_guard<std::mutex> lock(mu_);
-    reserved_[job_id] = num_ranks;
+    reserved_[job_id] = job.num_ranks;
     for (const auto& r : ranks) {
       if (r.state == "exited" || r.pid <= 0) continue;
       const int64_t start = ProcessStartTime(r.pid);
@@ -124,6 +130,13 @@ class LocalAllocator final : public Allocator {
       adopted.push_back(r.rank);
     }
     return adopted;
+  }
+
+  std::vector<NodeInfo> Nodes() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    NodeInfo n{host_, "127.0.0.1", "up", slots_, UsedLocked(), 0, {}};
+    for (const auto& [id, count] : reserved_) n.jobs.push_back(id);
+    return {n};
   }
 
   int LiveRanks(int64_t job_id) const override {
@@ -179,6 +192,7 @@ class LocalAllocator final : public Allocator {
       close(log_fd);
       return absl::InternalError(std::string("pipe: ") + strerror(errno));
     }
+    const pid_t parent = getpid();
     const pid_t pid = fork();
     if (pid < 0) {
       const int e = errno;
@@ -189,6 +203,10 @@ class LocalAllocator final : public Allocator {
     }
     if (pid == 0) {
       setpgid(0, 0);
+      if (die_with_parent_) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);  // the parent died before prctl
+      }
       // dsv3d blocks SIGTERM/SIGINT for its sigwait thread and gRPC ignores SIGPIPE; a
       // rank must start with neither, or a cancel's SIGTERM would never arrive.
       sigset_t none;
@@ -279,6 +297,7 @@ class LocalAllocator final : public Allocator {
   }
 
   const int slots_;
+  const bool die_with_parent_;
   const std::string host_;
   mutable std::mutex mu_;
   std::mutex cb_mu_;  // held while the exit callback runs; taken before mu_
@@ -310,6 +329,8 @@ int64_t ProcessStartTime(int64_t pid) {
   return start;
 }
 
-std::unique_ptr<Allocator> MakeLocalAllocator(int slots) { return std::make_unique<LocalAllocator>(slots); }
+std::unique_ptr<Allocator> MakeLocalAllocator(int slots, bool die_with_parent) {
+  return std::make_unique<LocalAllocator>(slots, die_with_parent);
+}
 
 }  // namespace dsv3::server

@@ -24,7 +24,8 @@ struct ServiceLimits {
 class ControllerService final : public dsv3::v1::Controller::Service {
  public:
   // `default_base_dir`: where relative input paths of remote clients resolve.
-  ControllerService(JobStore& store, JobManager& manager, std::string local_owner, std::string default_base_dir,
+  ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator, std::string local_owner,
+                    std::string default_base_dir,
                     ServiceLimits limits = {});
   // Ends every StreamLogs follow loop (graceful shutdown).
   void Shutdown() { shutting_down_.store(true); }
@@ -41,12 +42,14 @@ class ControllerService final : public dsv3::v1::Controller::Service {
                              v1::CheckpointJobResponse*) override;
   grpc::Status ValidateConfig(grpc::ServerContext*, const v1::ValidateConfigRequest*,
                               v1::ValidateConfigResponse*) override;
+  grpc::Status ListNodes(grpc::ServerContext*, const v1::ListNodesRequest*, v1::ListNodesResponse*) override;
 
  private:
   void FillJob(const JobRecord& job, bool detail, bool include_config, v1::Job* out) const;
 
   JobStore& store_;
   JobManager& manager_;
+  const Allocator& allocator_;
   const std::string local_owner_, default_base_dir_;
   const ServiceLimits limits_;
   std::atomic<bool> shutting_down_{false};

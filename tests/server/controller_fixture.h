@@ -61,8 +61,10 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
 class Dsv3d {
  public:
   // `heartbeat_timeout_s`: how long a silent rank may go before its attempt fails.
-  Dsv3d(fs::path state_dir, int slots, int heartbeat_timeout_s = 20)
-      : state_dir_(std::move(state_dir)), slots_(slots), heartbeat_timeout_s_(heartbeat_timeout_s) {}
+  // `extra_args`: more flags, e.g. {"--allocator", "slurm"}.
+  Dsv3d(fs::path state_dir, int slots, int heartbeat_timeout_s = 20, std::vector<std::string> extra_args = {})
+      : state_dir_(std::move(state_dir)), slots_(slots), heartbeat_timeout_s_(heartbeat_timeout_s),
+        extra_args_(std::move(extra_args)) {}
   ~Dsv3d() { Kill(SIGKILL); }
 
   // Starts dsv3d (on `port`, 0 = any) and waits until it is ready.
@@ -79,6 +81,7 @@ class Dsv3d {
                                      "--heartbeat-interval", "0.5",
                                      "--heartbeat-timeout", std::to_string(heartbeat_timeout_s_),
                                      "--grace-period", "30"};
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -119,6 +122,7 @@ class Dsv3d {
  private:
   fs::path state_dir_;
   int slots_, heartbeat_timeout_s_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
   int starts_ = 0;
   std::string address_, http_;
@@ -172,11 +176,11 @@ inline v1::Job GetJob(v1::Controller::Stub& stub, int64_t id) {
   return job;
 }
 
-inline int64_t Submit(v1::Controller::Stub& stub, const nlohmann::json& config, int priority = 0) {
+inline int64_t Submit(v1::Controller::Stub& stub, const nlohmann::json& config, int priority = 0, int num_ranks = 1) {
   grpc::ClientContext ctx;
   v1::SubmitJobRequest req;
   req.set_config_json(config.dump());
-  req.set_num_ranks(1);
+  req.set_num_ranks(num_ranks);
   req.set_priority(priority);
   v1::SubmitJobResponse resp;
   const grpc::Status s = stub.SubmitJob(&ctx, req, &resp);
@@ -200,6 +204,24 @@ inline v1::Job WaitEnded(v1::Controller::Stub& stub, int64_t id, std::chrono::se
       timeout);
   EXPECT_TRUE(ended) << "job " << id << " still " << v1::JobState_Name(job.state()) << ": " << job.DebugString();
   return job;
+}
+
+// The newest value of a metric series of a job, and the step it was reported at.
+inline std::pair<int64_t, double> LastMetric(v1::Controller::Stub& stub, int64_t id, const std::string& name) {
+  grpc::ClientContext ctx;
+  v1::GetMetricsRequest req;
+  req.set_job_id(id);
+  req.add_names(name);
+  v1::GetMetricsResponse resp;
+  const grpc::Status s = stub.GetMetrics(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  std::pair<int64_t, double> last{-1, 0};
+  for (const auto& series : resp.series()) {
+    for (const auto& p : series.points()) {
+      if (p.step() >= last.first) last = {p.step(), p.value()};
+    }
+  }
+  return last;
 }
 
 inline std::vector<v1::JobState> HistoryStates(const v1::Job& job) {

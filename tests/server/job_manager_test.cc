@@ -36,7 +36,9 @@ class ScriptedAllocator final : public Allocator {
     std::lock_guard<std::mutex> l(mu_);
     cb_ = std::move(cb);
   }
-  std::optional<Placement> Reserve(int64_t job_id, int num_ranks) override {
+  std::optional<Placement> Reserve(const JobRecord& job) override {
+    const int64_t job_id = job.id;
+    const int num_ranks = job.num_ranks;
     std::lock_guard<std::mutex> l(mu_);
     if (FreeLocked() < num_ranks && reserved_.count(job_id) == 0) return std::nullopt;
     reserved_[job_id] = num_ranks;
@@ -63,12 +65,13 @@ class ScriptedAllocator final : public Allocator {
     std::lock_guard<std::mutex> l(mu_);
     reserved_.erase(job_id);
   }
-  std::vector<int> Adopt(int64_t job_id, int, int num_ranks, const std::vector<RankRecord>&) override {
+  std::vector<int> Adopt(const JobRecord& job, const std::vector<RankRecord>&, const std::string&) override {
     std::lock_guard<std::mutex> l(mu_);
-    reserved_[job_id] = num_ranks;
+    reserved_[job.id] = job.num_ranks;
     return adoptable;
   }
   int LiveRanks(int64_t) const override { return 0; }
+  std::vector<NodeInfo> Nodes() const override { return {}; }
 
   // Test controls.
   void End(int64_t job, int attempt, int rank, int code) {

@@ -36,7 +36,14 @@ class LocalAllocatorTest : public ::testing::Test {
     r.env = std::move(env);
     r.cwd = dir_.path().string();
     r.log_path = (dir_.path() / ("job" + std::to_string(job) + ".log")).string();
-    return LaunchSpec{job, 1, {r}};
+    return LaunchSpec{job, 1, {r}, {}};
+  }
+  static JobRecord Job(int64_t id, int ranks, int attempt = 1) {
+    JobRecord j;
+    j.id = id;
+    j.num_ranks = ranks;
+    j.attempt = attempt;
+    return j;
   }
   std::optional<RankExit> ExitOf(int64_t job) {
     std::lock_guard<std::mutex> l(mu_);
@@ -56,7 +63,7 @@ class LocalAllocatorTest : public ::testing::Test {
 };
 
 TEST_F(LocalAllocatorTest, ReportsExitStatusAndCapturesOutput) {
-  ASSERT_TRUE(alloc_->Reserve(1, 1).has_value());
+  ASSERT_TRUE(alloc_->Reserve(Job(1, 1)).has_value());
   auto launched = alloc_->Launch(Shell(1, "echo out; echo err >&2; echo rank=$RANK; pwd; exit 3", {{"RANK", "5"}}));
   ASSERT_TRUE(launched.ok()) << launched.status();
   ASSERT_EQ(launched->size(), 1u);
@@ -112,13 +119,13 @@ TEST_F(LocalAllocatorTest, AMissingProgramIsAnErrorNotAnExit) {
 
 TEST_F(LocalAllocatorTest, ReservesOnlyFreeSlots) {
   EXPECT_EQ(alloc_->TotalSlots(), 2);
-  ASSERT_TRUE(alloc_->Reserve(10, 2).has_value());
+  ASSERT_TRUE(alloc_->Reserve(Job(10, 2)).has_value());
   EXPECT_EQ(alloc_->FreeSlots(), 0);
-  EXPECT_FALSE(alloc_->Reserve(11, 1).has_value());
-  EXPECT_TRUE(alloc_->Reserve(10, 2).has_value());  // a job keeps its own reservation
+  EXPECT_FALSE(alloc_->Reserve(Job(11, 1)).has_value());
+  EXPECT_TRUE(alloc_->Reserve(Job(10, 2)).has_value());  // a job keeps its own reservation
   alloc_->Release(10);
   EXPECT_EQ(alloc_->FreeSlots(), 2);
-  EXPECT_EQ(alloc_->Reserve(11, 1)->master_addr, "127.0.0.1");
+  EXPECT_EQ(alloc_->Reserve(Job(11, 1))->master_addr, "127.0.0.1");
 }
 
 TEST_F(LocalAllocatorTest, AdoptsLiveRanksOfAPreviousController) {
@@ -133,7 +140,7 @@ TEST_F(LocalAllocatorTest, AdoptsLiveRanksOfAPreviousController) {
   RankRecord alive{20, 1, 0, pid, start, "h", "", "registered", 0, 0, 0};
   RankRecord reused{20, 1, 1, pid, start + 1, "h", "", "registered", 0, 0, 0};  // same pid, other process
   RankRecord gone{20, 1, 2, 999999, 1, "h", "", "launched", 0, 0, 0};
-  const auto adopted = alloc_->Adopt(20, 1, 3, {alive, reused, gone});
+  const auto adopted = alloc_->Adopt(Job(20, 3), {alive, reused, gone}, "");
   EXPECT_EQ(adopted, std::vector<int>{0});
   EXPECT_EQ(alloc_->FreeSlots(), -1);  // 3 ranks reserved on 2 slots: what was running keeps running
   EXPECT_EQ(alloc_->LiveRanks(20), 1);

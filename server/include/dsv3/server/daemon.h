@@ -14,8 +14,12 @@ struct DaemonOptions {
   std::string listen = "127.0.0.1:50051";     // gRPC
   std::string http_listen = "127.0.0.1:9400";  // /metrics, /healthz
   std::string state_dir = "./var/dsv3";        // dsv3.db and jobs/<id>/
-  std::string allocator = "local";
-  int slots = 0;                               // 0: the number of CPU cores
+  std::string allocator = "local";             // local | static | slurm
+  int slots = 0;                               // 0: the number of CPU cores (local)
+  std::string hosts_file;                      // static: the agents allowed to join ("" = any with the token)
+  std::string agent_token_file;                // static: "" = <state-dir>/agent.token, created once
+  std::string advertise;                       // HOST ranks and agents on other hosts dial ("" = the listen host)
+  double slurm_poll_s = 1;                     // seconds between squeue polls
   std::string worker_path;                     // "": dsv3-worker next to dsv3d
   std::string work_dir;                        // "": the current folder; base of remote clients' relative inputs
   double heartbeat_interval_s = 2;

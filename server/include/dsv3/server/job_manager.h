@@ -128,6 +128,8 @@ class JobManager {
   void AdmitLocked();
   void LaunchAttemptLocked(Live& live);
   void OnRankExitLocked(const RankExit& exit);
+  void OnAllocationLocked(const AllocationUpdate& update);
+  LaunchSpec BuildLaunchSpec(const JobRecord& job, const Placement& placement, const std::string& resume) const;
   void AttemptOverLocked(Live& live);
   void FailAttemptLocked(Live& live, const std::string& reason);
   void EndJobLocked(Live& live, JobState state, const std::string& reason);
@@ -146,6 +148,7 @@ class JobManager {
   std::string controller_address_;
   std::map<int64_t, std::unique_ptr<Live>> live_;  // every job not yet terminal
   std::vector<RankExit> exits_;                     // from the allocator, handled by Loop
+  std::vector<AllocationUpdate> allocation_updates_;  // likewise
   std::map<int64_t, JobProgress> finished_;         // progress of jobs that ended while we ran
   std::thread thread_;
 };

@@ -83,6 +83,14 @@ struct EvaluationRecord {
   int64_t time_ms = 0;
 };
 
+// One attempt's allocation in an external scheduler (a Slurm job), as last seen.
+struct AllocationRecord {
+  int64_t job_id = 0;
+  int attempt = 0;
+  std::string allocator, external_id, state, reason;
+  int64_t updated_ms = 0;
+};
+
 struct JobFilter {
   std::vector<JobState> states;  // empty = all
   std::string owner, name_contains;
@@ -129,6 +137,9 @@ class JobStore {
 
   absl::Status AddCheckpoint(int64_t job_id, const CheckpointRecord& ckpt);
   std::vector<CheckpointRecord> Checkpoints(int64_t job_id) const;  // by step
+
+  absl::Status UpsertAllocation(const AllocationRecord& allocation);
+  std::vector<AllocationRecord> Allocations(int64_t job_id) const;  // by attempt
 
   absl::Status AddEvaluation(int64_t job_id, const EvaluationRecord& eval);
   std::vector<EvaluationRecord> Evaluations(int64_t job_id) const;  // by step

@@ -11,7 +11,10 @@ namespace dsv3::server {
 
 // `slots`: how many ranks may run at once. Starts a watcher thread that reaps children and
 // polls adopted processes; the destructor stops it (ranks keep running).
-std::unique_ptr<Allocator> MakeLocalAllocator(int slots);
+// `die_with_parent`: ranks get SIGKILL when the process that started them dies (dsv3-agent:
+// a lost agent means lost ranks, never orphans still holding their peers in collectives).
+// It must then be called, and Launch too, from a thread that lives as long as the process.
+std::unique_ptr<Allocator> MakeLocalAllocator(int slots, bool die_with_parent = false);
 
 // A process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or 0 when it
 // is gone or a zombie. Together with the pid it names a process uniquely.

@@ -1,0 +1,128 @@
+#include "slurm_commands.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "dsv3/common/config_io.h"
+#include "dsv3/common/slurm_script.h"
+#include "dsv3/server/command.h"
+#include "output.h"
+
+namespace dsv3::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// dsv3-worker next to dsv3ctl (installed) or in the build tree's worker/ folder.
+std::string FindWorker(const std::string& given) {
+  if (!given.empty()) return fs::absolute(given).lexically_normal().string();
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  for (const fs::path& c : {self.parent_path() / "dsv3-worker", self.parent_path() / "../worker/dsv3-worker"}) {
+    if (!ec && access(c.c_str(), X_OK) == 0) return c.lexically_normal().string();
+  }
+  return "dsv3-worker";  // from PATH on the compute nodes
+}
+
+struct ScriptArgs {
+  std::string config, output, worker, resume;
+};
+
+// The standalone script for `args.config`, or "" after reporting why not.
+std::string BuildScript(const ScriptArgs& args, CliContext& ctx) {
+  const config::LoadResult loaded = config::LoadConfigFile(args.config);
+  for (const auto& w : loaded.warnings) ctx.err << args.config << ": warning: " << w.ToString() << "\n";
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) ctx.err << args.config << ": " << e.ToString() << "\n";
+    ctx.err << "dsv3ctl: " << args.config << " is invalid; no script written\n";
+    ctx.exit_code = kExitFailed;
+    return "";
+  }
+  const config::Config& c = loaded.config;
+  config::SlurmScriptOptions o;
+  o.worker = FindWorker(args.worker);
+  o.worker_args = {"--config", fs::absolute(args.config).lexically_normal().string()};
+  if (!args.resume.empty()) o.worker_args.insert(o.worker_args.end(), {"--resume", args.resume});
+  if (c.training.intra_op_threads <= 0) {
+    o.worker_args.insert(o.worker_args.end(), {"--threads", std::to_string(c.slurm.cpus_per_task)});
+  }
+  std::error_code ec;
+  o.chdir = fs::current_path(ec).string();
+  o.rank_output = "logs/" + c.slurm.job_name + "-%j-rank%t.log";
+  o.header_comment = "Written by `dsv3ctl slurm script " + args.config + "`: " +
+                     config::DescribeSlurmLayout(c.slurm) +
+                     "\nStandalone: ranks log to " + o.rank_output +
+                     "; on the time-limit signal they checkpoint, and resubmitting with\n"
+                     "checkpointing.resume_from \"latest\" (or --resume latest) continues the run.";
+  return config::RenderSlurmScript(c.slurm, o);
+}
+
+bool WriteScript(const std::string& path, const std::string& text, CliContext& ctx) {
+  std::ofstream f(path, std::ios::trunc);
+  f << text;
+  if (!f) {
+    ctx.err << "dsv3ctl: cannot write " << path << "\n";
+    ctx.exit_code = kExitFailed;
+    return false;
+  }
+  f.close();
+  chmod(path.c_str(), 0755);
+  return true;
+}
+
+void AddOptions(CLI::App& verb, ScriptArgs& a) {
+  verb.add_option("CONFIG", a.config, "Training config (its slurm section sets the allocation)")->required();
+  verb.add_option("--worker", a.worker, "dsv3-worker path on the compute nodes (default: next to dsv3ctl)");
+  verb.add_option("--resume", a.resume, "Checkpoint the ranks start from (a path or 'latest')");
+}
+
+}  // namespace
+
+void AddSlurmCommands(CLI::App& app, CliContext& ctx) {
+  CLI::App* slurm = app.add_subcommand("slurm", "Slurm without dsv3d: write or submit a standalone sbatch script");
+  slurm->require_subcommand(1);
+
+  auto script_args = std::make_shared<ScriptArgs>();
+  CLI::App* script = slurm->add_subcommand("script", "Write the sbatch script for a config (stdout, or -o FILE)");
+  AddOptions(*script, *script_args);
+  script->add_option("-o,--output", script_args->output, "Write the script here instead of stdout");
+  script->callback([script_args, &ctx] {
+    const std::string text = BuildScript(*script_args, ctx);
+    if (text.empty()) return;
+    if (script_args->output.empty()) {
+      ctx.out << text;
+    } else {
+      if (!WriteScript(script_args->output, text, ctx)) return;
+      ctx.out << "wrote " << script_args->output << "; submit it with: sbatch " << script_args->output << "\n";
+    }
+    ctx.exit_code = kExitOk;
+  });
+
+  auto submit_args = std::make_shared<ScriptArgs>();
+  CLI::App* submit = slurm->add_subcommand("submit", "Write the sbatch script and submit it with sbatch");
+  AddOptions(*submit, *submit_args);
+  submit->add_option("-o,--output", submit_args->output, "Where the script is written")->capture_default_str();
+  submit_args->output = "slurm_job.sh";
+  submit->callback([submit_args, &ctx] {
+    const std::string text = BuildScript(*submit_args, ctx);
+    if (text.empty() || !WriteScript(submit_args->output, text, ctx)) return;
+    const server::CommandResult r =
+        server::RunCommand({"sbatch", "--parsable", submit_args->output}, std::chrono::seconds(60));
+    if (!r.ok()) {
+      ctx.err << "dsv3ctl: " << r.Describe("sbatch") << "\n";
+      ctx.exit_code = kExitFailed;
+      return;
+    }
+    const std::string id = r.out.substr(0, r.out.find_first_of(";\n"));
+    ctx.out << "submitted Slurm job " << id << " (" << submit_args->output << ")\n"
+            << "  squeue -j " << id << "    scancel " << id << "\n";
+    ctx.exit_code = kExitOk;
+  });
+}
+
+}  // namespace dsv3::cli

@@ -1,0 +1,30 @@
+#include "dsv3/server/allocator.h"
+
+#include <sstream>
+
+#include "dsv3/common/env.h"
+
+namespace dsv3::server {
+
+bool IsPerRankVariable(const std::string& name) {
+  for (const char* v : {env::kRank, env::kWorldSize, env::kLocalRank, env::kLocalWorldSize, env::kMasterAddr,
+                        env::kMasterPort}) {
+    if (name == v) return true;
+  }
+  return false;
+}
+
+std::string Allocator::DescribeLaunch(const LaunchSpec& spec) const {
+  std::ostringstream out;
+  for (const auto& r : spec.ranks) {
+    out << "  rank " << r.rank << ":";
+    for (const auto& [k, v] : r.env) {
+      if (IsPerRankVariable(k)) out << " " << k << "=" << v;
+    }
+    for (const auto& a : r.argv) out << " " << a;
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace dsv3::server
