@@ -315,8 +315,11 @@ void JobManager::LaunchAttemptLocked(Live& l) {
 
   LaunchSpec spec = BuildLaunchSpec(job, l.placement, resume);
   for (const auto& rl : spec.ranks) {
+    const std::string where = l.placement.hosts.empty()
+                                  ? ""
+                                  : " on " + l.placement.hosts[rl.rank] + ", MASTER_ADDR=" + rl.env.at(env::kMasterAddr);
     (void)AppendToRankLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " +
-                                           std::to_string(job.attempt) + " rank " + std::to_string(rl.rank) +
+                                           std::to_string(job.attempt) + " rank " + std::to_string(rl.rank) + where +
                                            (resume.empty() ? "" : " (resume " + resume + ")") + " ====\n");
   }
   auto launched = allocator_.Launch(spec);

@@ -26,13 +26,6 @@ std::string Shell(const std::string& command, int* rc) {
   return out;
 }
 
-int Cli(const std::vector<std::string>& args, std::string* out) {
-  std::ostringstream o, e;
-  const int rc = cli::RunCli(args, o, e);
-  *out = o.str() + e.str();
-  return rc;
-}
-
 std::string Scrape(const std::string& http) { return HttpGet(http, "/metrics"); }
 
 class ControllerTest : public ::testing::Test {

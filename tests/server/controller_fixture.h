@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "app.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
@@ -56,6 +57,65 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   const auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
+
+// dsv3ctl in-process: its exit code, and stdout followed by stderr in `out`.
+inline int Cli(const std::vector<std::string>& args, std::string* out) {
+  std::ostringstream o, e;
+  const int rc = cli::RunCli(args, o, e);
+  *out = o.str() + e.str();
+  return rc;
+}
+
+// A child process with its output in a log file; killed (SIGKILL) when destroyed.
+class Child {
+ public:
+  Child() = default;
+  Child(std::vector<std::string> args, const fs::path& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  Child(Child&& o) noexcept : pid_(o.pid_), log_(std::move(o.log_)) { o.pid_ = -1; }
+  ~Child() { Kill(SIGKILL); }
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    Wait();
+  }
+  // Waits for the exit and returns its status (-1 when killed by a signal).
+  int Wait() {
+    if (pid_ <= 0) return exit_code_;
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return exit_code_;
+  }
+  // Whether it has exited (without blocking).
+  bool Exited() {
+    if (pid_ <= 0) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) != pid_) return false;
+    pid_ = -1;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return true;
+  }
+  int exit_code() const { return exit_code_; }
+  std::string Log() const { return ReadFile(log_); }
+
+ private:
+  pid_t pid_ = -1;
+  fs::path log_;
+  int exit_code_ = -1;
+};
 
 // dsv3d as a child process. The state dir outlives restarts of the daemon.
 class Dsv3d {

@@ -152,8 +152,9 @@ class Agent {
       stream_ = nullptr;
     }
     cv_.notify_all();
-    ctx.TryCancel();
     if (heartbeat.joinable()) heartbeat.join();
+    // Stopping: the controller's side is still open. Otherwise Finish says why it closed.
+    if (g_stop.load()) ctx.TryCancel();
     return stream->Finish();
   }
 

@@ -1,0 +1,155 @@
+// The static allocator with real dsv3-agent processes, each its own "host" on a loopback
+// address of this machine (127.0.0.2, 127.0.0.3, ...): placement over agents, lost agents,
+// the join credential, and agents that outlive a controller restart.
+#include <chrono>
+
+#include "controller_fixture.h"
+
+namespace dsv3::test {
+namespace {
+
+using std::chrono::seconds;
+
+class StaticTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Corpus(); }
+
+  // Starts dsv3d --allocator static; agents join with its <state-dir>/agent.token.
+  void StartController(int heartbeat_timeout_s = 30) {
+    d_ = std::make_unique<Dsv3d>(dir_.path() / "state", 1, heartbeat_timeout_s,
+                                 std::vector<std::string>{"--allocator", "static"});
+    d_->Start(port_);
+    port_ = d_->port();
+  }
+
+  Child StartAgent(const std::string& name, const std::string& address, int slots, const std::string& token_file = "") {
+    const std::string token = token_file.empty() ? (d_->state_dir() / "agent.token").string() : token_file;
+    return Child({DSV3_AGENT_PATH, "--controller", d_->address(), "--name", name, "--slots", std::to_string(slots),
+                  "--advertise", address, "--token-file", token, "--work-dir", (dir_.path() / ("agent-" + name)).string()},
+                 dir_.path() / ("agent-" + name + ".log"));
+  }
+
+  std::map<std::string, v1::Node> Nodes() {
+    grpc::ClientContext ctx;
+    v1::ListNodesResponse resp;
+    EXPECT_TRUE(d_->Stub()->ListNodes(&ctx, v1::ListNodesRequest{}, &resp).ok());
+    std::map<std::string, v1::Node> out;
+    for (const auto& n : resp.nodes()) out[n.name()] = n;
+    return out;
+  }
+  bool Up(const std::vector<std::string>& names) {
+    const auto nodes = Nodes();
+    for (const auto& n : names) {
+      const auto it = nodes.find(n);
+      if (it == nodes.end() || it->second.state() != "up") return false;
+    }
+    return true;
+  }
+
+  static nlohmann::json Config(int64_t steps, int64_t save_every) {
+    nlohmann::json c = QuickConfig(steps, save_every);
+    c["training"]["micro_batch_size"] = 4;
+    c["training"]["intra_op_threads"] = 1;
+    return c;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Dsv3d> d_;
+  int port_ = 0;
+};
+
+// Two agents with one slot each run a 2-rank job: one rank on each, rank 0's agent is the
+// rendezvous address, the ranks' output reaches the controller's logs, `dsv3ctl nodes`
+// lists both.
+TEST_F(StaticTest, TwoAgentsRunATwoRankJob) {
+  StartController();
+  Child a = StartAgent("node-a", "127.0.0.2", 1);
+  Child b = StartAgent("node-b", "127.0.0.3", 1);
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a", "node-b"}); }, seconds(30))) << a.Log() << b.Log();
+  std::string out;
+  ASSERT_EQ(Cli({"nodes", "--controller", d_->address()}, &out), 0) << out;
+  EXPECT_NE(out.find("allocator static"), std::string::npos) << out;
+  EXPECT_NE(out.find("node-a"), std::string::npos) << out;
+  EXPECT_NE(out.find("127.0.0.3"), std::string::npos) << out;
+
+  auto stub = d_->Stub();
+  const int64_t id = Submit(*stub, Config(20, 10), 0, 2);
+  const v1::Job job = WaitEnded(*stub, id, seconds(240));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString() << a.Log() << b.Log();
+  ASSERT_EQ(job.ranks_size(), 2);
+  std::set<std::string> hosts = {job.ranks(0).host(), job.ranks(1).host()};
+  EXPECT_EQ(hosts, (std::set<std::string>{"node-a", "node-b"}));
+  for (const auto& r : job.ranks()) {
+    const std::string log = ReadFile(r.log_path());
+    EXPECT_NE(log.find("finished at step 20"), std::string::npos) << log;  // shipped by the agent
+    EXPECT_NE(log.find("MASTER_ADDR=127.0.0.2"), std::string::npos) << log;
+  }
+  EXPECT_EQ(LastMetric(*stub, id, "loss").first, 20);
+  EXPECT_EQ(Nodes()["node-a"].slots_used(), 0);  // released at the end
+}
+
+// Killing an agent mid-run loses its rank: the job waits for hosts, then restarts from its
+// checkpoint on a third agent and completes.
+TEST_F(StaticTest, LostAgentRestartsTheJobFromItsCheckpointOnAnotherAgent) {
+  StartController();
+  Child a = StartAgent("node-a", "127.0.0.2", 1);
+  Child b = StartAgent("node-b", "127.0.0.3", 1);
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a", "node-b"}); }, seconds(30)));
+  auto stub = d_->Stub();
+  const int64_t id = Submit(*stub, Config(150, 10), 0, 2);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).last_checkpoint_step() >= 10; }, seconds(240)))
+      << GetJob(*stub, id).DebugString();
+  b.Kill(SIGKILL);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).state() == v1::JOB_STATE_RESTARTING; }, seconds(60)))
+      << GetJob(*stub, id).DebugString();
+  Child c = StartAgent("node-c", "127.0.0.4", 1);
+  const v1::Job job = WaitEnded(*stub, id, seconds(300));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString() << a.Log() << c.Log();
+  EXPECT_EQ(job.restarts(), 1);
+  std::set<std::string> hosts = {job.ranks(0).host(), job.ranks(1).host()};
+  EXPECT_EQ(hosts, (std::set<std::string>{"node-a", "node-c"}));
+  bool lost = false, waited = false, resumed = false;
+  for (const auto& h : job.history()) {
+    lost = lost || h.reason().find("lost with agent node-b") != std::string::npos;
+    waited = waited || h.reason().find("waiting for hosts") != std::string::npos;
+    resumed = resumed || h.reason().find("resuming from") != std::string::npos;
+  }
+  EXPECT_TRUE(lost && waited && resumed) << job.DebugString();
+  EXPECT_EQ(Nodes()["node-b"].state(), "lost");
+  EXPECT_EQ(LastMetric(*stub, id, "loss").first, 150);
+}
+
+// An agent with the wrong join credential is refused and says why; it never becomes a node.
+TEST_F(StaticTest, AgentWithAWrongCredentialIsRefused) {
+  StartController();
+  const fs::path bad = dir_.path() / "bad.token";
+  std::ofstream(bad) << "not-the-token\n";
+  Child rogue = StartAgent("rogue", "127.0.0.5", 4, bad.string());
+  ASSERT_TRUE(WaitFor([&] { return rogue.Exited(); }, seconds(30)));
+  EXPECT_EQ(rogue.exit_code(), 1);
+  EXPECT_NE(rogue.Log().find("wrong join credential"), std::string::npos) << rogue.Log();
+  EXPECT_EQ(Nodes().count("rogue"), 0u);
+}
+
+// dsv3d restarts mid-run: the agents keep their ranks, reconnect, report them running, and
+// the job completes without a restart.
+TEST_F(StaticTest, AgentsKeepTheirRanksAcrossAControllerRestart) {
+  StartController();
+  Child a = StartAgent("node-a", "127.0.0.2", 1);
+  Child b = StartAgent("node-b", "127.0.0.3", 1);
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a", "node-b"}); }, seconds(30)));
+  const int64_t id = Submit(*d_->Stub(), Config(120, 40), 0, 2);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*d_->Stub(), id).step() >= 10; }, seconds(240)));
+  d_->Kill(SIGKILL);
+  d_.reset();
+  StartController();
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a", "node-b"}); }, seconds(30))) << a.Log();
+  auto stub = d_->Stub();
+  const v1::Job job = WaitEnded(*stub, id, seconds(300));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString() << a.Log() << b.Log();
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_EQ(job.attempt(), 1);
+}
+
+}  // namespace
+}  // namespace dsv3::test
