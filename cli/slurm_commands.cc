@@ -59,6 +59,11 @@ std::string BuildScript(const ScriptArgs& args, CliContext& ctx) {
                      "\nStandalone: ranks log to " + o.rank_output +
                      "; on the time-limit signal they checkpoint, and resubmitting with\n"
                      "checkpointing.resume_from \"latest\" (or --resume latest) continues the run.";
+  // Slurm opens the batch output files before the script runs: their folders must exist.
+  for (const std::string& f : {c.slurm.output, c.slurm.error}) {
+    const fs::path parent = (fs::path(o.chdir) / f).parent_path();
+    fs::create_directories(parent, ec);
+  }
   return config::RenderSlurmScript(c.slurm, o);
 }
 
