@@ -17,6 +17,8 @@ PACKAGES=(
   libboost-dev libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   # tests: GoogleTest, promtool for the metrics format, a Python gRPC client, openssl
   libgtest-dev libgmock-dev prometheus python3 python3-grpcio python3-protobuf openssl
+  # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator
+  munge slurm-wlm slurmctld slurmd slurm-client
 )
 
 missing=()
@@ -33,7 +35,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 echo "install-deps: installing ${missing[*]}"
-# Keep apt from starting services (prometheus) as a side effect of installing them.
+# Keep apt from starting services (prometheus, munge, slurm) as a side effect of installing them.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then

@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
 
+# A real single-node Slurm for the slurm allocator's tests (its own config, under /tmp).
+# Started before the build so its first scheduling pass is long done when the tests run;
+# stopped at the end when this script started it.
+export DSV3_SLURM_BASE=${DSV3_SLURM_BASE:-/tmp/dsv3-slurm}
+export SLURM_CONF=$DSV3_SLURM_BASE/slurm.conf
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo --preserve-env=DSV3_SLURM_BASE"; fi
+if ! scontrol ping 2>/dev/null | grep -q 'is UP'; then
+  $SUDO bash tests/slurm/start-local-slurm.sh
+  trap '$SUDO bash tests/slurm/stop-local-slurm.sh' EXIT
+fi
+
 build_dir=${DSV3_BUILD_DIR:-build}
 jobs=$(nproc)
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_WERROR=ON

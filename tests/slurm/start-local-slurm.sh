@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Brings up a real single-node Slurm (munged, slurmctld, slurmd) on localhost for the
 # Slurm tests, without systemd. Idempotent: daemons already running from an earlier call
-# are kept. Needs root (apt-get, munge user). Everything runtime lives under
-# $DSV3_SLURM_BASE (default /tmp/dsv3-slurm); the config goes to /etc/slurm so that plain
-# sbatch/squeue/scancel find it. Stop with tests/slurm/stop-local-slurm.sh.
+# are kept. Needs root (munge runs as its own user) and the packages of
+# deploy/install-deps.sh. Everything lives under $DSV3_SLURM_BASE (default /tmp/dsv3-slurm),
+# the config too: a machine's own /etc/slurm is never touched. Clients find the cluster with
+#   export SLURM_CONF=$DSV3_SLURM_BASE/slurm.conf
+# Stop it with tests/slurm/stop-local-slurm.sh.
 #
 # Pitfalls met (see also ../shared/slurm-localhost/README.md):
-#  - apt starts services on install unless policy-rc.d forbids it;
 #  - munged needs /run/munge, owned by munge (systemd would create it);
 #  - the node is called "localhost" (slurmd -N) with NodeAddr 127.0.0.1;
 #  - batch_sched_delay=0, else every sbatch waits for a 3 s scheduling tick.
 set -euo pipefail
 
 BASE=${DSV3_SLURM_BASE:-/tmp/dsv3-slurm}
-CONF_DIR=/etc/slurm
+CONF="$BASE/slurm.conf"
+export SLURM_CONF="$CONF"
 WAIT=${DSV3_SLURM_WAIT:-90}
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -36,22 +38,9 @@ alive() {
 [ "$(id -u)" = 0 ] || fail "needs root (it installs packages and starts munged as the munge user)"
 mkdir -p "$BASE/run" "$BASE/log" "$BASE/state" "$BASE/spool/slurmd"
 
-missing=0
-for tool in munged slurmctld slurmd sbatch srun squeue; do command -v "$tool" >/dev/null || missing=1; done
-if [ "$missing" = 1 ]; then
-  say "installing munge and slurm-wlm"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-cache policy slurmctld 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
-  policy_added=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
-  fi
-  rc=0
-  apt-get install -y -qq --no-install-recommends munge slurm-wlm slurmctld slurmd slurm-client \
-    >"$BASE/log/apt.log" 2>&1 || rc=$?
-  [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ "$rc" = 0 ] || { tail -n 20 "$BASE/log/apt.log" >&2; fail "apt-get install failed"; }
-fi
+for tool in munged slurmctld slurmd sbatch srun squeue scontrol; do
+  command -v "$tool" >/dev/null || fail "$tool is missing: install the packages with deploy/install-deps.sh"
+done
 
 # munge: the key, its folders, the daemon.
 if [ ! -s /etc/munge/munge.key ]; then
@@ -73,7 +62,6 @@ fi
 
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 - 512 ))
-mkdir -p "$CONF_DIR"
 conf=$(cat <<CONF
 # Written by dsv3 tests/slurm/start-local-slurm.sh: a one-node test cluster.
 ClusterName=dsv3test
@@ -111,25 +99,23 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 )
 changed=0
-if [ "$(cat "$CONF_DIR/slurm.conf" 2>/dev/null)" != "$conf" ]; then
-  [ -f "$CONF_DIR/slurm.conf" ] && ! grep -q 'start-local-slurm.sh' "$CONF_DIR/slurm.conf" &&
-    cp -n "$CONF_DIR/slurm.conf" "$CONF_DIR/slurm.conf.before-dsv3"
-  printf '%s\n' "$conf" >"$CONF_DIR/slurm.conf"
+if [ "$(cat "$CONF" 2>/dev/null)" != "$conf" ]; then
+  printf '%s\n' "$conf" >"$CONF"
   changed=1
 fi
-chmod 644 "$CONF_DIR/slurm.conf"
+chmod 644 "$CONF"
 
 if alive "$BASE/run/slurmctld.pid" slurmctld; then
   [ "$changed" = 1 ] && scontrol reconfigure || true
 else
   rm -rf "${BASE:?}/state/"*
-  slurmctld -i </dev/null >>"$BASE/log/slurmctld.stdout" 2>&1 || fail "slurmctld did not start"
+  slurmctld -f "$CONF" -i </dev/null >>"$BASE/log/slurmctld.stdout" 2>&1 || fail "slurmctld did not start"
 fi
 for _ in $(seq $((WAIT * 5))); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
 scontrol ping | grep -q 'is UP' || fail "slurmctld does not answer"
 
 if ! alive "$BASE/run/slurmd.pid" slurmd; then
-  slurmd -N localhost </dev/null >>"$BASE/log/slurmd.stdout" 2>&1 || fail "slurmd did not start"
+  slurmd -f "$CONF" -N localhost </dev/null >>"$BASE/log/slurmd.stdout" 2>&1 || fail "slurmd did not start"
 fi
 state=""
 for i in $(seq $((WAIT * 5))); do
@@ -141,4 +127,4 @@ for i in $(seq $((WAIT * 5))); do
   sleep 0.2
 done
 case "$state" in idle|mix|alloc) ;; *) sinfo -N -l >&2 || true; fail "node localhost is '$state', not idle" ;; esac
-say "Slurm is up: partition debug, node localhost ($cpus CPUs, ${mem} MB)"
+say "Slurm is up: partition debug, node localhost ($cpus CPUs, ${mem} MB); export SLURM_CONF=$CONF"

@@ -4,6 +4,7 @@
 set -uo pipefail
 BASE=${DSV3_SLURM_BASE:-/tmp/dsv3-slurm}
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+export SLURM_CONF="$BASE/slurm.conf"
 stop() {
   local f=$BASE/run/$1.pid pid
   [ -s "$f" ] || return 0
