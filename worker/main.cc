@@ -185,8 +185,14 @@ int main(int argc, char** argv) {
       connect.rendezvous_timeout = EnvSeconds("DSV3_RENDEZVOUS_TIMEOUT", 300);
       connect.collective_timeout = EnvSeconds("DSV3_COLLECTIVE_TIMEOUT", 600);
       connect.device_index = launch.local_rank;
+      const auto t0 = std::chrono::steady_clock::now();
       world = dsv3::dist::Connect(launch, connect);
       options.world = world.get();
+      // bench/launch_bench reads this line: the rendezvous share of a job's start-up.
+      std::cout << "dsv3-worker: rank " << launch.rank << " joined " << launch.world_size << " ranks at "
+                << launch.master_addr << ":" << launch.master_port << " in "
+                << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
+                << " ms" << std::endl;
     }
     dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
     g_trainer.store(&trainer);

@@ -37,8 +37,11 @@ SlurmStateMeaning InterpretSlurmState(const std::string& state) {
 
 bool ConfigWantsSlurm(const std::string& config_json) {
   const auto j = nlohmann::json::parse(config_json, nullptr, false);
-  const auto ptr = nlohmann::json::json_pointer("/slurm/enabled");
-  return j.is_object() && j.contains(ptr) && j[ptr].is_boolean() && j[ptr].get<bool>();
+  if (!j.is_object()) return false;
+  const auto enabled = nlohmann::json::json_pointer("/slurm/enabled");
+  const auto launcher = nlohmann::json::json_pointer("/distributed/launcher");
+  return (j.contains(enabled) && j[enabled].is_boolean() && j[enabled].get<bool>()) ||
+         (j.contains(launcher) && j[launcher].is_string() && j[launcher].get<std::string>() == "slurm");
 }
 
 namespace {
