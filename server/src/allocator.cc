@@ -6,9 +6,13 @@
 
 namespace dsv3::server {
 
+namespace {
+constexpr const char* kPerRank[] = {env::kRank, env::kWorldSize, env::kLocalRank, env::kLocalWorldSize, env::kMasterAddr,
+                                    env::kMasterPort};
+}  // namespace
+
 bool IsPerRankVariable(const std::string& name) {
-  for (const char* v : {env::kRank, env::kWorldSize, env::kLocalRank, env::kLocalWorldSize, env::kMasterAddr,
-                        env::kMasterPort}) {
+  for (const char* v : kPerRank) {
     if (name == v) return true;
   }
   return false;
@@ -18,8 +22,8 @@ std::string Allocator::DescribeLaunch(const LaunchSpec& spec) const {
   std::ostringstream out;
   for (const auto& r : spec.ranks) {
     out << "  rank " << r.rank << ":";
-    for (const auto& [k, v] : r.env) {
-      if (IsPerRankVariable(k)) out << " " << k << "=" << v;
+    for (const char* k : kPerRank) {
+      if (const auto it = r.env.find(k); it != r.env.end()) out << " " << k << "=" << it->second;
     }
     for (const auto& a : r.argv) out << " " << a;
     out << "\n";

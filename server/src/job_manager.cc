@@ -107,6 +107,21 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   }
   if (r.num_ranks < 1) {
     out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more"});
+  } else {
+    // Whether the job's allocator can ever run it (slots, the Slurm layout); problems of
+    // the config itself are reported below, field by field.
+    JobRecord probe;
+    probe.num_ranks = r.num_ranks;
+    probe.config_json = r.config_json;
+    if (absl::Status can = allocator_.CanRun(probe); !can.ok()) {
+      const std::string msg(can.message());
+      if (!msg.empty() && msg[0] == '/') {
+        const auto colon = msg.find(": ");
+        out.errors.push_back({msg.substr(0, colon), colon == std::string::npos ? msg : msg.substr(colon + 2)});
+      } else if (msg.rfind("config: ", 0) != 0) {
+        out.errors.push_back({"num_ranks", msg + " (dsv3d --slots); submit with fewer ranks (--gpus)"});
+      }
+    }
   }
   const bool control_chars =
       std::any_of(r.name.begin(), r.name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
@@ -128,15 +143,6 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   out.job.resume_from = r.resume_from;
   out.job.working_dir = r.base_dir;
   out.job.config_json = out.resolved_json;
-  if (out.errors.empty()) {
-    if (absl::Status can = allocator_.CanRun(out.job); !can.ok()) {
-      const std::string msg(can.message());
-      const bool names_field = !msg.empty() && msg[0] == '/';
-      out.errors.push_back({names_field ? msg.substr(0, msg.find(':')) : "num_ranks",
-                            names_field ? msg.substr(msg.find(':') + 2)
-                                        : msg + " (dsv3d --slots); submit with fewer ranks (--gpus)"});
-    }
-  }
   if (!out.errors.empty()) {
     std::string msg = "invalid job (" + std::to_string(out.errors.size()) + (out.errors.size() == 1 ? " error)" : " errors)");
     for (const auto& e : out.errors) msg += "\n" + e.path + ": " + e.message;

@@ -36,6 +36,10 @@ class ScriptedAllocator final : public Allocator {
     std::lock_guard<std::mutex> l(mu_);
     cb_ = std::move(cb);
   }
+  void SetAllocationCallback(AllocationCallback cb) override {
+    std::lock_guard<std::mutex> l(mu_);
+    alloc_cb_ = std::move(cb);
+  }
   std::optional<Placement> Reserve(const JobRecord& job) override {
     const int64_t job_id = job.id;
     const int num_ranks = job.num_ranks;
@@ -74,6 +78,14 @@ class ScriptedAllocator final : public Allocator {
   std::vector<NodeInfo> Nodes() const override { return {}; }
 
   // Test controls.
+  void Allocation(const AllocationUpdate& u) {
+    AllocationCallback cb;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      cb = alloc_cb_;
+    }
+    cb(u);
+  }
   void End(int64_t job, int attempt, int rank, int code) {
     ExitCallback cb;
     {
@@ -112,6 +124,7 @@ class ScriptedAllocator final : public Allocator {
   JobStore& store_;
   mutable std::mutex mu_;
   ExitCallback cb_;
+  AllocationCallback alloc_cb_;
   std::map<int64_t, int> reserved_;
   int64_t next_pid_ = 1000;
 };
@@ -124,13 +137,13 @@ class JobManagerTest : public ::testing::Test {
     store_ = std::move(*s);
   }
 
-  std::unique_ptr<JobManager> MakeManager(ScriptedAllocator& alloc) {
+  std::unique_ptr<JobManager> MakeManager(ScriptedAllocator& alloc, milliseconds startup_timeout = milliseconds(60000)) {
     ManagerOptions o;
     o.state_dir = dir_.path().string();
     o.worker_path = "/bin/false";
     o.controller_address = "127.0.0.1:1";
     o.heartbeat_timeout = milliseconds(400);
-    o.startup_timeout = milliseconds(60000);
+    o.startup_timeout = startup_timeout;
     o.grace_period = milliseconds(400);
     return std::make_unique<JobManager>(*store_, alloc, o);
   }
@@ -434,6 +447,41 @@ TEST_F(JobManagerTest, RecoveryAdoptsRunningRanksWithoutARestart) {
   ASSERT_TRUE(WaitState(id, JobState::kCompleted));
   EXPECT_EQ(alloc.NumLaunches(), 0u);
   EXPECT_EQ(store_->GetJob(id)->restarts, 0);
+}
+
+}  // namespace
+}  // namespace dsv3::server
+
+namespace dsv3::server {
+namespace {
+
+// An external scheduler's queue (Slurm PENDING) holds the startup timeout and shows in the
+// job's state reason; the timeout runs from the moment the scheduler starts the ranks; the
+// allocation is kept in the store, one row per attempt.
+TEST_F(JobManagerTest, ExternalQueueHoldsTheStartupTimeoutAndIsRecorded) {
+  ScriptedAllocator alloc(1, *store_);
+  auto m = MakeManager(alloc, milliseconds(500));
+  ASSERT_TRUE(m->Recover().ok());
+  m->Start();
+  const int64_t id = Submit(*m, 1, 0, /*max_restarts=*/0);
+  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
+  alloc.Allocation({id, 1, "slurm", "41", "PENDING", "Priority", false});
+  ASSERT_TRUE(WaitFor([&] { return store_->GetJob(id)->state_reason == "attempt 1: slurm job 41 PENDING (Priority)"; },
+                      std::chrono::seconds(10)))
+      << store_->GetJob(id)->state_reason;
+  std::this_thread::sleep_for(milliseconds(1200));  // well past the startup timeout
+  EXPECT_EQ(State(id), JobState::kStarting);
+  alloc.Allocation({id, 1, "slurm", "41", "RUNNING", "", true});
+  // It never registers once running: the attempt fails, its ranks are killed.
+  ASSERT_TRUE(WaitFor([&] { return alloc.Signaled(id, SIGKILL); }, std::chrono::seconds(10)));
+  alloc.End(id, 1, 0, 128 + SIGKILL);
+  ASSERT_TRUE(WaitState(id, JobState::kFailed));
+  EXPECT_NE(store_->GetJob(id)->state_reason.find("did not register within 0.5 s"), std::string::npos)
+      << store_->GetJob(id)->state_reason;
+  const auto allocations = store_->Allocations(id);
+  ASSERT_EQ(allocations.size(), 1u);
+  EXPECT_EQ(allocations[0].external_id, "41");
+  EXPECT_EQ(allocations[0].state, "RUNNING");
 }
 
 }  // namespace

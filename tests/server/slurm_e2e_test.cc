@@ -104,6 +104,27 @@ TEST_F(SlurmTest, CancelEndsTheSlurmJobWithACheckpoint) {
   EXPECT_EQ(SlurmState(job.allocations(0).external_id()), "CANCELLED");
 }
 
+// dsv3d dies mid-run: the Slurm job keeps running, the next dsv3d follows it again from
+// the store (the Slurm job id of the attempt), the ranks re-register, the job completes
+// without a restart.
+TEST_F(SlurmTest, ControllerRestartFollowsTheSlurmJob) {
+  auto d = std::make_unique<Dsv3d>(dir_.path() / "state", 2, 30,
+                                   std::vector<std::string>{"--allocator", "slurm", "--slurm-poll", "0.5"});
+  d->Start();
+  const int64_t id = Submit(*d->Stub(), SlurmConfig(120, 40, false), 0, 1);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(*d->Stub(), id).step() >= 5; }, seconds(180)));
+  const int port = d->port();
+  d->Kill(SIGKILL);
+  d->Start(port);
+  auto stub = d->Stub();
+  const v1::Job job = WaitEnded(*stub, id, seconds(300));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString();
+  EXPECT_EQ(job.restarts(), 0);
+  ASSERT_EQ(job.allocations_size(), 1);
+  EXPECT_EQ(job.allocations(0).state(), "COMPLETED");
+  EXPECT_EQ(LastMetric(*stub, id, "loss").first, 120);
+}
+
 // A 1-minute time limit: Slurm signals the ranks (--signal=USR2@30), they checkpoint and
 // stop, and dsv3d continues the job in a new Slurm allocation until it completes, with the
 // same final loss as an uninterrupted run. The job asks for Slurm itself (slurm.enabled)
