@@ -133,6 +133,9 @@ absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o
   const auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
   SlurmOptions so;
   so.poll_interval = ms(o.slurm_poll_s > 0 ? o.slurm_poll_s : 1);
+  // Only a Slurm daemon waits for the cluster at start; the others take jobs that ask for
+  // Slurm when its tools are installed, and sbatch's answer says the rest.
+  so.probe = o.allocator == "slurm";
   std::unique_ptr<Allocator> slurm;
   std::string why_no_slurm;
   if (auto made = MakeSlurmAllocator(so); made.ok()) {

@@ -46,6 +46,15 @@ bool ConfigWantsSlurm(const std::string& config_json) {
 
 namespace {
 
+bool InPath(const std::string& tool) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    if (!dir.empty() && access((dir + "/" + tool).c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
 std::string UserName() {
   if (const passwd* pw = getpwuid(getuid())) return pw->pw_name;
   return std::to_string(getuid());
@@ -78,7 +87,6 @@ absl::StatusOr<config::SlurmConfig> SlurmSectionFor(const JobRecord& job) {
 class SlurmAllocator final : public Allocator {
  public:
   explicit SlurmAllocator(SlurmOptions options) : options_(options), user_(UserName()) {
-    RefreshCpus();
     poller_ = std::thread([this] { Poll(); });
   }
   ~SlurmAllocator() override {
@@ -276,14 +284,16 @@ class SlurmAllocator final : public Allocator {
   void Poll() {
     std::unique_lock<std::mutex> lock(mu_);
     int cycle = 0;
+    bool first = true;
     while (!stop_) {
-      cv_.wait_for(lock, options_.poll_interval);
+      if (!first) cv_.wait_for(lock, options_.poll_interval);
+      first = false;
       if (stop_) break;
       std::vector<Track> tracks;
       for (const auto& [id, t] : tracked_) {
         if (!t.ended) tracks.push_back(t);
       }
-      const bool refresh_cpus = cycle++ % 30 == 0;
+      const bool refresh_cpus = cycle++ % 60 == 0;
       lock.unlock();
       if (refresh_cpus) RefreshCpus();
       std::map<std::string, std::pair<std::string, std::string>> states;
@@ -381,14 +391,19 @@ class SlurmAllocator final : public Allocator {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Allocator>> MakeSlurmAllocator(const SlurmOptions& options) {
-  const CommandResult r = RunCommand({"sinfo", "-h", "-o", "%C"}, options.command_timeout);
-  if (!r.ok()) {
-    return absl::FailedPreconditionError("Slurm is not available here: " + r.Describe("sinfo") +
-                                         " (install the Slurm client and point SLURM_CONF at the cluster)");
+  for (const char* tool : {"sbatch", "squeue", "scancel", "scontrol", "sinfo"}) {
+    if (!InPath(tool)) {
+      return absl::FailedPreconditionError(std::string("Slurm is not available here: ") + tool +
+                                           " is not in PATH (install the Slurm client)");
+    }
   }
-  for (const char* tool : {"sbatch", "squeue", "scancel", "scontrol"}) {
-    const CommandResult v = RunCommand({tool, "--version"}, options.command_timeout);
-    if (!v.ok()) return absl::FailedPreconditionError(std::string("Slurm is not available here: ") + v.Describe(tool));
+  if (options.probe) {
+    // sinfo retries for a minute when the cluster's config cannot be read: bound the wait.
+    const CommandResult r = RunCommand({"sinfo", "-h", "-o", "%C"}, std::min(options.command_timeout, std::chrono::milliseconds(10000)));
+    if (!r.ok()) {
+      return absl::FailedPreconditionError("Slurm is not available here: " + r.Describe("sinfo") +
+                                           " (is slurmctld up, and does SLURM_CONF name the cluster's slurm.conf?)");
+    }
   }
   return std::unique_ptr<Allocator>(new SlurmAllocator(options));
 }

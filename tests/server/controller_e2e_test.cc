@@ -358,7 +358,19 @@ TEST_F(ControllerTest, DaemonRefusesToStartInABadStateAndSaysWhy) {
   expect_refusal("--state-dir " + (dir_.path() / "state").string() + " --listen 127.0.0.1:0",
                  "is in use by another dsv3d");
   expect_refusal("--state-dir " + other + " --listen " + running.address(), "cannot listen on " + running.address());
-  expect_refusal("--state-dir " + other + " --listen 127.0.0.1:0 --allocator slurm", "--allocator: 'slurm'");
+  expect_refusal("--state-dir " + other + " --listen 127.0.0.1:0 --allocator pbs",
+                 "--allocator: 'pbs' is not one of local, static, slurm");
+  expect_refusal("--state-dir " + other + " --listen 127.0.0.1:0 --hosts /etc/hosts",
+                 "--hosts: only the static allocator reads a hosts file");
+  {
+    // No Slurm to reach: the daemon says so instead of starting without its allocator.
+    int rc = 0;
+    const std::string out =
+        Shell("PATH=/nonexistent " + base + " --state-dir " + other + " --listen 127.0.0.1:0 --allocator slurm", &rc);
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_NE(out.find("--allocator slurm: Slurm is not available here: sbatch is not in PATH"), std::string::npos)
+        << out;
+  }
   expect_refusal("--state-dir " + other + " --listen nonsense", "--listen: 'nonsense' is not HOST:PORT");
   fs::create_directories(dir_.path() / "foreign");
   std::ofstream(dir_.path() / "foreign" / "dsv3.db") << "this is not a database, but a text file of some length......";

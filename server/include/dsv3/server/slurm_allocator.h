@@ -19,9 +19,11 @@ struct SlurmOptions {
   std::chrono::milliseconds poll_interval{1000};
   std::chrono::milliseconds command_timeout{30000};
   int64_t signal_margin_s = -1;  // SIGUSR2 before the time limit; -1: DefaultSignalMargin
+  bool probe = true;             // ask the cluster (sinfo) before saying it is there
 };
 
-// Fails when sbatch/squeue/scancel are not in PATH or the cluster does not answer.
+// Fails when the Slurm client tools are not in PATH or (with `probe`) the cluster does not
+// answer within 10 s.
 absl::StatusOr<std::unique_ptr<Allocator>> MakeSlurmAllocator(const SlurmOptions& options);
 
 // Slurm job states, mapped for the manager: whether the allocation has ended, and the exit
