@@ -32,6 +32,7 @@
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 
@@ -39,6 +40,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = dsv3::v1;
+using Process = dsv3::test::Child;
 
 std::string ReadFile(const fs::path& p) {
   std::ifstream f(p);
@@ -46,32 +48,6 @@ std::string ReadFile(const fs::path& p) {
   ss << f.rdbuf();
   return ss.str();
 }
-
-// A child process with its output in `log`; SIGKILLed when destroyed.
-class Process {
- public:
-  Process(std::vector<std::string> args, const fs::path& log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  Process(const Process&) = delete;
-  ~Process() {
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-
- private:
-  pid_t pid_ = -1;
-};
 
 bool WaitFor(const std::function<bool()>& ok, double seconds) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);

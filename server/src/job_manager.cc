@@ -119,7 +119,7 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
         const auto colon = msg.find(": ");
         out.errors.push_back({msg.substr(0, colon), colon == std::string::npos ? msg : msg.substr(colon + 2)});
       } else if (msg.rfind("config: ", 0) != 0) {
-        out.errors.push_back({"num_ranks", msg + " (dsv3d --slots); submit with fewer ranks (--gpus)"});
+        out.errors.push_back({"num_ranks", msg + "; submit with fewer ranks (--gpus)"});
       }
     }
   }

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app.h"
+#include "child_process.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
@@ -66,57 +67,6 @@ inline int Cli(const std::vector<std::string>& args, std::string* out) {
   return rc;
 }
 
-// A child process with its output in a log file; killed (SIGKILL) when destroyed.
-class Child {
- public:
-  Child() = default;
-  Child(std::vector<std::string> args, const fs::path& log) : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  Child(Child&& o) noexcept : pid_(o.pid_), log_(std::move(o.log_)) { o.pid_ = -1; }
-  ~Child() { Kill(SIGKILL); }
-  void Kill(int sig) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    Wait();
-  }
-  // Waits for the exit and returns its status (-1 when killed by a signal).
-  int Wait() {
-    if (pid_ <= 0) return exit_code_;
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return exit_code_;
-  }
-  // Whether it has exited (without blocking).
-  bool Exited() {
-    if (pid_ <= 0) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) != pid_) return false;
-    pid_ = -1;
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return true;
-  }
-  int exit_code() const { return exit_code_; }
-  std::string Log() const { return ReadFile(log_); }
-
- private:
-  pid_t pid_ = -1;
-  fs::path log_;
-  int exit_code_ = -1;
-};
-
 // dsv3d as a child process. The state dir outlives restarts of the daemon.
 class Dsv3d {
  public:
@@ -142,18 +92,7 @@ class Dsv3d {
                                      "--heartbeat-timeout", std::to_string(heartbeat_timeout_s_),
                                      "--grace-period", "30"};
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    ASSERT_GT(pid_, 0);
+    process_ = Child(args, log);
     const fs::path info = state_dir_ / "dsv3d.json";
     ASSERT_TRUE(WaitFor([&] { return fs::exists(info) && !ReadFile(info).empty(); }, std::chrono::seconds(30)))
         << "dsv3d did not start: " << ReadFile(log);
@@ -163,13 +102,7 @@ class Dsv3d {
     port_ = std::stoi(address_.substr(address_.rfind(':') + 1));
   }
 
-  void Kill(int sig) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
+  void Kill(int sig) { process_.Kill(sig); }
 
   std::unique_ptr<v1::Controller::Stub> Stub() const {
     return v1::Controller::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
@@ -183,7 +116,7 @@ class Dsv3d {
   fs::path state_dir_;
   int slots_, heartbeat_timeout_s_;
   std::vector<std::string> extra_args_;
-  pid_t pid_ = -1;
+  Child process_;
   int starts_ = 0;
   std::string address_, http_;
   int port_ = 0;

@@ -185,6 +185,10 @@ class Agent {
       RankLaunch rl;
       rl.rank = r.rank();
       rl.argv.assign(r.argv().begin(), r.argv().end());
+      for (size_t i = 0; i + 1 < rl.argv.size(); ++i) {
+        // A rank's threads are this host's share: its cores over its slots.
+        if (rl.argv[i] == "--threads") rl.argv[i + 1] = std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(slots_)));
+      }
       rl.env.insert(r.env().begin(), r.env().end());
       rl.cwd = r.cwd();
       std::error_code ec;

@@ -107,7 +107,8 @@ class Allocator {
   virtual absl::Status CanRun(const JobRecord& job) const {
     if (job.num_ranks > TotalSlots()) {
       return absl::ResourceExhaustedError("the job needs " + std::to_string(job.num_ranks) + " slots but the " +
-                                          Name() + " allocator has " + std::to_string(TotalSlots()));
+                                          Name() + " allocator has " + std::to_string(TotalSlots()) +
+                                          " (dsv3d --slots)");
     }
     return absl::OkStatus();
   }
