@@ -180,7 +180,11 @@ int Daemon::http_port() const { return p_->http ? p_->http->port() : 0; }
 std::string Daemon::Summary() const {
   return "gRPC on " + p_->grpc_host + ":" + std::to_string(grpc_port()) + ", HTTP /metrics on " + p_->http_host + ":" +
          std::to_string(http_port()) + ", state in " + p_->options.state_dir + ", allocator " +
-         p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)";
+         p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)" +
+         (p_->agents != nullptr ? "; agents join with --token-file " +
+                                      (p_->options.agent_token_file.empty() ? p_->options.state_dir + "/agent.token"
+                                                                            : p_->options.agent_token_file)
+                                : "");
 }
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {

@@ -138,7 +138,10 @@ class Agent {
     while (connected && !g_stop.load() && stream->Read(&m)) {
       if (m.has_welcome()) {
         served_ = true;
-        interval_ = std::chrono::milliseconds(std::max<int64_t>(100, m.welcome().heartbeat_interval_ms()));
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          interval_ = std::chrono::milliseconds(std::max<int64_t>(100, m.welcome().heartbeat_interval_ms()));
+        }
         std::cerr << "dsv3-agent: " << name_ << " joined " << controller_ << " with " << slots_ << " slot(s)" << std::endl;
         if (!heartbeat.joinable()) heartbeat = std::thread([this, &ctx] { HeartbeatLoop(ctx); });
       } else if (m.has_launch()) {
