@@ -3,9 +3,11 @@
 // slurm (the cluster SLURM_CONF names, e.g. tests/slurm/start-local-slurm.sh's). Each run
 // is split into
 //   allocation     submit -> the ranks' hosts are granted (Slurm: the job turns RUNNING)
-//   process start  granted -> every rank process runs and has registered with dsv3d
-//   rendezvous     the ranks' TCPStore + Gloo connect (rank 0's "joined ... in N ms" line)
-//   first step     the rest: model and data set-up and the first optimizer step
+//   process start  granted -> rank 0 runs and starts its rendezvous (exec, libraries, config)
+//   rendezvous     rank 0's TCPStore + Gloo connect, which includes waiting for the slowest
+//                  rank to start (its "joined ... in N ms (done at unix time T ms)" line)
+//   first step     rendezvous done -> the first step's metrics: model and data set-up and
+//                  the first optimizer step
 // Prints one line per run and the median per allocator.
 //
 //   launch_bench [--allocators local,static,slurm] [--ranks 2] [--repeat 3]
@@ -65,27 +67,28 @@ struct Split {
 
 // Splits one finished job's start-up from its history, its first metric and rank 0's log.
 std::optional<Split> Measure(const v1::Job& job, const std::vector<v1::MetricPoint>& points) {
-  int64_t granted = 0, registered = 0;
+  int64_t granted = 0;
   for (const auto& h : job.history()) {
-    const bool slurm_running = h.reason().find("slurm job") != std::string::npos && h.reason().find(" RUNNING") != std::string::npos;
-    if (h.state() == v1::JOB_STATE_STARTING && granted == 0 && (h.reason().find("launching") != std::string::npos)) {
-      granted = h.time_unix_ms();
-    }
-    if (slurm_running) granted = h.time_unix_ms();
-    if (h.state() == v1::JOB_STATE_RUNNING && registered == 0) registered = h.time_unix_ms();
+    const bool launching = h.state() == v1::JOB_STATE_STARTING && h.reason().find("launching") != std::string::npos;
+    const bool slurm_running =
+        h.reason().find("slurm job") != std::string::npos && h.reason().find(" RUNNING") != std::string::npos;
+    if ((launching && granted == 0) || slurm_running) granted = h.time_unix_ms();
   }
-  if (points.empty() || granted == 0 || registered == 0 || job.ranks().empty()) return std::nullopt;
+  std::smatch m;
+  const std::string log = job.ranks().empty() ? "" : ReadFile(job.ranks(0).log_path());
+  if (points.empty() || granted == 0 ||
+      !std::regex_search(log, m, std::regex(R"(joined \d+ ranks at \S+ in (\d+) ms \(done at unix time (\d+) ms\))"))) {
+    return std::nullopt;
+  }
+  const double rendezvous_ms = std::stod(m[1]);
+  const int64_t joined = std::stoll(m[2]);
   int64_t first = points.front().time_unix_ms();
   for (const auto& p : points) first = std::min(first, p.time_unix_ms());
-  std::smatch m;
-  const std::string log = ReadFile(job.ranks(0).log_path());
-  double rendezvous_ms = 0;
-  if (std::regex_search(log, m, std::regex(R"(joined \d+ ranks at \S+ in (\d+) ms)"))) rendezvous_ms = std::stod(m[1]);
   Split s;
   s.allocation = (granted - job.created_unix_ms()) / 1000.0;
-  s.process_start = (registered - granted) / 1000.0;
   s.rendezvous = rendezvous_ms / 1000.0;
-  s.first_step = (first - registered) / 1000.0 - s.rendezvous;
+  s.process_start = (joined - granted) / 1000.0 - s.rendezvous;
+  s.first_step = (first - joined) / 1000.0;
   return s;
 }
 

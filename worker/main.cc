@@ -192,7 +192,10 @@ int main(int argc, char** argv) {
       std::cout << "dsv3-worker: rank " << launch.rank << " joined " << launch.world_size << " ranks at "
                 << launch.master_addr << ":" << launch.master_port << " in "
                 << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
-                << " ms" << std::endl;
+                << " ms (done at unix time "
+                << std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count()
+                << " ms)" << std::endl;
     }
     dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
     g_trainer.store(&trainer);

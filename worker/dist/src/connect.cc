@@ -1,5 +1,9 @@
 // Rendezvous: a TCPStore on the master, every rank announces itself under a key, and every
 // rank waits until all keys are there, so a missing rank is named rather than waited for.
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <sstream>
 #include <stdexcept>
@@ -12,6 +16,31 @@
 #include "dsv3/dist/communicator.h"
 
 namespace dsv3::dist {
+namespace {
+
+// Waits until something accepts TCP connections at host:port, trying every 20 ms, or until
+// `deadline`. c10d's TCPStore client sleeps a whole second after a refused connect, which
+// made a rank that started before rank 0's store wait up to that second for nothing.
+void WaitForListener(const std::string& host, int port, std::chrono::steady_clock::time_point deadline) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return;  // TCPStore will say
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool up = false;
+    for (addrinfo* a = res; a != nullptr && !up; a = a->ai_next) {
+      const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+      if (fd < 0) continue;
+      up = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+      close(fd);
+    }
+    if (up) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  freeaddrinfo(res);
+}
+
+}  // namespace
+
 namespace internal {
 
 GroupSpec SubgroupSpec(const GroupSpec& parent, const std::vector<int>& members, const std::string& tag) {
@@ -111,6 +140,7 @@ std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOpt
   so.waitWorkers = false;
   so.timeout = options.rendezvous_timeout;
   c10::intrusive_ptr<c10d::Store> tcp;
+  if (!so.isServer) WaitForListener(launch.master_addr, launch.master_port, Clock::now() + options.rendezvous_timeout);
   try {
     tcp = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
   } catch (const std::exception& e) {
