@@ -72,6 +72,10 @@ absl::StatusOr<std::string> FindWorker(const std::string& given) {
                              "); build it (cmake --build build --target dsv3-worker) or pass --worker PATH");
 }
 
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1" || host == "[::1]";
+}
+
 std::string HostName() {
   char buf[256] = {};
   if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
@@ -108,6 +112,7 @@ struct Daemon::Parts {
   std::unique_ptr<JobStore> store;
   std::unique_ptr<Allocator> allocator;
   StaticAllocator* agents = nullptr;  // inside `allocator` when --allocator static
+  std::string rank_host;              // where ranks dial the controller
   std::unique_ptr<JobManager> manager;
   RpcStats rpc_stats;
   std::unique_ptr<ControllerService> controller;
@@ -184,7 +189,11 @@ std::string Daemon::Summary() const {
          (p_->agents != nullptr ? "; agents join with --token-file " +
                                       (p_->options.agent_token_file.empty() ? p_->options.state_dir + "/agent.token"
                                                                             : p_->options.agent_token_file)
-                                : "");
+                                : "") +
+         (p_->options.allocator != "local" && IsLoopbackHost(p_->rank_host)
+              ? "; note: ranks report to " + p_->rank_host +
+                    ", which only this host reaches (listen on 0.0.0.0 or give --advertise for multi-host)"
+              : "");
 }
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
@@ -274,6 +283,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                                    : grpc_target.substr(0, grpc_target.rfind(':'));
   if (!options.advertise.empty()) rank_host = options.advertise;
   p->manager->SetControllerAddress(rank_host + ":" + std::to_string(p->grpc_port));
+  p->rank_host = rank_host;
 
   const auto fail = [&](const absl::Status& s) {
     p->server->Shutdown(std::chrono::system_clock::now());
