@@ -15,9 +15,10 @@ class StaticTest : public ::testing::Test {
   void SetUp() override { Corpus(); }
 
   // Starts dsv3d --allocator static; agents join with its <state-dir>/agent.token.
-  void StartController(int heartbeat_timeout_s = 30) {
-    d_ = std::make_unique<Dsv3d>(dir_.path() / "state", 1, heartbeat_timeout_s,
-                                 std::vector<std::string>{"--allocator", "static"});
+  void StartController(int heartbeat_timeout_s = 30, std::vector<std::string> more = {}) {
+    std::vector<std::string> args = {"--allocator", "static"};
+    args.insert(args.end(), more.begin(), more.end());
+    d_ = std::make_unique<Dsv3d>(dir_.path() / "state", 1, heartbeat_timeout_s, args);
     d_->Start(port_);
     port_ = d_->port();
   }
@@ -129,6 +130,31 @@ TEST_F(StaticTest, AgentWithAWrongCredentialIsRefused) {
   EXPECT_EQ(rogue.exit_code(), 1);
   EXPECT_NE(rogue.Log().find("wrong join credential"), std::string::npos) << rogue.Log();
   EXPECT_EQ(Nodes().count("rogue"), 0u);
+}
+
+// With --hosts, only the listed agents join, with at most their listed slots.
+TEST_F(StaticTest, HostsFileLimitsWhoJoinsAndTheirSlots) {
+  const fs::path hosts = dir_.path() / "hosts";
+  std::ofstream(hosts) << "# the cluster\nnode-a slots=1   # one GPU\nnode-b slots=2\n";
+  StartController(30, {"--hosts", hosts.string()});
+  Child a = StartAgent("node-a", "127.0.0.2", 4);
+  Child z = StartAgent("node-z", "127.0.0.9", 1);
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a"}); }, seconds(30))) << a.Log();
+  EXPECT_EQ(Nodes()["node-a"].slots(), 1);
+  ASSERT_TRUE(WaitFor([&] { return z.Exited(); }, seconds(30)));
+  EXPECT_EQ(z.exit_code(), 1);
+  EXPECT_NE(z.Log().find("agent 'node-z' is not in dsv3d's hosts file"), std::string::npos) << z.Log();
+  EXPECT_EQ(Nodes().count("node-z"), 0u);
+  // A job larger than the hosts file could ever hold is refused at submit, naming the limit.
+  grpc::ClientContext ctx;
+  v1::SubmitJobRequest req;
+  req.set_config_json(Config(10, 10).dump());
+  req.set_num_ranks(4);
+  v1::SubmitJobResponse resp;
+  const grpc::Status s = d_->Stub()->SubmitJob(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("num_ranks: the job needs 4 slots but the hosts file allows 3"), std::string::npos)
+      << s.error_message();
 }
 
 // dsv3d restarts mid-run: the agents keep their ranks, reconnect, report them running, and
