@@ -35,6 +35,7 @@
 #include <nlohmann/json.hpp>
 
 #include "child_process.h"
+#include "test_util.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 
@@ -43,22 +44,9 @@ namespace {
 namespace fs = std::filesystem;
 namespace v1 = dsv3::v1;
 using Process = dsv3::test::Child;
-
-std::string ReadFile(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-bool WaitFor(const std::function<bool()>& ok, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (ok()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
+using dsv3::test::ReadFile;
+using dsv3::test::WaitFor;
+using std::chrono::seconds;
 
 struct Split {
   double allocation = 0, process_start = 0, rendezvous = 0, first_step = 0;
@@ -142,7 +130,7 @@ int main(int argc, char** argv) {
                "--state-dir", state.string(), "--slots", std::to_string(ranks), "--worker", DSV3_WORKER_PATH,
                "--heartbeat-interval", "0.5", "--slurm-poll", "0.2"},
               state / "dsv3d.log");
-    if (!WaitFor([&] { return !ReadFile(state / "dsv3d.json").empty(); }, 30)) {
+    if (!WaitFor([&] { return !ReadFile(state / "dsv3d.json").empty(); }, seconds(30))) {
       std::printf("%-7s dsv3d did not start: %s\n", allocator.c_str(), ReadFile(state / "dsv3d.log").c_str());
       continue;
     }
@@ -162,7 +150,7 @@ int main(int argc, char** argv) {
         grpc::ClientContext ctx;
         v1::ListNodesResponse nodes;
         return stub->ListNodes(&ctx, v1::ListNodesRequest{}, &nodes).ok() && nodes.nodes_size() == ranks;
-      }, 30);
+      }, seconds(30));
     }
     std::vector<Split> runs;
     for (int r = 0; r < repeat; ++r) {
@@ -184,7 +172,7 @@ int main(int argc, char** argv) {
         return stub->GetJob(&ctx, g, &job).ok() && (job.state() == v1::JOB_STATE_COMPLETED ||
                                                      job.state() == v1::JOB_STATE_FAILED ||
                                                      job.state() == v1::JOB_STATE_CANCELED);
-      }, 300);
+      }, seconds(300));
       grpc::ClientContext mctx;
       v1::GetMetricsRequest mreq;
       mreq.set_job_id(job.id());

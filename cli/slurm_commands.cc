@@ -11,6 +11,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/slurm_script.h"
 #include "dsv3/server/command.h"
+#include "dsv3/server/host_util.h"
 #include "output.h"
 
 namespace dsv3::cli {
@@ -18,15 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// dsv3-worker next to dsv3ctl (installed) or in the build tree's worker/ folder.
+// dsv3-worker next to dsv3ctl (installed) or in the build tree's worker/ folder, else the
+// one in PATH on the compute nodes.
 std::string FindWorker(const std::string& given) {
   if (!given.empty()) return fs::absolute(given).lexically_normal().string();
-  std::error_code ec;
-  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  for (const fs::path& c : {self.parent_path() / "dsv3-worker", self.parent_path() / "../worker/dsv3-worker"}) {
-    if (!ec && access(c.c_str(), X_OK) == 0) return c.lexically_normal().string();
-  }
-  return "dsv3-worker";  // from PATH on the compute nodes
+  return server::FindSiblingBinary("dsv3-worker").value_or("dsv3-worker");
 }
 
 struct ScriptArgs {

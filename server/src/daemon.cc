@@ -14,6 +14,7 @@
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include "dsv3/server/host_util.h"
 #include "dsv3/server/job_manager.h"
 #include "dsv3/server/job_store.h"
 #include "dsv3/server/local_allocator.h"
@@ -64,22 +65,14 @@ absl::StatusOr<std::string> FindWorker(const std::string& given) {
     return fs::absolute(given).lexically_normal().string();
   }
   std::error_code ec;
+  if (auto found = FindSiblingBinary("dsv3-worker")) return *found;
   const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  for (const fs::path& candidate : {self.parent_path() / "dsv3-worker", self.parent_path() / "../worker/dsv3-worker"}) {
-    if (!ec && access(candidate.c_str(), X_OK) == 0) return candidate.lexically_normal().string();
-  }
   return absl::NotFoundError("no dsv3-worker next to dsv3d (" + self.parent_path().string() +
                              "); build it (cmake --build build --target dsv3-worker) or pass --worker PATH");
 }
 
 bool IsLoopbackHost(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1" || host == "[::1]";
-}
-
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
 }
 
 // The agents' join credential: given, or made once and kept in the state dir (0600).
@@ -89,12 +82,11 @@ absl::StatusOr<std::string> AgentToken(const std::string& given_file, const std:
   std::ifstream(path) >> token;
   if (!token.empty()) return token;
   if (!given_file.empty()) return absl::NotFoundError("--agent-token-file: " + path + " is missing or empty");
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  unsigned char raw[24];
-  urandom.read(reinterpret_cast<char*>(raw), sizeof(raw));
-  if (!urandom) return absl::InternalError("cannot read /dev/urandom");
-  static const char* kHex = "0123456789abcdef";
-  for (unsigned char c : raw) token += std::string{kHex[c >> 4], kHex[c & 15]};
+  try {
+    token = RandomHex(24);
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return absl::UnavailableError("cannot create " + path);
   const std::string line = token + "\n";

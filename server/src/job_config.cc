@@ -35,7 +35,7 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
                                 const std::string& base_dir) {
   PreparedConfig out;
   config::LoadOptions options;
-  options.world_size = num_ranks;
+  if (num_ranks > 0) options.world_size = num_ranks;
   options.base_dir = base_dir;
   config::LoadResult loaded = config::LoadConfigText(config_json, options);
   out.errors = loaded.errors;
@@ -47,6 +47,7 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   out.total_steps = c.training.train_steps.value_or(0);  // resolved from the token budget when absent
   out.max_restarts = c.max_restarts;
   out.intra_op_threads = c.training.intra_op_threads;
+  out.world_size = c.derived.world_size;
   out.output_dir = c.output_dir;
   out.checkpoint_dir = c.checkpointing.dir.value_or(c.output_dir + "/checkpoints");
   out.tensorboard_dir = c.logging.tensorboard.enabled ? c.logging.tensorboard.log_dir : "";

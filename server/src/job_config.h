@@ -26,12 +26,13 @@ struct PreparedConfig {
   int64_t total_steps = 0;
   int64_t max_restarts = 0;
   int64_t intra_op_threads = 0;
+  int64_t world_size = 0;  // the ranks given, or (0 given) those the config implies
   // As the config names them (relative ones are relative to the job folder).
   std::string output_dir, checkpoint_dir, tensorboard_dir;
   bool ok() const { return errors.empty(); }
 };
 
-// Validates `config_json` for a job of `num_ranks` ranks. `resume_from` (non-empty)
+// Validates `config_json` for a job of `num_ranks` ranks (0: as many as the config implies). `resume_from` (non-empty)
 // overrides checkpointing.resume_from. Relative input paths resolve against `base_dir`.
 PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, const std::string& resume_from,
                                 const std::string& base_dir);

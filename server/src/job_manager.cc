@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dsv3/server/host_util.h"
 #include "job_config.h"
 #include "dsv3/server/slurm_allocator.h"
 #include "job_manager_internal.h"
@@ -43,15 +44,6 @@ JobManager::~JobManager() {
   allocator_.SetAllocationCallback(nullptr);
 }
 
-absl::Status AppendToRankLog(const std::string& path, const std::string& text) {
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError("cannot open " + path);
-  const ssize_t n = write(fd, text.data(), text.size());
-  close(fd);
-  if (n != static_cast<ssize_t>(text.size())) return absl::InternalError("short write to " + path);
-  return absl::OkStatus();
-}
-
 void JobManager::SetControllerAddress(const std::string& address) {
   std::lock_guard<std::mutex> lock(mu_);
   controller_address_ = address;
@@ -78,33 +70,15 @@ std::vector<FieldProblem> Problems(const std::vector<config::Diagnostic>& list) 
   return out;
 }
 
-std::string RandomHex(size_t bytes) {
-  std::string raw(bytes, '\0');
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  urandom.read(raw.data(), static_cast<std::streamsize>(bytes));
-  if (!urandom) throw std::runtime_error("cannot read /dev/urandom");
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : raw) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
-
 }  // namespace
 
 SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   SubmitOutcome out;
   SubmitRequest r = request;
-  if (r.num_ranks == 0) {
-    // Not given: what the config implies (the slurm section when enabled, else
-    // data_parallel_size x tp x pp when explicit, else 1).
-    config::LoadOptions lo;
-    lo.base_dir = r.base_dir;
-    const config::LoadResult implied = config::LoadConfigText(r.config_json, lo);
-    r.num_ranks = implied.ok() ? static_cast<int>(std::max<int64_t>(1, implied.config.derived.world_size)) : 1;
-  }
+  // 0 ranks: what the config implies (the slurm section when enabled, else
+  // data_parallel_size x tp x pp when explicit, else 1).
+  const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(0, r.num_ranks), r.resume_from, r.base_dir);
+  if (r.num_ranks == 0) r.num_ranks = static_cast<int>(std::max<int64_t>(1, prepared.world_size));
   if (r.num_ranks < 1) {
     out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more"});
   } else {
@@ -130,7 +104,6 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
                                       " characters and no control characters (got " + std::to_string(r.name.size()) +
                                       " characters)"});
   }
-  const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(1, r.num_ranks), r.resume_from, r.base_dir);
   for (auto& e : Problems(prepared.errors)) out.errors.push_back(std::move(e));
   out.warnings = Problems(prepared.warnings);
   out.resolved_json = prepared.ok() ? prepared.resolved.dump(2) : "";
@@ -378,7 +351,7 @@ absl::Status JobManager::ShipLogs(const RankRef& ref, const std::vector<std::str
   }
   std::string text;
   for (const auto& l : lines) text += l + "\n";
-  return AppendToRankLog(path, text);
+  return AppendToLog(path, text);
 }
 
 absl::Status JobManager::ReportEnd(const RankRef& ref, RankOutcome outcome, int64_t step, const std::string& message) {

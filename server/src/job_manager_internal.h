@@ -60,9 +60,6 @@ inline JobProgress SnapshotLocked(const JobManager::Live& live) {
   return p;
 }
 
-// Appends `text` (whole lines) to a rank's log with one O_APPEND write, so the controller's
-// lines and the rank's own output never interleave mid-line.
-absl::Status AppendToRankLog(const std::string& path, const std::string& text);
 
 inline void MarkSeenLocked(JobManager::Live& live, int rank) {
   auto& r = live.ranks[rank];

@@ -16,6 +16,7 @@
 
 #include "dsv3/ckpt/manifest.h"
 #include "dsv3/common/env.h"
+#include "dsv3/server/host_util.h"
 #include "dsv3/server/job_manager.h"
 #include "job_manager_internal.h"
 
@@ -318,7 +319,7 @@ void JobManager::LaunchAttemptLocked(Live& l) {
     const std::string where = l.placement.hosts.empty()
                                   ? ""
                                   : " on " + l.placement.hosts[rl.rank] + ", MASTER_ADDR=" + rl.env.at(env::kMasterAddr);
-    (void)AppendToRankLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " +
+    (void)AppendToLog(rl.log_path, "==== dsv3d: job " + std::to_string(job.id) + " attempt " +
                                            std::to_string(job.attempt) + " rank " + std::to_string(rl.rank) + where +
                                            (resume.empty() ? "" : " (resume " + resume + ")") + " ====\n");
   }

@@ -1,5 +1,7 @@
 #include "dsv3/server/local_allocator.h"
 
+#include "dsv3/server/host_util.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -35,12 +37,6 @@ std::string DescribeStatus(int status, int* exit_code) {
   }
   *exit_code = -1;
   return "ended with wait status " + std::to_string(status);
-}
-
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
 }
 
 class LocalAllocator final : public Allocator {

@@ -46,6 +46,7 @@ class RoutingAllocator final : public Allocator {
     Of(job_id).Release(job_id);
     std::lock_guard<std::mutex> lock(mu_);
     routes_.erase(job_id);
+    wants_.erase(job_id);
   }
   std::vector<int> Adopt(const JobRecord& job, const std::vector<RankRecord>& ranks, const std::string& external_id) override {
     if (Wants(job) && !slurm_) return {};
@@ -66,7 +67,15 @@ class RoutingAllocator final : public Allocator {
   }
 
  private:
-  bool Wants(const JobRecord& job) const { return primary_->Name() != "slurm" && ConfigWantsSlurm(job.config_json); }
+  // Parsed once per job: queued jobs are offered to Reserve on every supervision tick.
+  bool Wants(const JobRecord& job) const {
+    if (primary_->Name() == "slurm") return false;
+    if (job.id == 0) return ConfigWantsSlurm(job.config_json);  // a submission being validated
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = wants_.find(job.id);
+    if (it != wants_.end()) return it->second;
+    return wants_[job.id] = ConfigWantsSlurm(job.config_json);
+  }
   Allocator& For(const JobRecord& job) const { return Wants(job) && slurm_ ? *slurm_ : *primary_; }
   void Remember(int64_t job_id, Allocator& a) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -82,6 +91,7 @@ class RoutingAllocator final : public Allocator {
   const std::string why_no_slurm_;
   mutable std::mutex mu_;
   std::map<int64_t, Allocator*> routes_;
+  mutable std::map<int64_t, bool> wants_;
 };
 
 }  // namespace

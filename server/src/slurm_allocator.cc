@@ -123,20 +123,22 @@ class SlurmAllocator final : public Allocator {
   std::optional<Placement> Reserve(const JobRecord&) override { return Placement{}; }
 
   std::string DescribeLaunch(const LaunchSpec& spec) const override {
-    auto script = Script(spec);
-    if (!script.ok()) return "  cannot write the sbatch script: " + std::string(script.status().message()) + "\n";
+    if (spec.ranks.empty() || spec.ranks[0].argv.empty()) return "";
     auto section = SlurmSectionFor(spec.job);
-    return "  Slurm layout: " + config::DescribeSlurmLayout(*section) + "\n  sbatch script:\n" + *script;
+    if (!section.ok()) return "  cannot write the sbatch script: " + std::string(section.status().message()) + "\n";
+    return "  Slurm layout: " + config::DescribeSlurmLayout(*section) + "\n  sbatch script:\n" + Script(spec, *section);
   }
 
   absl::StatusOr<std::vector<LaunchedRank>> Launch(const LaunchSpec& spec) override {
-    auto script = Script(spec);
-    if (!script.ok()) return script.status();
+    if (spec.ranks.empty() || spec.ranks[0].argv.empty()) return absl::InvalidArgumentError("no rank to launch");
+    auto section = SlurmSectionFor(spec.job);
+    if (!section.ok()) return section.status();
+    const std::string script = Script(spec, *section);
     const std::string path = spec.job.job_dir + "/slurm_attempt_" + std::to_string(spec.attempt) + ".sh";
     {
       // The script holds the job's credential: readable by its owner only.
       std::ofstream f(path, std::ios::trunc);
-      f << *script;
+      f << script;
       if (!f) return absl::InternalError("cannot write " + path);
     }
     chmod(path.c_str(), 0700);
@@ -237,17 +239,16 @@ class SlurmAllocator final : public Allocator {
     return t;
   }
 
-  absl::StatusOr<std::string> Script(const LaunchSpec& spec) const {
-    auto section = SlurmSectionFor(spec.job);
-    if (!section.ok()) return section.status();
-    if (spec.ranks.empty() || spec.ranks[0].argv.empty()) return absl::InvalidArgumentError("no rank to launch");
+  // The batch script of one attempt: the first rank's command and the environment every
+  // rank shares; Slurm's own variables give each task its place.
+  std::string Script(const LaunchSpec& spec, const config::SlurmConfig& slurm) const {
     const RankLaunch& first = spec.ranks[0];
     config::SlurmScriptOptions o;
     o.worker = first.argv[0];
     o.worker_args.assign(first.argv.begin() + 1, first.argv.end());
     for (size_t i = 0; i + 1 < o.worker_args.size(); ++i) {
       // A rank's threads are the CPUs Slurm gives its task.
-      if (o.worker_args[i] == "--threads") o.worker_args[i + 1] = std::to_string(section->cpus_per_task);
+      if (o.worker_args[i] == "--threads") o.worker_args[i + 1] = std::to_string(slurm.cpus_per_task);
     }
     for (const auto& [k, v] : first.env) {
       if (!IsPerRankVariable(k)) o.env[k] = v;
@@ -257,7 +258,7 @@ class SlurmAllocator final : public Allocator {
     o.signal_margin_s = options_.signal_margin_s;
     o.header_comment = "dsv3 job " + std::to_string(spec.job_id) + " (" + spec.job.name + "), attempt " +
                        std::to_string(spec.attempt) + ", written by dsv3d";
-    return config::RenderSlurmScript(*section, o);
+    return config::RenderSlurmScript(slurm, o);
   }
 
   std::string SlurmId(int64_t job_id) const {

@@ -12,6 +12,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "dsv3/server/host_util.h"
 #include "dsv3/v1/agent.grpc.pb.h"
 
 namespace dsv3::server {
@@ -67,12 +68,12 @@ int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+// The agent's batch of a rank's output, appended to the rank's log in one write.
 void AppendLines(const std::string& path, const pb::AgentLogLines& logs) {
   if (path.empty() || logs.lines().empty()) return;
   std::string text;
   for (const auto& l : logs.lines()) text += l + "\n";
-  // One append per batch: the controller's own lines never split one of the rank's.
-  std::ofstream(path, std::ios::app) << text;
+  (void)AppendToLog(path, text);
 }
 
 class StaticAllocatorImpl final : public StaticAllocator, public pb::AgentControl::Service {

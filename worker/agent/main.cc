@@ -24,6 +24,7 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "dsv3/server/host_util.h"
 #include "dsv3/server/local_allocator.h"
 #include "dsv3/v1/agent.grpc.pb.h"
 
@@ -299,12 +300,6 @@ class Agent {
   std::thread tailer_;
 };
 
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -323,8 +318,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (name.empty()) name = HostName();
-  if (advertise.empty()) advertise = HostName();
+  if (name.empty()) name = dsv3::server::HostName();
+  if (advertise.empty()) advertise = dsv3::server::HostName();
   if (slots < 1) {
     std::cerr << "dsv3-agent: --slots " << slots << " must be >= 1" << std::endl;
     return 2;
