@@ -294,7 +294,10 @@ class SlurmAllocator final : public Allocator {
       for (const auto& [id, t] : tracked_) {
         if (!t.ended) tracks.push_back(t);
       }
-      const bool refresh_cpus = cycle++ % 60 == 0;
+      // The cluster's CPU count is only shown when Slurm is dsv3d's own allocator, or while it
+      // runs jobs: an idle daemon whose Slurm is away must not block in sinfo (it retries for
+      // a minute when its config is missing), nor its shutdown wait for one.
+      const bool refresh_cpus = (options_.probe || !tracks.empty()) && cycle++ % 60 == 0;
       lock.unlock();
       if (refresh_cpus) RefreshCpus();
       std::map<std::string, std::pair<std::string, std::string>> states;
