@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -19,6 +20,7 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
+#include "connection.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "output.h"
 
@@ -26,38 +28,60 @@ namespace dsv3::cli {
 namespace {
 
 using nlohmann::json;
-constexpr const char* kDefaultController = "localhost:50051";
 constexpr auto kCallDeadline = std::chrono::seconds(30);
 
-// Options every job verb has.
+// Options every job verb has: where the controller is, how to reach it, the output format.
 struct Common {
-  std::string controller;
+  ConnectionFlags connection;
   OutputFormat format = OutputFormat::kText;
+  mutable std::optional<Connection> resolved;
   void Add(CLI::App& verb) {
-    verb.add_option("--controller", controller, "dsv3d address HOST:PORT (default: $DSV3_CONTROLLER, else localhost:50051)");
+    connection.Add(verb);
     AddOutputOption(verb, format);
   }
-  std::string Address() const {
-    if (!controller.empty()) return controller;
-    const char* env_addr = std::getenv(env::kController);
-    return env_addr != nullptr && *env_addr != '\0' ? env_addr : kDefaultController;
+  // Throws CLI::ValidationError (a usage error) when a TLS file cannot be read.
+  const Connection& Conn() const {
+    if (!resolved) {
+      auto c = Connect(connection);
+      if (!c.ok()) throw CLI::ValidationError(std::string(c.status().message()));
+      resolved = *c;
+    }
+    return *resolved;
   }
+  std::string Address() const { return Conn().address; }
   std::unique_ptr<v1::Controller::Stub> Stub() const {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
-    return v1::Controller::NewStub(grpc::CreateCustomChannel(Address(), grpc::InsecureChannelCredentials(), args));
+    return v1::Controller::NewStub(grpc::CreateCustomChannel(Address(), Conn().credentials, args));
   }
+  // Every call carries the user's token.
+  void Prepare(grpc::ClientContext& rpc) const { Authorize(rpc, Conn()); }
 };
 
 void SetDeadline(grpc::ClientContext& ctx) { ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline); }
 
 // The one place a gRPC status becomes an exit code and a message.
 int ReportRpcError(const grpc::Status& s, const Common& c, CliContext& ctx) {
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE && s.error_message().find("andshake") != std::string::npos) {
+    ctx.err << "dsv3ctl: the TLS handshake with " << c.Address() << " failed: " << s.error_message() << "\n"
+            << "Check that --tls-ca (or DSV3_TLS_CA) is the CA that signed the controller's certificate, that the "
+               "certificate names the host you dial, and, for a controller with --tls-client-ca, your --tls-cert.\n";
+    return ctx.exit_code = kExitUnreachable;
+  }
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    if (!c.Conn().tls && s.error_message().find("Socket closed") != std::string::npos) {
+      ctx.err << "dsv3ctl: the controller at " << c.Address() << " closed the connection: if it serves TLS, pass "
+              << "--tls-ca FILE (or --tls for a certificate of a public CA)\n";
+      return ctx.exit_code = kExitUnreachable;
+    }
     ctx.err << "dsv3ctl: cannot reach the controller at " << c.Address() << ": " << s.error_message() << "\n"
             << "Start one with `dsv3d --state-dir ./var/dsv3` (build/server/dsv3d in a build tree), or point "
                "--controller / DSV3_CONTROLLER at a running one.\n";
     return ctx.exit_code = kExitUnreachable;
+  }
+  if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    ctx.err << "dsv3ctl: the controller at " << c.Address() << " did not accept you: " << s.error_message() << "\n";
+    return ctx.exit_code = kExitFailed;
   }
   if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     ctx.err << "dsv3ctl: the controller at " << c.Address() << " did not answer in time\n";
@@ -90,6 +114,7 @@ bool Call(const Common& c, CliContext& ctx,
           Resp* resp) {
   auto stub = c.Stub();
   grpc::ClientContext rpc;
+  c.Prepare(rpc);
   SetDeadline(rpc);
   const grpc::Status s = ((*stub).*method)(&rpc, req, resp);
   if (s.ok()) return true;
@@ -230,6 +255,7 @@ void PrintJobDetail(const v1::Job& j, std::ostream& os) {
 
 std::optional<v1::Job> FetchJob(v1::Controller::Stub& stub, int64_t id, const Common& c, CliContext& ctx) {
   grpc::ClientContext rpc;
+  c.Prepare(rpc);
   SetDeadline(rpc);
   v1::GetJobRequest req;
   req.set_job_id(id);
@@ -243,9 +269,10 @@ std::optional<v1::Job> FetchJob(v1::Controller::Stub& stub, int64_t id, const Co
 }
 
 // Streams logs to `os`; returns the RPC status (OK when the stream ended normally).
-grpc::Status StreamLogs(v1::Controller::Stub& stub, int64_t id, std::optional<int> rank, bool follow, int tail,
-                        bool prefix_rank, std::ostream& os) {
+grpc::Status StreamLogs(v1::Controller::Stub& stub, const Common& c, int64_t id, std::optional<int> rank, bool follow,
+                        int tail, bool prefix_rank, std::ostream& os) {
   grpc::ClientContext rpc;
+  c.Prepare(rpc);
   v1::StreamLogsRequest req;
   req.set_job_id(id);
   if (rank) req.set_rank(*rank);
@@ -346,7 +373,7 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
     // Follow: JSON output gets only the final job; text gets the logs as they come.
     std::ostringstream sink;
     const grpc::Status ls =
-        StreamLogs(*stub, job.id(), std::nullopt, true, 0, job.num_ranks() > 1, json_out ? sink : ctx.out);
+        StreamLogs(*stub, st->common, job.id(), std::nullopt, true, 0, job.num_ranks() > 1, json_out ? sink : ctx.out);
     if (!ls.ok()) {
       ReportRpcError(ls, st->common, ctx);
       return;
@@ -460,6 +487,7 @@ void AddLogs(CLI::App& app, CliContext& ctx) {
     const bool prefix = !st->rank && job->num_ranks() > 1;
     if (st->common.format == OutputFormat::kJson) {
       grpc::ClientContext rpc;
+      st->common.Prepare(rpc);
       v1::StreamLogsRequest req;
       req.set_job_id(st->job);
       if (st->rank) req.set_rank(*st->rank);
@@ -476,7 +504,7 @@ void AddLogs(CLI::App& app, CliContext& ctx) {
         return;
       }
     } else {
-      const grpc::Status s = StreamLogs(*stub, st->job, st->rank, st->follow, st->tail, prefix, ctx.out);
+      const grpc::Status s = StreamLogs(*stub, st->common, st->job, st->rank, st->follow, st->tail, prefix, ctx.out);
       if (!s.ok()) {
         ReportRpcError(s, st->common, ctx);
         return;
@@ -655,9 +683,68 @@ void AddNodes(CLI::App& app, CliContext& ctx) {
   });
 }
 
+std::string CallerText(const v1::WhoAmIResponse& w) {
+  if (w.trusted_local()) return w.user() + " (trusted: a loopback controller without users)";
+  return w.user() + (w.admin() ? " (admin)" : "");
+}
+
+void AddLoginAndWhoAmI(CLI::App& app, CliContext& ctx) {
+  struct State {
+    Common common;
+  };
+  auto st = std::make_shared<State>();
+  CLI::App* login = app.add_subcommand(
+      "login", "Save a controller's address, TLS settings and your token (read from stdin without --token)");
+  st->common.Add(*login);
+  login->callback([st, &ctx] {
+    Common& c = st->common;
+    if (c.connection.token.empty()) {
+      std::string line;
+      while (std::getline(std::cin, line)) {
+        line.erase(0, line.find_first_not_of(" \t\r"));
+        line.erase(line.find_last_not_of(" \t\r") + 1);
+        if (!line.empty()) break;
+      }
+      if (line.empty()) throw CLI::ValidationError("--token", "no token given (pass --token or pipe it on stdin)");
+      c.connection.token = line;
+    }
+    v1::WhoAmIResponse who;
+    if (!Call(c, ctx, &v1::Controller::Stub::WhoAmI, v1::WhoAmIRequest(), &who)) return;
+    SavedLogin saved;
+    saved.controller = c.Address();
+    saved.token = c.Conn().token;
+    saved.tls = c.Conn().tls;
+    const std::string ca = !c.connection.tls_ca.empty() ? c.connection.tls_ca : std::getenv(env::kTlsCa) ? std::getenv(env::kTlsCa) : "";
+    if (!ca.empty()) saved.tls_ca = std::filesystem::absolute(ca).string();
+    if (absl::Status s = SaveLogin(saved); !s.ok()) {
+      ctx.err << "dsv3ctl: " << s.message() << "\n";
+      ctx.exit_code = kExitFailed;
+      return;
+    }
+    ctx.out << "logged in to " << saved.controller << " as " << CallerText(who) << "; saved in " << CredentialsPath()
+            << "\n";
+    ctx.exit_code = kExitOk;
+  });
+
+  auto who_st = std::make_shared<State>();
+  CLI::App* whoami = app.add_subcommand("whoami", "Who the controller takes you for");
+  who_st->common.Add(*whoami);
+  whoami->callback([who_st, &ctx] {
+    v1::WhoAmIResponse who;
+    if (!Call(who_st->common, ctx, &v1::Controller::Stub::WhoAmI, v1::WhoAmIRequest(), &who)) return;
+    if (who_st->common.format == OutputFormat::kJson) {
+      ctx.out << ToJsonText(who) << "\n";
+    } else {
+      ctx.out << CallerText(who) << " at " << who_st->common.Address() << "\n";
+    }
+    ctx.exit_code = kExitOk;
+  });
+}
+
 }  // namespace
 
 void AddJobCommands(CLI::App& app, CliContext& ctx) {
+  AddLoginAndWhoAmI(app, ctx);
   AddNodes(app, ctx);
   AddSubmit(app, ctx);
   AddStatusAndList(app, ctx);

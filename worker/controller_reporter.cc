@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -50,12 +52,25 @@ int64_t ParseEnvInt(const char* name) {
   return n;
 }
 
+// TLS when dsv3d handed the rank the CA to verify it with (DSV3_CONTROLLER_CA).
+std::shared_ptr<grpc::ChannelCredentials> ControllerCredentials() {
+  const char* ca_path = std::getenv(env::kControllerCa);
+  if (ca_path == nullptr || *ca_path == '\0') return grpc::InsecureChannelCredentials();
+  std::ifstream f(ca_path, std::ios::binary);
+  if (!f) throw std::runtime_error(std::string(env::kControllerCa) + "=" + ca_path + ": cannot read the CA file");
+  std::ostringstream pem;
+  pem << f.rdbuf();
+  grpc::SslCredentialsOptions o;
+  o.pem_root_certs = pem.str();
+  return grpc::SslCredentials(o);
+}
+
 using Op = std::variant<v1::ReportMetricsRequest, v1::ReportCheckpointRequest, v1::ReportEvaluationRequest>;
 
 class GrpcControllerReporter final : public ControllerReporter {
  public:
   GrpcControllerReporter(const std::string& address, v1::RankRef ref, int world_size)
-      : stub_(v1::WorkerReports::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+      : stub_(v1::WorkerReports::NewStub(grpc::CreateChannel(address, ControllerCredentials()))),
         ref_(std::move(ref)),
         world_size_(world_size),
         address_(address) {

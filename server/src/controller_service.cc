@@ -5,6 +5,7 @@
 #include <fstream>
 #include <thread>
 
+#include "job_config.h"
 #include "services.h"
 
 namespace dsv3::server {
@@ -113,14 +114,38 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-ControllerService::ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator, std::string local_owner,
-                                     std::string default_base_dir, ServiceLimits limits)
+ControllerService::ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator,
+                                     const CallRegistry& calls, std::string default_base_dir, ServiceLimits limits)
     : store_(store),
       manager_(manager),
       allocator_(allocator),
-      local_owner_(std::move(local_owner)),
+      calls_(calls),
       default_base_dir_(std::move(default_base_dir)),
-      limits_(limits) {}
+      limits_(std::move(limits)) {}
+
+absl::StatusOr<JobRecord> ControllerService::JobFor(const Caller& caller, int64_t job_id) const {
+  auto job = store_.GetJob(job_id);
+  if (caller.admin) {
+    if (!job) return absl::NotFoundError("no job " + std::to_string(job_id));
+    return *job;
+  }
+  if (!job || job->owner != caller.user) {
+    return absl::PermissionDeniedError("job " + std::to_string(job_id) + " does not exist or is not yours");
+  }
+  return *job;
+}
+
+// The caller of a Controller call, as the auth interceptor found it; returns on refusal.
+#define DSV3_REQUIRE_CALLER(ctx)                                \
+  const auto caller_or = calls_.Find(ctx);                    \
+  if (!caller_or.ok()) return ToGrpc(caller_or.status());       \
+  const Caller& caller = *caller_or
+
+// The job the caller may see; returns on refusal.
+#define DSV3_REQUIRE_JOB(job_id)                                \
+  const auto job_or = JobFor(caller, job_id);                   \
+  if (!job_or.ok()) return ToGrpc(job_or.status());             \
+  const JobRecord& job_record = *job_or
 
 void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_config, v1::Job* out) const {
   out->set_id(j.id);
@@ -204,6 +229,7 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
 
 grpc::Status ControllerService::SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
                                           v1::SubmitJobResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
   if (static_cast<int64_t>(req->config_json().size()) > limits_.max_config_bytes) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "config_json: " + std::to_string(req->config_json().size()) + " bytes exceeds the limit of " +
@@ -212,14 +238,39 @@ grpc::Status ControllerService::SubmitJob(grpc::ServerContext* ctx, const v1::Su
   SubmitRequest r;
   r.config_json = req->config_json();
   r.name = req->name();
-  r.owner = local_owner_;
+  r.owner = caller.user;
   r.resume_from = req->resume_from();
   r.num_ranks = req->num_ranks();  // 0: what the config implies
   r.priority = req->priority();
   r.dry_run = req->dry_run();
   r.config_path = req->config_path();
-  // The client's folder means something only on this machine.
-  r.base_dir = IsLoopbackPeer(ctx->peer()) && IsDirectory(req->working_dir()) ? req->working_dir() : default_base_dir_;
+  // The client's folder means something only on this machine, and only to its own user.
+  r.base_dir = caller.trusted_local && IsLoopbackPeer(ctx->peer()) && IsDirectory(req->working_dir())
+                   ? req->working_dir()
+                   : default_base_dir_;
+  PathPolicy paths;
+  if (!caller.trusted_local) {
+    // A user of a shared controller: their own folder is the base of relative inputs, and
+    // what the job writes and reads stays inside it (admins included: a typo must not
+    // overwrite another user's files either).
+    paths.confined = true;
+    paths.work_root = limits_.work_root + "/" + caller.user;
+    paths.read_roots = limits_.read_roots;
+    paths.jobs_root = limits_.jobs_root;
+    const std::string user = caller.user;
+    const bool admin = caller.admin;
+    paths.owns_job = [this, user, admin](int64_t id) {
+      const auto j = store_.GetJob(id);
+      return j && (admin || j->owner == user);
+    };
+    std::error_code ec;
+    std::filesystem::create_directories(paths.work_root, ec);
+    if (ec) return grpc::Status(grpc::StatusCode::INTERNAL, "cannot create your work root " + paths.work_root);
+    r.base_dir = paths.work_root;
+    r.paths = &paths;
+    r.max_jobs = caller.max_jobs > 0 ? caller.max_jobs : limits_.max_jobs_per_user;
+    r.max_slots = caller.max_slots > 0 ? caller.max_slots : limits_.max_slots_per_user;
+  }
   const SubmitOutcome o = req->dry_run() ? manager_.Validate(r) : manager_.Submit(r);
   if (o.status.code() == absl::StatusCode::kInvalidArgument) return InvalidConfig(o);
   if (!o.status.ok()) return ToGrpc(o.status);
@@ -233,15 +284,16 @@ grpc::Status ControllerService::SubmitJob(grpc::ServerContext* ctx, const v1::Su
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) {
-  auto job = store_.GetJob(req->job_id());
-  if (!job) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
-  FillJob(*job, true, req->include_config(), resp);
+grpc::Status ControllerService::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  FillJob(job_record, true, req->include_config(), resp);
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
+grpc::Status ControllerService::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
                                          v1::ListJobsResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
   JobFilter f;
   for (int s : req->states()) {
     if (s < 1 || s > 7) {
@@ -250,15 +302,20 @@ grpc::Status ControllerService::ListJobs(grpc::ServerContext*, const v1::ListJob
     }
     f.states.push_back(static_cast<JobState>(s));
   }
-  f.owner = req->owner();
+  // Others' jobs are not listed, not even as an empty answer to an owner filter.
+  f.owner = caller.admin ? req->owner() : caller.user;
+  if (!caller.admin && !req->owner().empty() && req->owner() != caller.user) return grpc::Status::OK;
   f.name_contains = req->name_contains();
   f.limit = req->limit() > 0 ? std::min(req->limit(), 10000) : 100;
   for (const auto& j : store_.ListJobs(f)) FillJob(j, false, false, resp->add_jobs());
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req,
+grpc::Status ControllerService::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
                                           v1::CancelJobResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  (void)job_record;
   auto job = manager_.Cancel(req->job_id(), req->reason());
   if (!job.ok()) return ToGrpc(job.status());
   auto fresh = store_.GetJob(req->job_id());
@@ -266,18 +323,19 @@ grpc::Status ControllerService::CancelJob(grpc::ServerContext*, const v1::Cancel
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::CheckpointJob(grpc::ServerContext*, const v1::CheckpointJobRequest* req,
+grpc::Status ControllerService::CheckpointJob(grpc::ServerContext* ctx, const v1::CheckpointJobRequest* req,
                                               v1::CheckpointJobResponse*) {
-  if (!store_.GetJob(req->job_id())) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
-  }
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  (void)job_record;
   return ToGrpc(manager_.RequestCheckpoint(req->job_id()));
 }
 
 grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::StreamLogsRequest* req,
                                            grpc::ServerWriter<v1::LogChunk>* writer) {
-  auto job = store_.GetJob(req->job_id());
-  if (!job) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  const JobRecord* job = &job_record;
   if (req->has_rank() && (req->rank() < 0 || req->rank() >= job->num_ranks)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "rank: " + std::to_string(req->rank()) + " is not a rank of job " + std::to_string(job->id) +
@@ -319,11 +377,11 @@ grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::S
   }
 }
 
-grpc::Status ControllerService::GetMetrics(grpc::ServerContext*, const v1::GetMetricsRequest* req,
+grpc::Status ControllerService::GetMetrics(grpc::ServerContext* ctx, const v1::GetMetricsRequest* req,
                                            v1::GetMetricsResponse* resp) {
-  if (!store_.GetJob(req->job_id())) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
-  }
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  (void)job_record;
   if (req->max_points() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "max_points: must be 0 (all) or positive");
   }
@@ -353,11 +411,11 @@ grpc::Status ControllerService::GetMetrics(grpc::ServerContext*, const v1::GetMe
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::ListCheckpoints(grpc::ServerContext*, const v1::ListCheckpointsRequest* req,
+grpc::Status ControllerService::ListCheckpoints(grpc::ServerContext* ctx, const v1::ListCheckpointsRequest* req,
                                                 v1::ListCheckpointsResponse* resp) {
-  if (!store_.GetJob(req->job_id())) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + std::to_string(req->job_id()));
-  }
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  (void)job_record;
   struct stat st {};
   for (const auto& c : store_.Checkpoints(req->job_id())) {
     if (stat(c.path.c_str(), &st) != 0) continue;  // removed by retention
@@ -373,14 +431,17 @@ grpc::Status ControllerService::ListCheckpoints(grpc::ServerContext*, const v1::
 
 grpc::Status ControllerService::ValidateConfig(grpc::ServerContext* ctx, const v1::ValidateConfigRequest* req,
                                                v1::ValidateConfigResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  (void)caller;
   if (static_cast<int64_t>(req->config_json().size()) > limits_.max_config_bytes) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "config_json exceeds the size limit");
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "config_json: " + std::to_string(req->config_json().size()) + " bytes exceeds the limit of " +
+                            std::to_string(limits_.max_config_bytes));
   }
   SubmitRequest r;
   r.config_json = req->config_json();
   r.num_ranks = req->num_ranks();
   r.base_dir = default_base_dir_;
-  (void)ctx;
   const SubmitOutcome o = manager_.Validate(r);
   resp->set_valid(o.errors.empty());
   FillProblems(o.errors, resp->mutable_errors());
@@ -393,7 +454,9 @@ grpc::Status ControllerService::ValidateConfig(grpc::ServerContext* ctx, const v
 
 namespace dsv3::server {
 
-grpc::Status ControllerService::ListNodes(grpc::ServerContext*, const v1::ListNodesRequest*, v1::ListNodesResponse* resp) {
+grpc::Status ControllerService::ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest*,
+                                          v1::ListNodesResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
   resp->set_allocator(allocator_.Name());
   for (const NodeInfo& n : allocator_.Nodes()) {
     auto* node = resp->add_nodes();
@@ -403,8 +466,19 @@ grpc::Status ControllerService::ListNodes(grpc::ServerContext*, const v1::ListNo
     node->set_slots(n.slots);
     node->set_slots_used(n.used);
     node->set_last_heartbeat_unix_ms(n.last_heartbeat_ms);
-    for (int64_t id : n.jobs) node->add_job_ids(id);
+    for (int64_t id : n.jobs) {
+      // Which jobs run where is shown to their owners and admins only.
+      if (caller.admin || JobFor(caller, id).ok()) node->add_job_ids(id);
+    }
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::WhoAmI(grpc::ServerContext* ctx, const v1::WhoAmIRequest*, v1::WhoAmIResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  resp->set_user(caller.user);
+  resp->set_admin(caller.admin);
+  resp->set_trusted_local(caller.trusted_local);
   return grpc::Status::OK;
 }
 

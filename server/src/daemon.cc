@@ -24,6 +24,7 @@
 #include "prometheus.h"
 #include "rpc_stats.h"
 #include "services.h"
+#include "tls.h"
 
 namespace dsv3::server {
 namespace fs = std::filesystem;
@@ -75,27 +76,6 @@ bool IsLoopbackHost(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1" || host == "[::1]";
 }
 
-// The agents' join credential: given, or made once and kept in the state dir (0600).
-absl::StatusOr<std::string> AgentToken(const std::string& given_file, const std::string& state_dir) {
-  const std::string path = given_file.empty() ? state_dir + "/agent.token" : given_file;
-  std::string token;
-  std::ifstream(path) >> token;
-  if (!token.empty()) return token;
-  if (!given_file.empty()) return absl::NotFoundError("--agent-token-file: " + path + " is missing or empty");
-  try {
-    token = RandomHex(24);
-  } catch (const std::exception& e) {
-    return absl::InternalError(e.what());
-  }
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::UnavailableError("cannot create " + path);
-  const std::string line = token + "\n";
-  const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-  close(fd);
-  if (!ok) return absl::UnavailableError("cannot write " + path);
-  return token;
-}
-
 }  // namespace
 
 struct Daemon::Parts {
@@ -107,6 +87,9 @@ struct Daemon::Parts {
   std::string rank_host;              // where ranks dial the controller
   std::unique_ptr<JobManager> manager;
   RpcStats rpc_stats;
+  std::unique_ptr<Authenticator> auth;
+  CallRegistry calls;
+  std::vector<std::string> warnings;
   std::unique_ptr<ControllerService> controller;
   std::unique_ptr<WorkerService> worker;
   std::unique_ptr<grpc::Server> server;
@@ -125,7 +108,7 @@ namespace {
 // The daemon's allocator: the primary one (--allocator), wrapped so that jobs whose config
 // sets slurm.enabled go to Slurm when this host can reach it. `agents` is set to the static
 // allocator inside, whose gRPC service the daemon serves.
-absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o, const std::string& state_dir,
+absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o, const JobStore& store,
                                                           StaticAllocator*& agents) {
   const auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
   SlurmOptions so;
@@ -146,9 +129,15 @@ absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o
     primary = std::move(slurm);
   } else if (o.allocator == "static") {
     StaticOptions st;
-    auto token = AgentToken(o.agent_token_file, state_dir);
-    if (!token.ok()) return token.status();
-    st.join_token = *token;
+    st.agent_of_token = [&store](const std::string& token) -> absl::StatusOr<std::string> {
+      const auto rec = store.FindToken(Sha256Hex(token));
+      if (!rec || rec->kind != "agent") {
+        return absl::UnauthenticatedError(
+            "wrong or revoked agent credential (on the controller host, `dsv3d agent add NAME` issues one; give it "
+            "to dsv3-agent with --token-file)");
+      }
+      return rec->subject;
+    };
     if (!o.hosts_file.empty()) {
       auto hosts = ReadHostsFile(o.hosts_file);
       if (!hosts.ok()) return hosts.status();
@@ -178,15 +167,15 @@ std::string Daemon::Summary() const {
   return "gRPC on " + p_->grpc_host + ":" + std::to_string(grpc_port()) + ", HTTP /metrics on " + p_->http_host + ":" +
          std::to_string(http_port()) + ", state in " + p_->options.state_dir + ", allocator " +
          p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)" +
-         (p_->agents != nullptr ? "; agents join with --token-file " +
-                                      (p_->options.agent_token_file.empty() ? p_->options.state_dir + "/agent.token"
-                                                                            : p_->options.agent_token_file)
-                                : "") +
+         (p_->agents != nullptr ? "; agents join with a credential from `dsv3d agent add NAME`" : "") +
+         (p_->options.tls_cert.empty() ? "" : "; TLS" + std::string(p_->options.tls_client_ca.empty() ? "" : " with client certificates")) +
          (p_->options.allocator != "local" && IsLoopbackHost(p_->rank_host)
               ? "; note: ranks report to " + p_->rank_host +
                     ", which only this host reaches (listen on 0.0.0.0 or give --advertise for multi-host)"
               : "");
 }
+
+std::vector<std::string> Daemon::Warnings() const { return p_->warnings; }
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
   auto p = std::make_unique<Parts>();
@@ -211,6 +200,38 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (options.heartbeat_timeout_s <= options.heartbeat_interval_s) {
     return absl::InvalidArgumentError("--heartbeat-timeout must exceed --heartbeat-interval");
   }
+  if (options.max_jobs_per_user < 0 || options.max_slots_per_user < 0) {
+    return absl::InvalidArgumentError("--max-jobs-per-user / --max-slots-per-user: must be >= 0 (0 = no limit)");
+  }
+  if (options.max_config_bytes < 1024 || options.max_log_lines < 1 || !(options.http_timeout_s > 0)) {
+    return absl::InvalidArgumentError(
+        "--max-config-bytes must be >= 1024, --max-log-lines >= 1 and --http-timeout a positive number of seconds");
+  }
+  // Plaintext is for loopback: beyond it, tokens and configs would cross the network readable.
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+    auto tls = MakeServerTls({options.tls_cert, options.tls_key, options.tls_client_ca});
+    if (!tls.ok()) return tls.status();
+    credentials = *tls;
+    if (!options.tls_ca.empty()) {
+      if (auto ca = ReadPem("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
+    }
+  } else {
+    if (!options.tls_client_ca.empty() || !options.tls_ca.empty()) {
+      return absl::InvalidArgumentError("--tls-client-ca and --tls-ca need TLS: give --tls-cert and --tls-key");
+    }
+    if (!IsLoopbackHost(grpc_addr->host)) {
+      if (!options.insecure) {
+        return absl::FailedPreconditionError(
+            "--listen " + options.listen +
+            " is not loopback and TLS is off: tokens and configs would cross the network in plaintext. Serve TLS "
+            "(--tls-cert FILE --tls-key FILE; deploy/gen-certs.sh makes a test set) or pass --insecure to accept "
+            "plaintext");
+      }
+      p->warnings.push_back("--insecure: serving plaintext gRPC on " + options.listen +
+                            "; tokens, configs and logs cross the network readable by anyone on it");
+    }
+  }
   auto worker = FindWorker(options.worker_path);
   if (!worker.ok()) return worker.status();
 
@@ -229,7 +250,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!store.ok()) return store.status();
   p->store = std::move(*store);
 
-  auto allocator = MakeAllocators(p->options, state_dir, p->agents);
+  auto allocator = MakeAllocators(p->options, *p->store, p->agents);
   if (!allocator.ok()) return allocator.status();
   p->allocator = std::move(*allocator);
 
@@ -243,10 +264,31 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   mo.heartbeat_timeout = ms(options.heartbeat_timeout_s);
   mo.startup_timeout = ms(options.startup_timeout_s);
   mo.grace_period = ms(options.grace_period_s);
+  // What ranks trust when they dial a TLS controller.
+  if (!options.tls_cert.empty()) {
+    mo.controller_ca = fs::absolute(options.tls_ca.empty() ? options.tls_cert : options.tls_ca).string();
+  }
   p->manager = std::make_unique<JobManager>(*p->store, *p->allocator, mo);
   const std::string base_dir =
       options.work_dir.empty() ? fs::current_path().string() : fs::absolute(options.work_dir).lexically_normal().string();
-  p->controller = std::make_unique<ControllerService>(*p->store, *p->manager, *p->allocator, LocalUser(), base_dir);
+  // A loopback-only dsv3d without users trusts its callers as the local user: they are on
+  // this host. Anything else needs a token on every call.
+  p->auth = std::make_unique<Authenticator>(*p->store, LocalUser(), IsLoopbackHost(grpc_addr->host),
+                                            !options.tls_client_ca.empty());
+  if (!IsLoopbackHost(grpc_addr->host) && p->store->CountUsers() == 0) {
+    p->warnings.push_back("no users yet: every call needs a token; on this host run `dsv3d user add NAME --state-dir " +
+                          state_dir + "` and `dsv3d token create NAME --state-dir " + state_dir + "`");
+  }
+  ServiceLimits limits;
+  limits.max_config_bytes = options.max_config_bytes;
+  limits.max_log_lines_per_request = options.max_log_lines;
+  limits.max_jobs_per_user = options.max_jobs_per_user;
+  limits.max_slots_per_user = options.max_slots_per_user;
+  limits.work_root = options.work_root.empty() ? state_dir + "/work" : fs::absolute(options.work_root).lexically_normal().string();
+  limits.jobs_root = state_dir + "/jobs";
+  for (const auto& r : options.read_roots) limits.read_roots.push_back(fs::absolute(r).lexically_normal().string());
+  p->controller =
+      std::make_unique<ControllerService>(*p->store, *p->manager, *p->allocator, p->calls, base_dir, limits);
   p->worker = std::make_unique<WorkerService>(*p->manager);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -254,7 +296,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   const std::string grpc_target =
       (grpc_addr->host.find(':') != std::string::npos ? "[" + grpc_addr->host + "]" : grpc_addr->host) + ":" +
       std::to_string(grpc_addr->port);
-  builder.AddListeningPort(grpc_target, grpc::InsecureServerCredentials(), &p->grpc_port);
+  builder.AddListeningPort(grpc_target, credentials, &p->grpc_port);
   builder.RegisterService(p->controller.get());
   builder.RegisterService(p->worker.get());
   if (p->agents != nullptr) builder.RegisterService(p->agents->service());
@@ -263,6 +305,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<RpcStatsInterceptorFactory>(p->rpc_stats));
+  interceptors.push_back(std::make_unique<AuthInterceptorFactory>(*p->auth, p->calls));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   p->server = builder.BuildAndStart();
   if (!p->server || p->grpc_port == 0) {
@@ -286,7 +329,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   JobManager* manager_ptr = p->manager.get();
   Allocator* allocator_ptr = p->allocator.get();
   RpcStats* stats_ptr = &p->rpc_stats;
-  auto http = StartHttpServer(http_addr->host, http_addr->port, [=](const std::string& target) -> HttpResponse {
+  HttpLimits http_limits;
+  http_limits.request_timeout = ms(options.http_timeout_s);
+  auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, [=](const std::string& target) -> HttpResponse {
     const std::string path = target.substr(0, target.find('?'));
     if (path == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8",

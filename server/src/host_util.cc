@@ -40,6 +40,15 @@ std::string RandomHex(size_t bytes) {
   return out;
 }
 
+bool SameSecret(const std::string& given, const std::string& expected) {
+  if (expected.empty()) return false;
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
+  }
+  return diff == 0;
+}
+
 absl::Status AppendToLog(const std::string& path, const std::string& text) {
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError("cannot open " + path);

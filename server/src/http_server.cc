@@ -18,30 +18,29 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
-constexpr auto kRequestTimeout = std::chrono::seconds(10);
-constexpr unsigned kHeaderLimit = 8 * 1024;
-constexpr unsigned kBodyLimit = 0;
-
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, const HttpHandler& handler) : stream_(std::move(socket)), handler_(handler) {}
+  Session(tcp::socket socket, const HttpHandler& handler, const HttpLimits& limits, std::atomic<int>& open)
+      : stream_(std::move(socket)), handler_(handler), limits_(limits), open_(open) {
+    ++open_;
+  }
+  ~Session() { --open_; }
 
   void Start() { Read(); }
 
  private:
   void Read() {
     parser_.emplace();
-    parser_->header_limit(kHeaderLimit);
-    parser_->body_limit(kBodyLimit);
+    LimitParser(*parser_, limits_);
     // The whole request must arrive within the timeout (slowloris).
-    stream_.expires_after(kRequestTimeout);
+    stream_.expires_after(limits_.request_timeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
   void OnRead(beast::error_code ec) {
     if (ec) {
-      if (ec == http::error::header_limit || ec == http::error::body_limit) {
+      if (RefusalStatus(ec) == 431) {
         Reply(http::status::request_header_fields_too_large, "request too large\n", false);
         return;
       }
@@ -50,7 +49,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     auto& req = parser_->get();
     const bool keep_alive = req.keep_alive();
-    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+    if (RefusalStatus(req) == 405) {
       Reply(http::status::method_not_allowed, "only GET\n", false);
       return;
     }
@@ -73,7 +72,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const size_t size = body.size();
     if (!head) res->body() = std::move(body);
     res->content_length(size);
-    stream_.expires_after(kRequestTimeout);
+    stream_.expires_after(limits_.request_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
       if (ec || !keep_alive) {
         self->Close();
@@ -92,11 +91,14 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::empty_body>> parser_;
   const HttpHandler& handler_;
+  const HttpLimits& limits_;
+  std::atomic<int>& open_;
 };
 
 class BeastServer final : public HttpServer {
  public:
-  explicit BeastServer(HttpHandler handler) : handler_(std::move(handler)), acceptor_(io_) {}
+  BeastServer(const HttpLimits& limits, HttpHandler handler)
+      : limits_(limits), handler_(std::move(handler)), acceptor_(io_) {}
   ~BeastServer() override { Stop(); }
 
   absl::Status Bind(const std::string& host, int port) {
@@ -134,12 +136,16 @@ class BeastServer final : public HttpServer {
   void Accept() {
     acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted) return;
-      if (!ec) std::make_shared<Session>(std::move(socket), handler_)->Start();
+      if (!ec && open_.load() < limits_.max_connections) {
+        std::make_shared<Session>(std::move(socket), handler_, limits_, open_)->Start();
+      }  // else the socket closes here: too many connections are open
       Accept();
     });
   }
 
+  const HttpLimits limits_;
   HttpHandler handler_;
+  std::atomic<int> open_{0};
   asio::io_context io_{1};
   tcp::acceptor acceptor_;
   std::thread thread_;
@@ -149,8 +155,9 @@ class BeastServer final : public HttpServer {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, HttpHandler handler) {
-  auto server = std::make_unique<BeastServer>(std::move(handler));
+absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, const HttpLimits& limits,
+                                                            HttpHandler handler) {
+  auto server = std::make_unique<BeastServer>(limits, std::move(handler));
   if (absl::Status s = server->Bind(host, port); !s.ok()) return s;
   return std::unique_ptr<HttpServer>(std::move(server));
 }

@@ -1,6 +1,6 @@
 // A small HTTP/1.1 server (Boost.Beast) for GET /metrics and /healthz on its own port and
-// thread. Requests are bounded: 8 KiB of headers, no body, 10 s to send a request, so a
-// slow or hostile client cannot hold the endpoint.
+// thread. Requests are bounded (HttpLimits: 8 KiB of headers, no body, 10 s to send a
+// request, 64 connections), so a slow or hostile client cannot hold the endpoint.
 #pragma once
 
 #include <functional>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "http_request.h"
 
 namespace dsv3::server {
 
@@ -28,6 +29,7 @@ class HttpServer {
 };
 
 // Binds `host:port` and starts serving; fails when the address cannot be bound.
-absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, HttpHandler handler);
+absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, const HttpLimits& limits,
+                                                            HttpHandler handler);
 
 }  // namespace dsv3::server

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,10 +33,25 @@ struct PreparedConfig {
   bool ok() const { return errors.empty(); }
 };
 
+// Where a user of a shared controller may have a job write and read (README "Shared
+// controllers"). Unconfined callers (the trusted local user, admins) keep the paths they name.
+struct PathPolicy {
+  bool confined = false;
+  std::string work_root;                // the user's own folder: outputs and inputs
+  std::vector<std::string> read_roots;  // shared inputs (datasets, tokenizers)
+  std::string jobs_root;                // <state-dir>/jobs: a job's folder is readable by its owner
+  std::function<bool(int64_t job_id)> owns_job;
+};
+
 // Validates `config_json` for a job of `num_ranks` ranks (0: as many as the config implies). `resume_from` (non-empty)
 // overrides checkpointing.resume_from. Relative input paths resolve against `base_dir`.
+// With a confined `policy`, every output path (output_dir, checkpointing.dir, the TensorBoard
+// log_dir, data.cache_dir, slurm output/error) must stay inside the job's folder (relative
+// ones) or the user's work root, and every input path inside the work root, a read root or
+// one of the user's job folders; each escape (an absolute path elsewhere, `..`, a symlink
+// leading out) is an error naming the field.
 PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, const std::string& resume_from,
-                                const std::string& base_dir);
+                                const std::string& base_dir, const PathPolicy& policy = {});
 
 // `path` made absolute against `dir` and normalized.
 std::string AbsoluteUnder(const std::string& dir, const std::string& path);

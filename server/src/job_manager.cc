@@ -77,7 +77,8 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   SubmitRequest r = request;
   // 0 ranks: what the config implies (the slurm section when enabled, else
   // data_parallel_size x tp x pp when explicit, else 1).
-  const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(0, r.num_ranks), r.resume_from, r.base_dir);
+  const PreparedConfig prepared = PrepareJobConfig(r.config_json, std::max(0, r.num_ranks), r.resume_from, r.base_dir,
+                                                   r.paths != nullptr ? *r.paths : PathPolicy{});
   if (r.num_ranks == 0) r.num_ranks = static_cast<int>(std::max<int64_t>(1, prepared.world_size));
   if (r.num_ranks < 1) {
     out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more"});
@@ -160,6 +161,27 @@ SubmitOutcome JobManager::Submit(const SubmitRequest& r) {
   job.credential = RandomHex(24);
   job.state_reason = "submitted" + (r.config_path.empty() ? std::string() : " from " + r.config_path);
   std::lock_guard<std::mutex> lock(mu_);
+  if (r.max_jobs > 0 || r.max_slots > 0) {
+    // Every job not yet ended is in live_ (recovered at start, added at submit).
+    int jobs = 0, slots = 0;
+    for (const auto& [id, other] : live_) {
+      if (other->job.owner != job.owner) continue;
+      ++jobs;
+      slots += other->job.num_ranks;
+    }
+    if (r.max_jobs > 0 && jobs + 1 > r.max_jobs) {
+      out.status = absl::ResourceExhaustedError(
+          "user '" + job.owner + "' has " + std::to_string(jobs) + " job(s) not yet ended; the limit is " +
+          std::to_string(r.max_jobs) + " (max_jobs); wait for one to end or cancel one");
+      return out;
+    }
+    if (r.max_slots > 0 && slots + job.num_ranks > r.max_slots) {
+      out.status = absl::ResourceExhaustedError(
+          "user '" + job.owner + "' has " + std::to_string(slots) + " rank(s) in jobs not yet ended and asks for " +
+          std::to_string(job.num_ranks) + " more; the limit is " + std::to_string(r.max_slots) + " (max_slots)");
+      return out;
+    }
+  }
   if (absl::Status s = store_.CreateJob(job); !s.ok()) {
     out.status = s;
     return out;
@@ -244,7 +266,7 @@ absl::StatusOr<JobManager::Live*> JobManager::CheckRefLocked(const RankRef& ref)
     return absl::FailedPreconditionError("job " + std::to_string(ref.job_id) + " is not active");
   }
   Live& live = *it->second;
-  if (ref.credential != live.job.credential) {
+  if (!SameSecret(ref.credential, live.job.credential)) {
     return absl::PermissionDeniedError("wrong credential for job " + std::to_string(ref.job_id));
   }
   if (ref.attempt != live.job.attempt || live.ranks.empty()) {

@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "sqlite.h"
+#include "job_store_internal.h"
 
 namespace dsv3::server {
 namespace {
@@ -68,6 +68,17 @@ const std::vector<const char*>& Migrations() {
         reason TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
         PRIMARY KEY (job_id, attempt));
       )sql",
+      // 3: users and their bearer tokens (only hashes), agents' credentials.
+      R"sql(
+      CREATE TABLE users (
+        name TEXT PRIMARY KEY, admin INTEGER NOT NULL, max_jobs INTEGER NOT NULL,
+        max_slots INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+      CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+        subject TEXT NOT NULL, label TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER NOT NULL DEFAULT 0);
+      CREATE INDEX jobs_by_owner ON jobs(owner, state);
+      )sql",
   };
   return kMigrations;
 }
@@ -108,16 +119,6 @@ JobRecord ReadJob(const Stmt& s) {
   return j;
 }
 
-// Runs `fn` and turns a SQLite failure into a Status naming the operation.
-template <class Fn> absl::Status Guarded(const char* what, Fn&& fn) {
-  try {
-    fn();
-    return absl::OkStatus();
-  } catch (const sqlite::Error& e) {
-    return absl::InternalError(std::string("job store: ") + what + ": " + e.what());
-  }
-}
-
 }  // namespace
 
 const char* JobStateName(JobState s) {
@@ -142,12 +143,6 @@ int64_t NowMs() {
       .count();
 }
 
-struct JobStore::Impl {
-  explicit Impl(const std::string& path) : db(path) {}
-  mutable std::mutex mu;
-  mutable Db db;
-  int version = 0;
-};
 
 JobStore::JobStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 JobStore::~JobStore() = default;

@@ -386,6 +386,7 @@ LaunchSpec JobManager::BuildLaunchSpec(const JobRecord& job, const Placement& pl
               {env::kAttempt, std::to_string(job.attempt)},
               {env::kJobCredential, job.credential},
               {env::kOpenBlasNumThreads, "1"}};
+    if (!options_.controller_ca.empty()) rl.env[env::kControllerCa] = options_.controller_ca;
     spec.ranks.push_back(std::move(rl));
   }
   return spec;

@@ -11,6 +11,7 @@
 #include "dsv3/v1/worker.grpc.pb.h"
 #include "dsv3/server/job_manager.h"
 #include "dsv3/server/job_store.h"
+#include "auth.h"
 
 namespace dsv3::server {
 
@@ -19,14 +20,20 @@ grpc::Status ToGrpc(const absl::Status& s);
 struct ServiceLimits {
   int64_t max_config_bytes = 4 << 20;
   int max_log_lines_per_request = 100000;
+  // Defaults for users without their own limits (0 = none); the trusted local user has none.
+  int max_jobs_per_user = 0, max_slots_per_user = 0;
+  // Confinement of users' paths: <work_root>/<user> is each user's folder; read_roots are
+  // shared inputs; jobs_root is <state-dir>/jobs.
+  std::string work_root, jobs_root;
+  std::vector<std::string> read_roots;
 };
 
 class ControllerService final : public dsv3::v1::Controller::Service {
  public:
   // `default_base_dir`: where relative input paths of remote clients resolve.
-  ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator, std::string local_owner,
-                    std::string default_base_dir,
-                    ServiceLimits limits = {});
+  // `calls`: what the auth interceptor found for each call (auth.h).
+  ControllerService(JobStore& store, JobManager& manager, const Allocator& allocator, const CallRegistry& calls,
+                    std::string default_base_dir, ServiceLimits limits = {});
   // Ends every StreamLogs follow loop (graceful shutdown).
   void Shutdown() { shutting_down_.store(true); }
 
@@ -43,14 +50,19 @@ class ControllerService final : public dsv3::v1::Controller::Service {
   grpc::Status ValidateConfig(grpc::ServerContext*, const v1::ValidateConfigRequest*,
                               v1::ValidateConfigResponse*) override;
   grpc::Status ListNodes(grpc::ServerContext*, const v1::ListNodesRequest*, v1::ListNodesResponse*) override;
+  grpc::Status WhoAmI(grpc::ServerContext*, const v1::WhoAmIRequest*, v1::WhoAmIResponse*) override;
 
  private:
   void FillJob(const JobRecord& job, bool detail, bool include_config, v1::Job* out) const;
+  // The job, when the caller may see it: its owner or an admin. A missing and a foreign job
+  // answer alike (PERMISSION_DENIED) to anyone who is not an admin.
+  absl::StatusOr<JobRecord> JobFor(const Caller& caller, int64_t job_id) const;
 
   JobStore& store_;
   JobManager& manager_;
   const Allocator& allocator_;
-  const std::string local_owner_, default_base_dir_;
+  const CallRegistry& calls_;
+  const std::string default_base_dir_;
   const ServiceLimits limits_;
   std::atomic<bool> shutting_down_{false};
 };

@@ -22,16 +22,6 @@ namespace pb = dsv3::v1;
 using Stream = grpc::ServerReaderWriter<pb::ControllerMessage, pb::AgentMessage>;
 using Clock = std::chrono::steady_clock;
 
-// Equal-time comparison: how long it takes must not tell how much of a guess was right.
-bool SameSecret(const std::string& given, const std::string& expected) {
-  if (expected.empty()) return false;
-  unsigned char diff = given.size() == expected.size() ? 0 : 1;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    diff |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
-  }
-  return diff == 0;
-}
-
 // One connected stream. Writes come from several threads (launches, signals), so they are
 // serialized; the handler thread alone reads.
 struct Session {
@@ -268,10 +258,14 @@ class StaticAllocatorImpl final : public StaticAllocator, public pb::AgentContro
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "an agent stream starts with a hello");
     }
     const pb::AgentHello& hello = first.hello();
-    if (!SameSecret(hello.join_token(), options_.join_token)) {
+    const auto admitted = options_.agent_of_token(hello.join_token());
+    if (!admitted.ok()) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          "agent '" + hello.name() + "': wrong join credential (give dsv3-agent --token-file with the "
-                          "controller's <state-dir>/agent.token)");
+                          "agent '" + hello.name() + "': " + std::string(admitted.status().message()));
+    }
+    if (*admitted != hello.name()) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "agent '" + hello.name() + "': its credential belongs to agent '" + *admitted + "'");
     }
     int slots = hello.slots();
     if (hello.name().empty() || hello.name().size() > 128 || slots < 1) {

@@ -19,11 +19,13 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "dsv3/common/env.h"
 #include "dsv3/server/host_util.h"
 #include "dsv3/server/local_allocator.h"
 #include "dsv3/v1/agent.grpc.pb.h"
@@ -65,9 +67,11 @@ struct LogTail {
 
 class Agent {
  public:
-  Agent(std::string controller, std::string name, int slots, std::string advertise, std::string token, std::string work)
+  Agent(std::string controller, std::string name, int slots, std::string advertise, std::string token, std::string work,
+        std::shared_ptr<grpc::ChannelCredentials> credentials, std::string rank_ca)
       : controller_(std::move(controller)), name_(std::move(name)), slots_(slots), advertise_(std::move(advertise)),
-        token_(std::move(token)), work_(std::move(work)), procs_(dsv3::server::MakeLocalAllocator(slots, true)) {
+        token_(std::move(token)), work_(std::move(work)), credentials_(std::move(credentials)),
+        rank_ca_(std::move(rank_ca)), procs_(dsv3::server::MakeLocalAllocator(slots, true)) {
     procs_->SetExitCallback([this](const RankExit& e) { OnExit(e); });
   }
   ~Agent() { procs_->SetExitCallback(nullptr); }
@@ -114,7 +118,7 @@ class Agent {
   grpc::Status Serve() {
     served_ = false;
     grpc::ClientContext ctx;
-    auto channel = grpc::CreateChannel(controller_, grpc::InsecureChannelCredentials());
+    auto channel = grpc::CreateChannel(controller_, credentials_);
     auto stub = pb::AgentControl::NewStub(channel);
     std::unique_ptr<Stream> stream = stub->Connect(&ctx);
     bool connected = false;
@@ -194,6 +198,8 @@ class Agent {
         if (rl.argv[i] == "--threads") rl.argv[i + 1] = std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(slots_)));
       }
       rl.env.insert(r.env().begin(), r.env().end());
+      // The CA path dsv3d names is a path on its host; ranks here verify with this host's copy.
+      if (!rank_ca_.empty()) rl.env[dsv3::env::kControllerCa] = rank_ca_;
       rl.cwd = r.cwd();
       std::error_code ec;
       fs::create_directories(rl.cwd, ec);
@@ -287,6 +293,8 @@ class Agent {
   const std::string controller_, name_;
   const int slots_;
   const std::string advertise_, token_, work_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const std::string rank_ca_;
   std::unique_ptr<Allocator> procs_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -303,7 +311,7 @@ class Agent {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string controller, name, advertise, token_file, work_dir;
+  std::string controller, name, advertise, token_file, work_dir, tls_ca, tls_cert, tls_key;
   int slots = 0;
   CLI::App app{"dsv3-agent: runs dsv3 ranks on this host for a dsv3d with --allocator static", "dsv3-agent"};
   app.add_option("--controller", controller, "dsv3d's gRPC address HOST:PORT")->required();
@@ -311,7 +319,11 @@ int main(int argc, char** argv) {
   app.add_option("--slots", slots, "Ranks this host may run at once (GPUs, or CPU processes)")->required();
   app.add_option("--advertise", advertise, "Address other hosts reach this one at (default: the hostname)");
   app.add_option("--token-file", token_file,
-                 "File with the controller's join credential (<state-dir>/agent.token); or set DSV3_AGENT_TOKEN");
+                 "File whose last word is this agent's credential (the output of `dsv3d agent add NAME` on the "
+                 "controller host); or set DSV3_AGENT_TOKEN");
+  app.add_option("--tls-ca", tls_ca, "PEM CA that verifies a TLS controller (its ranks here use it too)");
+  app.add_option("--tls-cert", tls_cert, "PEM client certificate, for a controller that asks for one");
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--work-dir", work_dir, "Where rank output is spooled (default: /tmp/dsv3-agent-NAME)");
   try {
     app.parse(argc, argv);
@@ -327,17 +339,40 @@ int main(int argc, char** argv) {
   std::string token;
   if (!token_file.empty()) {
     std::ifstream f(token_file);
-    if (!(f >> token)) {
-      std::cerr << "dsv3-agent: --token-file: cannot read a token from " << token_file << std::endl;
+    for (std::string word; f >> word;) token = word;
+    if (token.empty()) {
+      std::cerr << "dsv3-agent: --token-file: cannot read a credential from " << token_file << std::endl;
       return 2;
     }
-  } else if (const char* t = std::getenv("DSV3_AGENT_TOKEN"); t != nullptr && *t != '\0') {
+  } else if (const char* t = std::getenv(dsv3::env::kAgentToken); t != nullptr && *t != '\0') {
     token = t;
   } else {
-    std::cerr << "dsv3-agent: no join credential: give --token-file (the controller's <state-dir>/agent.token) or set "
-                 "DSV3_AGENT_TOKEN"
-              << std::endl;
+    std::cerr << "dsv3-agent: no credential: on the controller host run `dsv3d agent add " << name
+              << "` and give its output to --token-file (or set DSV3_AGENT_TOKEN)" << std::endl;
     return 2;
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  const auto read_pem = [](const std::string& flag, const std::string& path, std::string& out) {
+    std::ifstream f(path, std::ios::binary);
+    std::ostringstream text;
+    text << f.rdbuf();
+    out = text.str();
+    if (!f || out.empty()) std::cerr << "dsv3-agent: " << flag << ": cannot read " << path << std::endl;
+    return f && !out.empty();
+  };
+  if (!tls_ca.empty() || !tls_cert.empty()) {
+    grpc::SslCredentialsOptions o;
+    if (!tls_ca.empty() && !read_pem("--tls-ca", tls_ca, o.pem_root_certs)) return 2;
+    if (tls_cert.empty() != tls_key.empty()) {
+      std::cerr << "dsv3-agent: --tls-cert and --tls-key go together" << std::endl;
+      return 2;
+    }
+    if (!tls_cert.empty() && (!read_pem("--tls-cert", tls_cert, o.pem_cert_chain) ||
+                              !read_pem("--tls-key", tls_key, o.pem_private_key))) {
+      return 2;
+    }
+    credentials = grpc::SslCredentials(o);
+    if (!tls_ca.empty()) tls_ca = fs::absolute(tls_ca).string();
   }
   if (work_dir.empty()) work_dir = "/tmp/dsv3-agent-" + name;
   std::error_code ec;
@@ -352,7 +387,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  Agent agent(controller, name, slots, advertise, token, work_dir);
+  Agent agent(controller, name, slots, advertise, token, work_dir, credentials, tls_ca);
   const int status = agent.Run();
   std::cerr << "dsv3-agent: " << name << " stopped" << std::endl;
   return status;

@@ -16,6 +16,14 @@ inline constexpr const char* kController = "DSV3_CONTROLLER";
 inline constexpr const char* kJobId = "DSV3_JOB_ID";
 inline constexpr const char* kAttempt = "DSV3_ATTEMPT";
 inline constexpr const char* kJobCredential = "DSV3_JOB_CREDENTIAL";
+// PEM file of the CA a rank trusts when it dials a TLS controller (unset: plaintext).
+inline constexpr const char* kControllerCa = "DSV3_CONTROLLER_CA";
+// dsv3ctl: a user's bearer token (overrides the one `dsv3ctl login` saved) and the CA that
+// verifies the controller.
+inline constexpr const char* kToken = "DSV3_TOKEN";
+inline constexpr const char* kTlsCa = "DSV3_TLS_CA";
+// dsv3-agent: its credential (instead of --token-file).
+inline constexpr const char* kAgentToken = "DSV3_AGENT_TOKEN";
 inline constexpr const char* kOpenBlasNumThreads = "OPENBLAS_NUM_THREADS";
 // OpenBLAS kernel choice; see LimitOpenBlasThreads / PreferFastOpenBlasKernels.
 inline constexpr const char* kOpenBlasCoreType = "OPENBLAS_CORETYPE";

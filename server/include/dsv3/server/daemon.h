@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -17,11 +18,23 @@ struct DaemonOptions {
   std::string allocator = "local";             // local | static | slurm
   int slots = 0;                               // 0: the number of CPU cores (local)
   std::string hosts_file;                      // static: the agents allowed to join ("" = any with the token)
-  std::string agent_token_file;                // static: "" = <state-dir>/agent.token, created once
   std::string advertise;                       // HOST ranks and agents on other hosts dial ("" = the listen host)
   double slurm_poll_s = 1;                     // seconds between squeue polls
   std::string worker_path;                     // "": dsv3-worker next to dsv3d
   std::string work_dir;                        // "": the current folder; base of remote clients' relative inputs
+  // Security (README "Shared controllers"). Without TLS only loopback may be listened on,
+  // unless `insecure`.
+  std::string tls_cert, tls_key;               // PEM: the server's certificate chain and key
+  std::string tls_client_ca;                   // PEM: CA of client certificates dsv3ctl must present
+  std::string tls_ca;                          // PEM ranks and agents trust ("" = tls_cert itself)
+  bool insecure = false;                       // plaintext beyond loopback, warned about at every start
+  std::string work_root;                       // users' folders <work_root>/<user> ("" = <state-dir>/work)
+  std::vector<std::string> read_roots;         // shared inputs users' jobs may read
+  int max_jobs_per_user = 0;                   // jobs not yet ended per user (0 = no limit)
+  int max_slots_per_user = 0;                  // ranks of those jobs per user (0 = no limit)
+  int64_t max_config_bytes = 4 << 20;
+  int max_log_lines = 100000;                  // per StreamLogs request (tail)
+  double http_timeout_s = 10;                  // a whole HTTP request must arrive within this
   double heartbeat_interval_s = 2;
   double heartbeat_timeout_s = 60;
   double startup_timeout_s = 600;
@@ -39,6 +52,7 @@ class Daemon {
   int grpc_port() const;
   int http_port() const;
   std::string Summary() const;  // one line per endpoint, for the start-up log
+  std::vector<std::string> Warnings() const;  // to log at every start (plaintext beyond loopback)
 
   // Graceful: stops accepting, ends log follows, waits up to 5 s for calls in flight and
   // stops supervising. Ranks keep running; a restarted dsv3d adopts them.

@@ -22,6 +22,10 @@ std::optional<std::string> FindSiblingBinary(const std::string& name);
 // std::runtime_error when /dev/urandom cannot be read.
 std::string RandomHex(size_t bytes);
 
+// Whether a presented secret equals the expected one, in time that does not depend on where
+// they differ. An empty expected secret matches nothing.
+bool SameSecret(const std::string& given, const std::string& expected);
+
 // Appends `text` (whole lines) to the file at `path` with one O_APPEND write, so lines of
 // several writers (the rank, dsv3d, an agent's shipped output) never interleave mid-line.
 absl::Status AppendToLog(const std::string& path, const std::string& text);

@@ -30,6 +30,7 @@ struct ManagerOptions {
   std::string state_dir;           // jobs/<id>/ are created here
   std::string worker_path;         // the dsv3-worker binary ranks run
   std::string controller_address;  // host:port the ranks report to (or SetControllerAddress)
+  std::string controller_ca;       // PEM the ranks verify a TLS controller with ("" = plaintext)
   std::chrono::milliseconds heartbeat_interval{2000};
   std::chrono::milliseconds heartbeat_timeout{60000};  // a registered rank silent this long fails the attempt
   std::chrono::milliseconds startup_timeout{600000};   // launch -> first registration
@@ -41,10 +42,16 @@ struct FieldProblem {
   std::string path, message;
 };
 
+// Where a confined (remote, non-admin) user's job may write and read: job_config.h.
+struct PathPolicy;
+
 struct SubmitRequest {
   std::string config_json, name, owner, resume_from, base_dir, config_path;
   int num_ranks = 1, priority = 0;
   bool dry_run = false;
+  const PathPolicy* paths = nullptr;  // nullptr: the paths the config names, unchecked
+  // The owner's limits over jobs not yet ended (0 = none): more is RESOURCE_EXHAUSTED.
+  int max_jobs = 0, max_slots = 0;
 };
 
 struct SubmitOutcome {

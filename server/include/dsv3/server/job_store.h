@@ -91,6 +91,23 @@ struct AllocationRecord {
   int64_t updated_ms = 0;
 };
 
+// A user of a shared controller (dsv3d user add). Limits of 0 take the daemon's defaults.
+struct UserRecord {
+  std::string name;
+  bool admin = false;
+  int max_jobs = 0;   // jobs not yet ended at once
+  int max_slots = 0;  // ranks of those jobs together
+  int64_t created_ms = 0;
+};
+
+// A bearer credential; only its SHA-256 is stored. kind "user": subject is a user name;
+// kind "agent": subject is the dsv3-agent name it admits.
+struct TokenRecord {
+  int64_t id = 0;
+  std::string kind, subject, label;
+  int64_t created_ms = 0, revoked_ms = 0;  // revoked_ms 0: valid
+};
+
 struct JobFilter {
   std::vector<JobState> states;  // empty = all
   std::string owner, name_contains;
@@ -143,6 +160,20 @@ class JobStore {
 
   absl::Status AddEvaluation(int64_t job_id, const EvaluationRecord& eval);
   std::vector<EvaluationRecord> Evaluations(int64_t job_id) const;  // by step
+
+  // Users and tokens (job_store_users.cc). AddUser fails ALREADY_EXISTS for a known name.
+  absl::Status AddUser(const UserRecord& user);
+  std::optional<UserRecord> GetUser(const std::string& name) const;
+  std::vector<UserRecord> Users() const;  // by name
+  int64_t CountUsers() const;
+  // Stores a token by its hash; returns it with its id.
+  absl::StatusOr<TokenRecord> AddToken(const std::string& sha256_hex, const std::string& kind,
+                                       const std::string& subject, const std::string& label);
+  // The valid (not revoked) token with this hash.
+  std::optional<TokenRecord> FindToken(const std::string& sha256_hex) const;
+  std::vector<TokenRecord> Tokens() const;  // by id, revoked ones included
+  // NOT_FOUND for an unknown id; revoking twice is fine.
+  absl::Status RevokeToken(int64_t id);
 
  private:
   struct Impl;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -22,9 +23,11 @@ class Service;
 namespace dsv3::server {
 
 struct StaticOptions {
-  std::string join_token;  // what agents must present
+  // Each agent's own credential (dsv3d agent add NAME): returns the agent name a presented
+  // token admits, or UNAUTHENTICATED. Called on the agent's connect, from gRPC threads.
+  std::function<absl::StatusOr<std::string>(const std::string& token)> agent_of_token;
   // From --hosts FILE: the agents allowed to join, each with an optional slot cap (0 = as the
-  // agent says). nullopt: any agent with the token may join.
+  // agent says). nullopt: any agent with a credential may join.
   std::optional<std::map<std::string, int>> hosts;
   std::chrono::milliseconds heartbeat_interval{2000};
   std::chrono::milliseconds heartbeat_timeout{10000};  // also how long adopted ranks wait for their agent
