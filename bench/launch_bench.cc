@@ -37,6 +37,7 @@
 #include "child_process.h"
 #include "test_util.h"
 #include "dsv3/data/synth.h"
+#include "dsv3/server/command.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 
 namespace {
@@ -101,6 +102,15 @@ nlohmann::json NanoConfig(const fs::path& corpus, const fs::path& source_dir) {
   return c;
 }
 
+// A fresh credential for the agent `name` from `dsv3d agent add`, in a file.
+fs::path AgentCredential(const fs::path& state, const std::string& name) {
+  const auto r = dsv3::server::RunCommand({DSV3D_PATH, "agent", "add", name, "--state-dir", state.string()},
+                                          std::chrono::seconds(30));
+  const fs::path file = state / (name + ".credential");
+  std::ofstream(file) << r.out;
+  return file;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -143,7 +153,7 @@ int main(int argc, char** argv) {
         agents.push_back(std::make_unique<Process>(
             std::vector<std::string>{DSV3_AGENT_PATH, "--controller", address, "--name", name, "--slots", "1",
                                      "--advertise", "127.0.0." + std::to_string(2 + a), "--token-file",
-                                     (state / "agent.token").string(), "--work-dir", (state / name).string()},
+                                     AgentCredential(state, name).string(), "--work-dir", (state / name).string()},
             state / (name + ".log")));
       }
       WaitFor([&] {

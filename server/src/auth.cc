@@ -24,8 +24,20 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
   ~AuthInterceptor() override { registry_.Erase(ctx_); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       registry_.Set(ctx_, auth_.Authenticate(*ctx_));
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      // gRPC answers a request it cannot parse with a bare INTERNAL before any handler runs;
+      // every handler of ours names its failures, so an empty INTERNAL is that case.
+      const grpc::Status sent = methods->GetSendStatus();
+      if (sent.error_code() == grpc::StatusCode::INTERNAL && sent.error_message().empty()) {
+        methods->ModifySendStatus(grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            "the request is not a valid message of this method (malformed protobuf, or a string field that is not "
+            "UTF-8)"));
+      }
     }
     methods->Proceed();
   }

@@ -60,8 +60,9 @@ class CallRegistry {
   std::map<const grpc::ServerContextBase*, absl::StatusOr<Caller>> calls_;
 };
 
-// One interceptor per call: authenticates every call of the services under `prefix`
-// ("/dsv3.v1.Controller/") when its metadata arrives. Both referents outlive the server.
+// One interceptor per call: authenticates every dsv3.v1.Controller call when its metadata
+// arrives, and turns gRPC's bare INTERNAL for an unparsable request into INVALID_ARGUMENT
+// that says so. Both referents outlive the server.
 class AuthInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
   AuthInterceptorFactory(const Authenticator& auth, CallRegistry& registry) : auth_(auth), registry_(registry) {}

@@ -15,17 +15,6 @@ namespace {
 using nlohmann::json;
 using std::chrono::seconds;
 
-std::string Shell(const std::string& command, int* rc) {
-  std::string out;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
 std::string Scrape(const std::string& http) { return HttpGet(http, "/metrics"); }
 
 class ControllerTest : public ::testing::Test {

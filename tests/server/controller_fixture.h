@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,7 @@
 #include "app.h"
 #include "child_process.h"
 #include "dsv3/data/synth.h"
+#include "dsv3/server/command.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
 
@@ -57,6 +59,18 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   if (whole_response) return response;
   const auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// `command` through /bin/sh with stderr joined to stdout; its exit code in `rc`.
+inline std::string Shell(const std::string& command, int* rc) {
+  std::string out;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
 }
 
 // dsv3ctl in-process: its exit code, and stdout followed by stderr in `out`.
@@ -92,6 +106,10 @@ class Dsv3d {
                                      "--heartbeat-timeout", std::to_string(heartbeat_timeout_s_),
                                      "--grace-period", "30"};
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+    // An explicit --listen among the extra flags replaces the loopback default.
+    if (std::find(extra_args_.begin(), extra_args_.end(), "--listen") != extra_args_.end()) {
+      args.erase(args.begin() + 1, args.begin() + 3);
+    }
     process_ = Child(args, log);
     const fs::path info = state_dir_ / "dsv3d.json";
     ASSERT_TRUE(WaitFor([&] { return fs::exists(info) && !ReadFile(info).empty(); }, std::chrono::seconds(30)))
@@ -111,6 +129,34 @@ class Dsv3d {
   const std::string& http() const { return http_; }
   int port() const { return port_; }
   const fs::path& state_dir() const { return state_dir_; }
+  std::string log_text() const { return process_.Log(); }
+
+  // `dsv3d ARGS --state-dir S` (user/token/agent administration); returns its exit code and
+  // fills `out` with what it printed.
+  int Admin(std::vector<std::string> args, std::string* out = nullptr) const {
+    args.insert(args.begin(), DSV3D_PATH);
+    args.insert(args.end(), {"--state-dir", state_dir_.string()});
+    const auto r = server::RunCommand(args, std::chrono::seconds(30));
+    if (out != nullptr) *out = r.out + r.err;
+    return r.exit_code;
+  }
+  // The last word `dsv3d ARGS` printed: a token or an agent's credential.
+  std::string Issue(const std::vector<std::string>& args) const {
+    std::string out;
+    EXPECT_EQ(Admin(args, &out), 0) << out;
+    std::istringstream words(out);
+    std::string last;
+    for (std::string w; words >> w;) last = w;
+    return last;
+  }
+  // A file holding a fresh credential for the agent `name` (what dsv3-agent --token-file reads).
+  fs::path AgentCredential(const std::string& name) const {
+    std::string out;
+    EXPECT_EQ(Admin({"agent", "add", name}, &out), 0) << out;
+    const fs::path file = state_dir_ / (name + ".credential");
+    std::ofstream(file) << out;
+    return file;
+  }
 
  private:
   fs::path state_dir_;

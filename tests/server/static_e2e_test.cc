@@ -14,7 +14,7 @@ class StaticTest : public ::testing::Test {
  protected:
   void SetUp() override { Corpus(); }
 
-  // Starts dsv3d --allocator static; agents join with its <state-dir>/agent.token.
+  // Starts dsv3d --allocator static; each agent joins with its own credential.
   void StartController(int heartbeat_timeout_s = 30, std::vector<std::string> more = {}) {
     std::vector<std::string> args = {"--allocator", "static"};
     args.insert(args.end(), more.begin(), more.end());
@@ -24,7 +24,7 @@ class StaticTest : public ::testing::Test {
   }
 
   Child StartAgent(const std::string& name, const std::string& address, int slots, const std::string& token_file = "") {
-    const std::string token = token_file.empty() ? (d_->state_dir() / "agent.token").string() : token_file;
+    const std::string token = token_file.empty() ? d_->AgentCredential(name).string() : token_file;
     return Child({DSV3_AGENT_PATH, "--controller", d_->address(), "--name", name, "--slots", std::to_string(slots),
                   "--advertise", address, "--token-file", token, "--work-dir", (dir_.path() / ("agent-" + name)).string()},
                  dir_.path() / ("agent-" + name + ".log"));
@@ -120,16 +120,31 @@ TEST_F(StaticTest, LostAgentRestartsTheJobFromItsCheckpointOnAnotherAgent) {
   EXPECT_EQ(LastMetric(*stub, id, "loss").first, 150);
 }
 
-// An agent with the wrong join credential is refused and says why; it never becomes a node.
+// Agents without a credential of their own are refused and say why; none becomes a node:
+// a made-up credential, another agent's credential, and a revoked one.
 TEST_F(StaticTest, AgentWithAWrongCredentialIsRefused) {
   StartController();
   const fs::path bad = dir_.path() / "bad.token";
   std::ofstream(bad) << "not-the-token\n";
   Child rogue = StartAgent("rogue", "127.0.0.5", 4, bad.string());
-  ASSERT_TRUE(WaitFor([&] { return rogue.Exited(); }, seconds(30)));
-  EXPECT_EQ(rogue.exit_code(), 1);
-  EXPECT_NE(rogue.Log().find("wrong join credential"), std::string::npos) << rogue.Log();
-  EXPECT_EQ(Nodes().count("rogue"), 0u);
+  const fs::path a_credential = d_->AgentCredential("node-a");
+  Child impostor = StartAgent("node-b", "127.0.0.6", 4, a_credential.string());
+  const fs::path c_credential = d_->AgentCredential("node-c");
+  std::string out;
+  std::istringstream words(ReadFile(c_credential));
+  std::string c_token;
+  for (std::string w; words >> w;) c_token = w;
+  ASSERT_EQ(d_->Admin({"token", "revoke", c_token}, &out), 0) << out;
+  Child revoked = StartAgent("node-c", "127.0.0.7", 4, c_credential.string());
+  for (Child* c : {&rogue, &impostor, &revoked}) {
+    ASSERT_TRUE(WaitFor([&] { return c->Exited(); }, seconds(30)));
+    EXPECT_EQ(c->exit_code(), 1) << c->Log();
+  }
+  EXPECT_NE(rogue.Log().find("wrong or revoked agent credential"), std::string::npos) << rogue.Log();
+  EXPECT_NE(impostor.Log().find("its credential belongs to agent 'node-a'"), std::string::npos) << impostor.Log();
+  EXPECT_NE(revoked.Log().find("wrong or revoked agent credential"), std::string::npos) << revoked.Log();
+  const auto nodes = Nodes();
+  EXPECT_EQ(nodes.count("rogue") + nodes.count("node-b") + nodes.count("node-c"), 0u);
 }
 
 // With --hosts, only the listed agents join, with at most their listed slots.
