@@ -42,21 +42,28 @@ else()
   set(DSV3_FUZZ_ENABLED OFF)
 endif()
 
-# dsv3_add_fuzzer(NAME name SOURCES fuzz.cc lib_sources... INCLUDES dirs... CORPUS dir SECONDS n)
+# dsv3_add_fuzzer(NAME name SOURCES fuzz.cc lib_sources... INCLUDES dirs... CORPUS dir SECONDS n
+#                 [LINK -lz...] [LIBS targets...] [DEFINES X=1...])
 # Registers a ctest (label "fuzz") that runs the fuzzer for SECONDS on a copy-free seed
 # corpus: new inputs go to a scratch folder in the build tree, never into the source tree.
+# A fuzzer with LIBS (CMake targets, e.g. dsv3_server) needs those built with clang too,
+# so it exists only where the project compiler is clang (the sanitizer build).
 function(dsv3_add_fuzzer)
   if(NOT DSV3_FUZZ_ENABLED)
     return()
   endif()
-  cmake_parse_arguments(F "" "NAME;CORPUS;SECONDS" "SOURCES;INCLUDES" ${ARGN})
+  cmake_parse_arguments(F "" "NAME;CORPUS;SECONDS" "SOURCES;INCLUDES;LINK;LIBS;DEFINES" ${ARGN})
+  if(F_LIBS AND NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    return()
+  endif()
   set(flags -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
   if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
     add_executable(${F_NAME} ${F_SOURCES})
     target_include_directories(${F_NAME} PRIVATE ${F_INCLUDES})
     target_compile_options(${F_NAME} PRIVATE ${flags})
+    target_compile_definitions(${F_NAME} PRIVATE ${F_DEFINES})
     target_link_options(${F_NAME} PRIVATE -fsanitize=fuzzer,address,undefined)
-    target_link_libraries(${F_NAME} PRIVATE nlohmann_json::nlohmann_json)
+    target_link_libraries(${F_NAME} PRIVATE ${F_LIBS} nlohmann_json::nlohmann_json ${F_LINK})
     set(exe $<TARGET_FILE:${F_NAME}>)
   else()
     set(exe ${CMAKE_CURRENT_BINARY_DIR}/fuzzers/${F_NAME})
@@ -64,10 +71,13 @@ function(dsv3_add_fuzzer)
     foreach(d ${F_INCLUDES})
       list(APPEND incs -I${d})
     endforeach()
+    foreach(d ${F_DEFINES})
+      list(APPEND incs -D${d})
+    endforeach()
     add_custom_command(
       OUTPUT ${exe}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/fuzzers
-      COMMAND ${DSV3_CLANGXX} ${flags} ${incs} ${F_SOURCES} -o ${exe}
+      COMMAND ${DSV3_CLANGXX} ${flags} ${incs} ${F_SOURCES} -o ${exe} ${F_LINK}
       DEPENDS ${F_SOURCES}
       IMPLICIT_DEPENDS CXX ${F_SOURCES}
       COMMENT "Building libFuzzer target ${F_NAME} with clang++"

@@ -7,7 +7,8 @@ set -euo pipefail
 PACKAGES=(
   # toolchain
   build-essential cmake ninja-build pkg-config ccache git
-  # libFuzzer targets: clang with its runtime (a Recommends that --no-install-recommends skips)
+  # libFuzzer targets and the ASan+UBSan build: clang with its runtime (a Recommends that
+  # --no-install-recommends skips)
   clang libclang-rt-14-dev
   # engine: LibTorch (CPU) with a threaded OpenBLAS (the reference BLAS is ~19x slower),
   # c10d's Gloo headers, data pipeline
@@ -15,6 +16,8 @@ PACKAGES=(
   # service: gRPC + protobuf, HTTP, store, logging, CLI
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libboost-dev libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  # security: TLS for gRPC (grpc links it; dsv3d checks certificates itself), token hashes
+  libssl-dev
   # tests: GoogleTest, promtool for the metrics format, a Python gRPC client, openssl
   libgtest-dev libgmock-dev prometheus python3 python3-grpcio python3-protobuf openssl
   # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator

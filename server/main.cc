@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", o.tls_client_ca,
                  "PEM CA: dsv3ctl calls must present a client certificate it signed (mTLS)");
   app.add_option("--tls-ca", o.tls_ca, "PEM CA that signed --tls-cert, for ranks and agents (default: --tls-cert)");
+  app.add_flag("--http-tls", o.http_tls, "Serve /metrics and /healthz over HTTPS with --tls-cert/--tls-key");
   app.add_flag("--insecure", o.insecure, "Allow plaintext gRPC on a non-loopback --listen (warned at every start)");
   app.add_option("--work-root", o.work_root,
                  "Users' folders <work-root>/<user>: their jobs write and read only there (default: <state-dir>/work)");

@@ -164,7 +164,8 @@ int Daemon::grpc_port() const { return p_->grpc_port; }
 int Daemon::http_port() const { return p_->http ? p_->http->port() : 0; }
 
 std::string Daemon::Summary() const {
-  return "gRPC on " + p_->grpc_host + ":" + std::to_string(grpc_port()) + ", HTTP /metrics on " + p_->http_host + ":" +
+  return "gRPC on " + p_->grpc_host + ":" + std::to_string(grpc_port()) + ", HTTP" +
+         std::string(p_->options.http_tls ? "S" : "") + " /metrics on " + p_->http_host + ":" +
          std::to_string(http_port()) + ", state in " + p_->options.state_dir + ", allocator " +
          p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)" +
          (p_->agents != nullptr ? "; agents join with a credential from `dsv3d agent add NAME`" : "") +
@@ -217,8 +218,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
       if (auto ca = ReadPem("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
     }
   } else {
-    if (!options.tls_client_ca.empty() || !options.tls_ca.empty()) {
-      return absl::InvalidArgumentError("--tls-client-ca and --tls-ca need TLS: give --tls-cert and --tls-key");
+    if (!options.tls_client_ca.empty() || !options.tls_ca.empty() || options.http_tls) {
+      return absl::InvalidArgumentError(
+          "--tls-client-ca, --tls-ca and --http-tls need TLS: give --tls-cert and --tls-key");
     }
     if (!IsLoopbackHost(grpc_addr->host)) {
       if (!options.insecure) {
@@ -331,7 +333,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   RpcStats* stats_ptr = &p->rpc_stats;
   HttpLimits http_limits;
   http_limits.request_timeout = ms(options.http_timeout_s);
-  auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, [=](const std::string& target) -> HttpResponse {
+  std::optional<HttpTls> http_tls;
+  if (options.http_tls) http_tls = HttpTls{options.tls_cert, options.tls_key};
+  auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, http_tls,
+                              [=](const std::string& target) -> HttpResponse {
     const std::string path = target.substr(0, target.find('?'));
     if (path == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8",

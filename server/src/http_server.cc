@@ -1,14 +1,16 @@
 #include "http_server.h"
 
 #include <atomic>
-#include <optional>
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 
 namespace dsv3::server {
 namespace {
@@ -17,25 +19,41 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
-class Session : public std::enable_shared_from_this<Session> {
+// One connection: plain (beast::tcp_stream) or TLS (TlsStream, handshake first). Every
+// phase, the TLS handshake included, runs under the request timeout.
+template <class Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
-  Session(tcp::socket socket, const HttpHandler& handler, const HttpLimits& limits, std::atomic<int>& open)
-      : stream_(std::move(socket)), handler_(handler), limits_(limits), open_(open) {
+  Session(Stream stream, const HttpHandler& handler, const HttpLimits& limits, std::atomic<int>& open)
+      : stream_(std::move(stream)), handler_(handler), limits_(limits), open_(open) {
     ++open_;
   }
   ~Session() { --open_; }
 
-  void Start() { Read(); }
+  void Start() {
+    Tcp().expires_after(limits_.request_timeout);
+    if constexpr (std::is_same_v<Stream, TlsStream>) {
+      stream_.async_handshake(asio::ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+        if (ec) return self->Close();
+        self->Read();
+      });
+    } else {
+      Read();
+    }
+  }
 
  private:
+  beast::tcp_stream& Tcp() { return beast::get_lowest_layer(stream_); }
+
   void Read() {
     parser_.emplace();
     LimitParser(*parser_, limits_);
     // The whole request must arrive within the timeout (slowloris).
-    stream_.expires_after(limits_.request_timeout);
+    Tcp().expires_after(limits_.request_timeout);
     http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
   void OnRead(beast::error_code ec) {
@@ -72,24 +90,25 @@ class Session : public std::enable_shared_from_this<Session> {
     const size_t size = body.size();
     if (!head) res->body() = std::move(body);
     res->content_length(size);
-    stream_.expires_after(limits_.request_timeout);
-    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
-      if (ec || !keep_alive) {
-        self->Close();
-        return;
-      }
-      self->Read();
-    });
+    Tcp().expires_after(limits_.request_timeout);
+    http::async_write(stream_, *res,
+                      [self = this->shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
+                        if (ec || !keep_alive) {
+                          self->Close();
+                          return;
+                        }
+                        self->Read();
+                      });
   }
 
   void Close() {
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    Tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
   }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::empty_body>> parser_;
+  std::optional<RequestParser> parser_;
   const HttpHandler& handler_;
   const HttpLimits& limits_;
   std::atomic<int>& open_;
@@ -100,6 +119,17 @@ class BeastServer final : public HttpServer {
   BeastServer(const HttpLimits& limits, HttpHandler handler)
       : limits_(limits), handler_(std::move(handler)), acceptor_(io_) {}
   ~BeastServer() override { Stop(); }
+
+  absl::Status UseTls(const HttpTls& tls) {
+    tls_.emplace(asio::ssl::context::tls_server);
+    beast::error_code ec;
+    tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                      asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+    tls_->use_certificate_chain_file(tls.cert, ec);
+    if (!ec) tls_->use_private_key_file(tls.key, asio::ssl::context::pem, ec);
+    if (ec) return absl::InvalidArgumentError("--http-tls: cannot load " + tls.cert + " / " + tls.key + ": " + ec.message());
+    return absl::OkStatus();
+  }
 
   absl::Status Bind(const std::string& host, int port) {
     beast::error_code ec;
@@ -137,7 +167,12 @@ class BeastServer final : public HttpServer {
     acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec && open_.load() < limits_.max_connections) {
-        std::make_shared<Session>(std::move(socket), handler_, limits_, open_)->Start();
+        if (tls_) {
+          std::make_shared<Session<TlsStream>>(TlsStream(std::move(socket), *tls_), handler_, limits_, open_)->Start();
+        } else {
+          std::make_shared<Session<beast::tcp_stream>>(beast::tcp_stream(std::move(socket)), handler_, limits_, open_)
+              ->Start();
+        }
       }  // else the socket closes here: too many connections are open
       Accept();
     });
@@ -145,6 +180,7 @@ class BeastServer final : public HttpServer {
 
   const HttpLimits limits_;
   HttpHandler handler_;
+  std::optional<asio::ssl::context> tls_;
   std::atomic<int> open_{0};
   asio::io_context io_{1};
   tcp::acceptor acceptor_;
@@ -156,8 +192,11 @@ class BeastServer final : public HttpServer {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, const HttpLimits& limits,
-                                                            HttpHandler handler) {
+                                                            const std::optional<HttpTls>& tls, HttpHandler handler) {
   auto server = std::make_unique<BeastServer>(limits, std::move(handler));
+  if (tls) {
+    if (absl::Status s = server->UseTls(*tls); !s.ok()) return s;
+  }
   if (absl::Status s = server->Bind(host, port); !s.ok()) return s;
   return std::unique_ptr<HttpServer>(std::move(server));
 }

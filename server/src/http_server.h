@@ -1,10 +1,11 @@
-// A small HTTP/1.1 server (Boost.Beast) for GET /metrics and /healthz on its own port and
+// A small HTTP/1.1 server (Boost.Beast, optionally over TLS) for GET /metrics and /healthz on its own port and
 // thread. Requests are bounded (HttpLimits: 8 KiB of headers, no body, 10 s to send a
 // request, 64 connections), so a slow or hostile client cannot hold the endpoint.
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -28,8 +29,14 @@ class HttpServer {
   virtual void Stop() = 0;       // closes the listener and every connection; joins the thread
 };
 
-// Binds `host:port` and starts serving; fails when the address cannot be bound.
+// HTTPS with dsv3d's gRPC certificate (dsv3d --http-tls).
+struct HttpTls {
+  std::string cert, key;  // PEM paths
+};
+
+// Binds `host:port` and starts serving (HTTPS when `tls` is given); fails when the address
+// cannot be bound or the certificate not loaded.
 absl::StatusOr<std::unique_ptr<HttpServer>> StartHttpServer(const std::string& host, int port, const HttpLimits& limits,
-                                                            HttpHandler handler);
+                                                            const std::optional<HttpTls>& tls, HttpHandler handler);
 
 }  // namespace dsv3::server

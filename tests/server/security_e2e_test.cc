@@ -118,9 +118,18 @@ TEST_F(SecurityTest, TlsHandshakeSucceedsAndAWrongCaIsRejected) {
   const fs::path pki = MakeCerts(dir_.path() / "pki");
   const fs::path other = MakeCerts(dir_.path() / "other-pki");
   Dsv3d d(dir_.path() / "state", 1, 20,
-          {"--tls-cert", (pki / "server.pem").string(), "--tls-key", (pki / "server.key").string()});
+          {"--tls-cert", (pki / "server.pem").string(), "--tls-key", (pki / "server.key").string(), "--http-tls"});
   d.Start();
   std::string out;
+  // /metrics and /healthz over HTTPS with the same certificate, verified by Python's ssl.
+  int rc = 0;
+  out = Shell("/usr/bin/python3 -c \"import ssl, urllib.request; ctx = ssl.create_default_context(cafile='" +
+                  (pki / "ca.pem").string() + "'); print(urllib.request.urlopen('https://" + d.http() +
+                  "/healthz', context=ctx).read().decode(), end='')\"",
+              &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "ok\n");
+  EXPECT_EQ(HttpGet(d.http(), "/healthz"), "") << "plain HTTP on the HTTPS port";
   // dsv3ctl verifies the controller with the CA that signed its certificate.
   EXPECT_EQ(Cli({"whoami", "--controller", d.address(), "--tls-ca", (pki / "ca.pem").string()}, &out), 0) << out;
   EXPECT_NE(out.find("(trusted: a loopback controller without users)"), std::string::npos) << out;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "dsv3/common/checksum.h"
@@ -19,29 +20,48 @@ std::string ResolveCheckpointPath(const std::string& path_in) {
   return p.string();
 }
 
+json ParseManifest(const std::string& text, const std::string& where) {
+  const json manifest = json::parse(text, nullptr, false);
+  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("files") || !manifest["files"].is_object()) {
+    throw std::runtime_error(where + ": manifest.json is damaged or of another format");
+  }
+  const json format = manifest.contains("format") ? manifest["format"] : json("");
+  const std::string format_text = format.is_string() ? format.get<std::string>() : format.dump();
+  if (format_text != kCheckpointFormat) {
+    throw std::runtime_error(where + ": format \"" + format_text + "\" is not this dsv3's \"" + kCheckpointFormat +
+                             "\" (dsv3-checkpoint/1, from before distributed training, kept a LibTorch optimizer "
+                             "archive that no data-parallel layout can load); start a new run from step 0");
+  }
+  for (const auto& [name, info] : manifest["files"].items()) {
+    // A plain file of the checkpoint folder: a name must not reach outside it.
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+        name.find('\0') != std::string::npos) {
+      throw std::runtime_error(where + ": manifest.json lists \"" + name + "\", which is not a file name");
+    }
+    if (!info.is_object() || !info.contains("bytes") || !info["bytes"].is_number_unsigned() ||
+        !info.contains("crc32") || !info["crc32"].is_string()) {
+      throw std::runtime_error(where + ": manifest.json: " + name + " needs \"bytes\" (a size) and \"crc32\" (hex)");
+    }
+  }
+  return manifest;
+}
+
 json VerifyCheckpoint(const std::string& path_in) {
   const fs::path path = ResolveCheckpointPath(path_in);
   const fs::path manifest_path = path / "manifest.json";
   std::ifstream in(manifest_path);
   if (!in) throw std::runtime_error("checkpoint " + path.string() + ": no manifest.json (not a checkpoint, or an incomplete one)");
-  const json manifest = json::parse(in, nullptr, false);
-  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("files") || !manifest["files"].is_object()) {
-    throw std::runtime_error("checkpoint " + path.string() + ": manifest.json is damaged or of another format");
-  }
-  if (manifest.value("format", "") != kCheckpointFormat) {
-    throw std::runtime_error("checkpoint " + path.string() + ": format \"" + manifest.value("format", "") +
-                             "\" is not this dsv3's \"" + kCheckpointFormat +
-                             "\" (dsv3-checkpoint/1, from before distributed training, kept a LibTorch optimizer "
-                             "archive that no data-parallel layout can load); start a new run from step 0");
-  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  const json manifest = ParseManifest(text.str(), "checkpoint " + path.string());
   for (const auto& [name, info] : manifest["files"].items()) {
     const fs::path file = path / name;
     std::error_code ec;
     const auto bytes = fs::file_size(file, ec);
     if (ec) throw std::runtime_error("checkpoint " + path.string() + ": " + name + " is missing");
-    if (!info.contains("bytes") || !info.contains("crc32") || bytes != info["bytes"].get<uint64_t>()) {
+    if (bytes != info["bytes"].get<uint64_t>()) {
       throw std::runtime_error("checkpoint " + path.string() + ": " + name + " has " + std::to_string(bytes) +
-                               " bytes, the manifest says " + info.value("bytes", json()).dump());
+                               " bytes, the manifest says " + info["bytes"].dump());
     }
     const auto crc = Crc32OfFile(file.string());
     if (!crc || *crc != info["crc32"].get<std::string>()) {

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dsv3/ckpt/safetensors_header.h"
+
 namespace dsv3::ckpt {
 namespace {
 
@@ -76,62 +78,26 @@ SafetensorsFile ReadSafetensors(const std::string& path) {
   if (!in) throw std::runtime_error(path + ": cannot be opened");
   const int64_t size = in.tellg();
   in.seekg(0);
-  const auto bad = [&](const std::string& why) { return std::runtime_error(path + ": not a valid safetensors file: " + why); };
-  if (size < 8) throw bad("shorter than its 8-byte header length");
-  unsigned char prefix[8];
-  in.read(reinterpret_cast<char*>(prefix), 8);
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | prefix[i];
-  if (header_size > static_cast<uint64_t>(size - 8) || header_size > (100u << 20)) throw bad("header length out of range");
-  std::string text(header_size, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(header_size));
-  const json header = json::parse(text, nullptr, false);
-  if (header.is_discarded() || !header.is_object()) throw bad("header is not a JSON object");
-  const int64_t data_start = 8 + static_cast<int64_t>(header_size), data_size = size - data_start;
-  SafetensorsFile out;
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) throw bad("__metadata__ is not an object");
-      for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) throw bad("metadata value of " + k + " is not a string");
-        out.metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets") ||
-        !entry["dtype"].is_string() || !entry["shape"].is_array() || !entry["data_offsets"].is_array() ||
-        entry["data_offsets"].size() != 2) {
-      throw bad("entry " + name + " lacks dtype, shape or data_offsets");
-    }
-    const auto dtype = Dtypes().find(entry["dtype"].get<std::string>());
-    if (dtype == Dtypes().end()) throw bad("entry " + name + " has unsupported dtype " + entry["dtype"].dump());
-    std::vector<int64_t> shape;
-    int64_t numel = 1;
-    for (const auto& d : entry["shape"]) {
-      if (!d.is_number_unsigned() || d.get<int64_t>() > (int64_t{1} << 40)) throw bad("entry " + name + " has a bad shape");
-      shape.push_back(d.get<int64_t>());
-      numel *= shape.back();
-      if (numel > (int64_t{1} << 40)) throw bad("entry " + name + " is too large");
-    }
-    const auto& offsets = entry["data_offsets"];
-    if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) throw bad("entry " + name + " has bad offsets");
-    const int64_t begin = offsets[0].get<int64_t>(), end = offsets[1].get<int64_t>();
-    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype->second));
-    if (begin < 0 || end < begin || end > data_size || end - begin != bytes) {
-      throw bad("entry " + name + " has offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                ") that do not fit its shape or the file");
-    }
-    ranges.push_back({begin, end});
-    torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(dtype->second));
-    in.seekg(data_start + begin);
-    in.read(static_cast<char*>(t.data_ptr()), bytes);
-    if (!in) throw bad("entry " + name + " is cut short");
-    out.tensors[name] = t;
+  SafetensorsHeader header;
+  try {
+    std::string prefix(8, '\0');
+    in.read(prefix.data(), size >= 8 ? 8 : 0);
+    std::string text(SafetensorsHeaderLength(prefix, size), '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    header = ParseSafetensorsHeader(text, size);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(path + ": " + e.what());
   }
-  std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    if (ranges[i].first < ranges[i - 1].second) throw bad("tensors overlap");
+  SafetensorsFile out;
+  out.metadata = header.metadata;
+  for (const SafetensorsEntry& e : header.entries) {
+    const auto dtype = Dtypes().find(e.dtype);
+    if (dtype == Dtypes().end()) throw std::runtime_error(path + ": entry " + e.name + " has unsupported dtype " + e.dtype);
+    torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(dtype->second));
+    in.seekg(header.data_start + e.begin);
+    in.read(static_cast<char*>(t.data_ptr()), e.end - e.begin);
+    if (!in) throw std::runtime_error(path + ": not a valid safetensors file: entry " + e.name + " is cut short");
+    out.tensors[e.name] = t;
   }
   return out;
 }

@@ -28,6 +28,7 @@ struct DaemonOptions {
   std::string tls_client_ca;                   // PEM: CA of client certificates dsv3ctl must present
   std::string tls_ca;                          // PEM ranks and agents trust ("" = tls_cert itself)
   bool insecure = false;                       // plaintext beyond loopback, warned about at every start
+  bool http_tls = false;                       // /metrics over HTTPS with tls_cert/tls_key
   std::string work_root;                       // users' folders <work_root>/<user> ("" = <state-dir>/work)
   std::vector<std::string> read_roots;         // shared inputs users' jobs may read
   int max_jobs_per_user = 0;                   // jobs not yet ended per user (0 = no limit)

@@ -19,6 +19,11 @@ inline constexpr const char* kCheckpointFormat = "dsv3-checkpoint/2";
 // `checkpoint_<step>.pt` spelling.
 std::string ResolveCheckpointPath(const std::string& path);
 
+// Parses manifest.json's text and checks its shape: the format is kCheckpointFormat and
+// "files" maps plain file names (no '/', not . or ..) to {"bytes": size, "crc32": hex}.
+// Throws std::runtime_error starting with `where`.
+nlohmann::json ParseManifest(const std::string& text, const std::string& where);
+
 // Checks that every file the manifest lists exists with its size and CRC-32. Returns the
 // manifest; throws std::runtime_error saying which file is missing or damaged.
 nlohmann::json VerifyCheckpoint(const std::string& path);
