@@ -714,7 +714,8 @@ void AddLoginAndWhoAmI(CLI::App& app, CliContext& ctx) {
     saved.controller = c.Address();
     saved.token = c.Conn().token;
     saved.tls = c.Conn().tls;
-    const std::string ca = !c.connection.tls_ca.empty() ? c.connection.tls_ca : std::getenv(env::kTlsCa) ? std::getenv(env::kTlsCa) : "";
+    const char* env_ca = std::getenv(env::kTlsCa);
+    const std::string ca = !c.connection.tls_ca.empty() ? c.connection.tls_ca : env_ca != nullptr ? env_ca : "";
     if (!ca.empty()) saved.tls_ca = std::filesystem::absolute(ca).string();
     if (absl::Status s = SaveLogin(saved); !s.ok()) {
       ctx.err << "dsv3ctl: " << s.message() << "\n";

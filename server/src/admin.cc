@@ -39,8 +39,8 @@ std::string Date(int64_t ms) {
   return buf;
 }
 
-absl::StatusOr<std::string> IssueToken(const std::string& state_dir, const std::string& kind, const std::string& subject,
-                                       const std::string& label) {
+absl::StatusOr<std::string> IssueToken(const std::string& state_dir, const std::string& kind,
+                                       const std::string& subject, const std::string& label) {
   auto store = OpenStore(state_dir);
   if (!store.ok()) return store.status();
   if (kind == "user" && !(*store)->GetUser(subject)) {

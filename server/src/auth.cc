@@ -65,7 +65,10 @@ std::string Sha256Hex(const std::string& text) {
 std::string NewToken(const std::string& kind) { return (kind == "agent" ? "dsv3a_" : "dsv3u_") + RandomHex(24); }
 
 Authenticator::Authenticator(const JobStore& store, std::string local_user, bool trust_local, bool require_client_cert)
-    : store_(store), local_user_(std::move(local_user)), trust_local_(trust_local), require_client_cert_(require_client_cert) {}
+    : store_(store),
+      local_user_(std::move(local_user)),
+      trust_local_(trust_local),
+      require_client_cert_(require_client_cert) {}
 
 absl::StatusOr<Caller> Authenticator::AuthenticateToken(const std::string& token) const {
   const auto rec = store_.FindToken(Sha256Hex(token));

@@ -350,7 +350,9 @@ grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::S
   for (int r = 0; r < job->num_ranks; ++r) {
     if (req->has_rank() && r != req->rank()) continue;
     LogTail t{r, manager_.LogPath(*job, r), 0, ""};
-    if (req->tail_lines() > 0) t.offset = OffsetOfLastLines(t.path, req->tail_lines());
+    // A request reads at most the last max_log_lines_per_request lines of what is there.
+    const int tail = req->tail_lines() > 0 ? req->tail_lines() : limits_.max_log_lines_per_request;
+    t.offset = OffsetOfLastLines(t.path, tail);
     tails.push_back(std::move(t));
   }
   bool ended = IsTerminal(job->state);

@@ -286,7 +286,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   limits.max_log_lines_per_request = options.max_log_lines;
   limits.max_jobs_per_user = options.max_jobs_per_user;
   limits.max_slots_per_user = options.max_slots_per_user;
-  limits.work_root = options.work_root.empty() ? state_dir + "/work" : fs::absolute(options.work_root).lexically_normal().string();
+  limits.work_root =
+      options.work_root.empty() ? state_dir + "/work" : fs::absolute(options.work_root).lexically_normal().string();
   limits.jobs_root = state_dir + "/jobs";
   for (const auto& r : options.read_roots) limits.read_roots.push_back(fs::absolute(r).lexically_normal().string());
   p->controller =

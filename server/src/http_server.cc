@@ -127,7 +127,9 @@ class BeastServer final : public HttpServer {
                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
     tls_->use_certificate_chain_file(tls.cert, ec);
     if (!ec) tls_->use_private_key_file(tls.key, asio::ssl::context::pem, ec);
-    if (ec) return absl::InvalidArgumentError("--http-tls: cannot load " + tls.cert + " / " + tls.key + ": " + ec.message());
+    if (ec) {
+      return absl::InvalidArgumentError("--http-tls: cannot load " + tls.cert + " / " + tls.key + ": " + ec.message());
+    }
     return absl::OkStatus();
   }
 

@@ -380,7 +380,7 @@ TEST_F(SecurityTest, NonLoopbackListenWithoutTlsIsRefusedUnlessInsecure) {
 }
 
 TEST_F(SecurityTest, QuotaExceedingSubmitsAreRefusedWithTheLimitNamed) {
-  auto d = StartShared({"--max-jobs-per-user", "1"});
+  auto d = StartShared({"--max-jobs-per-user", "1", "--max-log-lines", "50"});
   ASSERT_EQ(d->Admin({"user", "add", "alice"}), 0);
   ASSERT_EQ(d->Admin({"user", "add", "carol", "--max-jobs", "5", "--max-slots", "1"}), 0);
   const Client alice(d->address(), d->Issue({"token", "create", "alice"}));
@@ -397,6 +397,18 @@ TEST_F(SecurityTest, QuotaExceedingSubmitsAreRefusedWithTheLimitNamed) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(s.error_message(),
             "user 'carol' has 0 rank(s) in jobs not yet ended and asks for 2 more; the limit is 1 (max_slots)");
+  // At most --max-log-lines lines per logs request.
+  v1::StreamLogsRequest logs;
+  logs.set_job_id(first);
+  logs.set_tail_lines(51);
+  auto ctx = alice.Ctx();
+  auto reader = alice.stub->StreamLogs(ctx.get(), logs);
+  v1::LogChunk chunk;
+  while (reader->Read(&chunk)) {
+  }
+  s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "tail_lines: 51 is outside 0..50");
   // A job that ended frees its place.
   ASSERT_TRUE(alice.Cancel(first).ok());
   ASSERT_TRUE(WaitFor([&] { return alice.State(first) == v1::JOB_STATE_CANCELED; }, seconds(60)));

@@ -1,6 +1,6 @@
 // The static allocator with real dsv3-agent processes, each its own "host" on a loopback
 // address of this machine (127.0.0.2, 127.0.0.3, ...): placement over agents, lost agents,
-// the join credential, and agents that outlive a controller restart.
+// per-agent credentials, and agents that outlive a controller restart.
 #include <chrono>
 
 #include "controller_fixture.h"

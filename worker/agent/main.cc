@@ -1,12 +1,13 @@
 // dsv3-agent: the node agent of a static host list. It holds one bidirectional gRPC stream
-// to dsv3d (proto/dsv3/v1/agent.proto): it says hello with its name, address, slots and the
-// join credential, sends heartbeats, starts and signals ranks on dsv3d's command, reports
-// their starts and exits, and ships their output line by line. When the stream breaks, the
-// ranks keep running and the agent reconnects, reporting them in its next hello. Ranks die
-// with the agent (a lost agent is a lost host to dsv3d).
+// to dsv3d (proto/dsv3/v1/agent.proto): it says hello with its name, address, slots and its
+// own credential (`dsv3d agent add NAME`), sends heartbeats, starts and signals ranks on
+// dsv3d's command, reports their starts and exits, and ships their output line by line.
+// When the stream breaks, the ranks keep running and the agent reconnects, reporting them in
+// its next hello. Ranks die with the agent (a lost agent is a lost host to dsv3d).
 //
 //   dsv3-agent --controller HOST:PORT --name NAME --slots N [--advertise HOST]
 //              [--token-file FILE | env DSV3_AGENT_TOKEN] [--work-dir DIR]
+//              [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 #include <signal.h>
 #include <unistd.h>
 
