@@ -716,7 +716,11 @@ void AddLoginAndWhoAmI(CLI::App& app, CliContext& ctx) {
     saved.tls = c.Conn().tls;
     const char* env_ca = std::getenv(env::kTlsCa);
     const std::string ca = !c.connection.tls_ca.empty() ? c.connection.tls_ca : env_ca != nullptr ? env_ca : "";
-    if (!ca.empty()) saved.tls_ca = std::filesystem::absolute(ca).string();
+    if (!ca.empty()) {
+      saved.tls_ca = std::filesystem::absolute(ca).string();
+    } else if (const auto previous = LoadLogin(saved.controller)) {
+      saved.tls_ca = previous->tls_ca;  // a new token for a controller already set up
+    }
     if (absl::Status s = SaveLogin(saved); !s.ok()) {
       ctx.err << "dsv3ctl: " << s.message() << "\n";
       ctx.exit_code = kExitFailed;

@@ -136,15 +136,15 @@ absl::StatusOr<JobRecord> ControllerService::JobFor(const Caller& caller, int64_
 }
 
 // The caller of a Controller call, as the auth interceptor found it; returns on refusal.
-#define DSV3_REQUIRE_CALLER(ctx)                                \
-  const auto caller_or = calls_.Find(ctx);                    \
-  if (!caller_or.ok()) return ToGrpc(caller_or.status());       \
+#define DSV3_REQUIRE_CALLER(ctx)                          \
+  const auto caller_or = calls_.Find(ctx);                \
+  if (!caller_or.ok()) return ToGrpc(caller_or.status()); \
   const Caller& caller = *caller_or
 
 // The job the caller may see; returns on refusal.
-#define DSV3_REQUIRE_JOB(job_id)                                \
-  const auto job_or = JobFor(caller, job_id);                   \
-  if (!job_or.ok()) return ToGrpc(job_or.status());             \
+#define DSV3_REQUIRE_JOB(job_id)                    \
+  const auto job_or = JobFor(caller, job_id);       \
+  if (!job_or.ok()) return ToGrpc(job_or.status()); \
   const JobRecord& job_record = *job_or
 
 void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_config, v1::Job* out) const {

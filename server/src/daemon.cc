@@ -169,7 +169,9 @@ std::string Daemon::Summary() const {
          std::to_string(http_port()) + ", state in " + p_->options.state_dir + ", allocator " +
          p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)" +
          (p_->agents != nullptr ? "; agents join with a credential from `dsv3d agent add NAME`" : "") +
-         (p_->options.tls_cert.empty() ? "" : "; TLS" + std::string(p_->options.tls_client_ca.empty() ? "" : " with client certificates")) +
+         (p_->options.tls_cert.empty() ? ""
+          : p_->options.tls_client_ca.empty() ? "; TLS"
+                                              : "; TLS with client certificates") +
          (p_->options.allocator != "local" && IsLoopbackHost(p_->rank_host)
               ? "; note: ranks report to " + p_->rank_host +
                     ", which only this host reaches (listen on 0.0.0.0 or give --advertise for multi-host)"

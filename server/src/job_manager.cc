@@ -338,6 +338,13 @@ absl::Status JobManager::ReportCheckpoint(const RankRef& ref, const CheckpointRe
   if (!live.ok()) return live.status();
   CheckpointRecord c = ckpt;
   c.path = AbsoluteUnder((*live)->job.job_dir, c.path);  // relative paths are the rank's, i.e. the job folder's
+  // A rank records only checkpoints of its own job: ListCheckpoints shows them to the job's
+  // owner, and a path elsewhere would point them at someone else's files.
+  const fs::path rel = fs::path(c.path).lexically_relative((*live)->job.checkpoint_dir);
+  if (rel.empty() || *rel.begin() == "..") {
+    return absl::InvalidArgumentError("path: " + c.path + " is not inside the job's checkpoint folder " +
+                                      (*live)->job.checkpoint_dir);
+  }
   if (absl::Status s = store_.AddCheckpoint(ref.job_id, c); !s.ok()) return s;
   JobProgress& p = (*live)->progress;
   p.last_checkpoint = c.path;

@@ -310,6 +310,18 @@ TEST_F(SecurityTest, RankWithAnotherJobsCredentialIsRefused) {
   for (const auto& series : mresp.series()) {
     for (const auto& p : series.points()) EXPECT_NE(p.value(), -42);
   }
+  // With its own credential, a rank still records only checkpoints inside its job's folder.
+  v1::ReportCheckpointRequest ckpt;
+  ckpt.mutable_ref()->set_job_id(a);
+  ckpt.mutable_ref()->set_attempt(job.attempt());
+  ckpt.mutable_ref()->set_rank(0);
+  ckpt.mutable_ref()->set_credential(credential);
+  ckpt.set_step(1);
+  ckpt.set_path(bobs.checkpoint_dir() + "/checkpoint_1");
+  grpc::ClientContext ckpt_ctx;
+  const grpc::Status cs = worker->ReportCheckpoint(&ckpt_ctx, ckpt, &ack);
+  EXPECT_EQ(cs.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << cs.error_message();
+  EXPECT_NE(cs.error_message().find("is not inside the job's checkpoint folder"), std::string::npos);
   ASSERT_TRUE(alice.Cancel(a).ok());
   ASSERT_TRUE(bob.Cancel(b).ok());
 }
