@@ -8,11 +8,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/env.h"
+#include "dsv3/server/client_tls.h"
 
 namespace dsv3::cli {
 namespace {
@@ -23,14 +23,6 @@ constexpr const char* kDefaultController = "localhost:50051";
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr ? v : "";
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(flag + ": cannot read " + path);
-  std::ostringstream text;
-  text << f.rdbuf();
-  return text.str();
 }
 
 nlohmann::json LoadAll() {
@@ -120,36 +112,19 @@ absl::StatusOr<Connection> Connect(const ConnectionFlags& f) {
     saved = LoadLogin(c.address);
   }
   c.token = !f.token.empty() ? f.token : !Env(env::kToken).empty() ? Env(env::kToken) : saved ? saved->token : "";
-  std::string ca_path = !f.tls_ca.empty() ? f.tls_ca : !Env(env::kTlsCa).empty() ? Env(env::kTlsCa) : "";
-  bool tls = f.tls || !ca_path.empty();
-  if (!tls && saved) {
-    ca_path = saved->tls_ca;
-    tls = saved->tls || !ca_path.empty();
+  server::ClientTlsFiles tls;
+  tls.ca = !f.tls_ca.empty() ? f.tls_ca : Env(env::kTlsCa);
+  tls.tls = f.tls;
+  tls.cert = f.tls_cert;
+  tls.key = f.tls_key;
+  if (!server::WantsTls(tls) && saved) {  // what login saved for this controller
+    tls.ca = saved->tls_ca;
+    tls.tls = saved->tls;
   }
-  if (f.tls_cert.empty() != f.tls_key.empty()) {
-    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
-  }
-  if (!f.tls_cert.empty()) tls = true;
-  c.tls = tls;
-  if (!tls) {
-    c.credentials = grpc::InsecureChannelCredentials();
-    return c;
-  }
-  grpc::SslCredentialsOptions o;  // empty roots: the system's CA store
-  if (!ca_path.empty()) {
-    auto ca = ReadFile("--tls-ca", ca_path);
-    if (!ca.ok()) return ca.status();
-    o.pem_root_certs = *ca;
-  }
-  if (!f.tls_cert.empty()) {
-    auto cert = ReadFile("--tls-cert", f.tls_cert);
-    if (!cert.ok()) return cert.status();
-    auto key = ReadFile("--tls-key", f.tls_key);
-    if (!key.ok()) return key.status();
-    o.pem_cert_chain = *cert;
-    o.pem_private_key = *key;
-  }
-  c.credentials = grpc::SslCredentials(o);
+  auto credentials = server::MakeClientCredentials(tls);
+  if (!credentials.ok()) return credentials.status();
+  c.credentials = *credentials;
+  c.tls = server::WantsTls(tls);
   return c;
 }
 

@@ -142,6 +142,62 @@ TEST_F(SecurityTest, TlsHandshakeSucceedsAndAWrongCaIsRejected) {
   EXPECT_NE(out.find("if it serves TLS, pass --tls-ca FILE"), std::string::npos) << out;
 }
 
+// Ranks verify a TLS controller with the CA it hands them; agents with their --tls-ca,
+// which they hand to their ranks. Neither needs a client certificate under mTLS: they
+// present the credentials dsv3d issued.
+TEST_F(SecurityTest, RanksAndAgentsReportToATlsController) {
+  const fs::path pki = MakeCerts(dir_.path() / "pki");
+  const std::vector<std::string> tls = {"--tls-cert", (pki / "server.pem").string(), "--tls-key",
+                                        (pki / "server.key").string(), "--tls-ca", (pki / "ca.pem").string(),
+                                        "--tls-client-ca", (pki / "ca.pem").string()};
+  auto creds = [&] {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadFile(pki / "ca.pem");
+    o.pem_cert_chain = ReadFile(pki / "alice.pem");
+    o.pem_private_key = ReadFile(pki / "alice.key");
+    return grpc::SslCredentials(o);
+  };
+  nlohmann::json config = QuickConfig(10, 10);
+  config["training"]["intra_op_threads"] = 1;
+  {
+    Dsv3d d(dir_.path() / "local", 1, 20, tls);
+    d.Start();
+    const Client local(d.address(), "", creds());
+    int64_t id = 0;
+    ASSERT_TRUE(local.Submit(config, &id).ok());
+    ASSERT_TRUE(WaitFor([&] { return local.State(id) == v1::JOB_STATE_COMPLETED; }, seconds(120)))
+        << v1::JobState_Name(local.State(id));
+    v1::GetMetricsRequest req;
+    req.set_job_id(id);
+    req.add_names("loss");
+    v1::GetMetricsResponse resp;
+    ASSERT_TRUE(local.stub->GetMetrics(local.Ctx().get(), req, &resp).ok());
+    ASSERT_EQ(resp.series_size(), 1);
+    EXPECT_EQ(resp.series(0).points(resp.series(0).points_size() - 1).step(), 10);
+  }
+  std::vector<std::string> args = tls;
+  args.insert(args.end(), {"--allocator", "static"});
+  Dsv3d d(dir_.path() / "static", 1, 20, args);
+  d.Start();
+  Child agent({DSV3_AGENT_PATH, "--controller", d.address(), "--name", "node-a", "--slots", "1", "--advertise",
+               "127.0.0.2", "--token-file", d.AgentCredential("node-a").string(), "--tls-ca",
+               (pki / "ca.pem").string(), "--work-dir", (dir_.path() / "agent").string()},
+              dir_.path() / "agent.log");
+  const Client remote(d.address(), "", creds());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::ListNodesResponse nodes;
+        return remote.stub->ListNodes(remote.Ctx().get(), v1::ListNodesRequest{}, &nodes).ok() &&
+               nodes.nodes_size() == 1 && nodes.nodes(0).state() == "up";
+      },
+      seconds(30)))
+      << agent.Log();
+  int64_t id = 0;
+  ASSERT_TRUE(remote.Submit(config, &id).ok());
+  ASSERT_TRUE(WaitFor([&] { return remote.State(id) == v1::JOB_STATE_COMPLETED; }, seconds(120)))
+      << v1::JobState_Name(remote.State(id)) << agent.Log();
+}
+
 TEST_F(SecurityTest, MutualTlsRefusesACallWithoutAClientCertificate) {
   const fs::path pki = MakeCerts(dir_.path() / "pki");
   Dsv3d d(dir_.path() / "state", 1, 20,

@@ -20,13 +20,13 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
 #include "dsv3/common/env.h"
+#include "dsv3/server/client_tls.h"
 #include "dsv3/server/host_util.h"
 #include "dsv3/server/local_allocator.h"
 #include "dsv3/v1/agent.grpc.pb.h"
@@ -352,29 +352,12 @@ int main(int argc, char** argv) {
               << "` and give its output to --token-file (or set DSV3_AGENT_TOKEN)" << std::endl;
     return 2;
   }
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  const auto read_pem = [](const std::string& flag, const std::string& path, std::string& out) {
-    std::ifstream f(path, std::ios::binary);
-    std::ostringstream text;
-    text << f.rdbuf();
-    out = text.str();
-    if (!f || out.empty()) std::cerr << "dsv3-agent: " << flag << ": cannot read " << path << std::endl;
-    return f && !out.empty();
-  };
-  if (!tls_ca.empty() || !tls_cert.empty()) {
-    grpc::SslCredentialsOptions o;
-    if (!tls_ca.empty() && !read_pem("--tls-ca", tls_ca, o.pem_root_certs)) return 2;
-    if (tls_cert.empty() != tls_key.empty()) {
-      std::cerr << "dsv3-agent: --tls-cert and --tls-key go together" << std::endl;
-      return 2;
-    }
-    if (!tls_cert.empty() && (!read_pem("--tls-cert", tls_cert, o.pem_cert_chain) ||
-                              !read_pem("--tls-key", tls_key, o.pem_private_key))) {
-      return 2;
-    }
-    credentials = grpc::SslCredentials(o);
-    if (!tls_ca.empty()) tls_ca = fs::absolute(tls_ca).string();
+  auto credentials = dsv3::server::MakeClientCredentials({tls_ca, tls_cert, tls_key, false});
+  if (!credentials.ok()) {
+    std::cerr << "dsv3-agent: " << credentials.status().message() << std::endl;
+    return 2;
   }
+  if (!tls_ca.empty()) tls_ca = fs::absolute(tls_ca).string();
   if (work_dir.empty()) work_dir = "/tmp/dsv3-agent-" + name;
   std::error_code ec;
   fs::create_directories(work_dir + "/logs", ec);
@@ -388,7 +371,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  Agent agent(controller, name, slots, advertise, token, work_dir, credentials, tls_ca);
+  Agent agent(controller, name, slots, advertise, token, work_dir, *credentials, tls_ca);
   const int status = agent.Run();
   std::cerr << "dsv3-agent: " << name << " stopped" << std::endl;
   return status;
