@@ -1,6 +1,7 @@
 #include "config_validate.h"
 
 #include <cmath>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -16,6 +17,14 @@ std::string Num(double x) {
   return os.str();
 }
 std::string Num(int64_t x) { return std::to_string(x); }
+
+// a x b, or nullopt when the product does not fit in 64 bits: a config may name any
+// integer, and the fuzzer found 2222222222222221024 x 32.
+std::optional<int64_t> CheckedMul(int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) return std::nullopt;
+  return r;
+}
 
 class Checker {
  public:
@@ -253,12 +262,16 @@ void CheckTraining(Config& c, const Estimate* estimate, Checker& ck) {
   }
   const int64_t dp = c.distributed.data_parallel_size;
   if (dp >= 1 && ck.Clean({"/training/global_batch_size", "/training/micro_batch_size"})) {
-    if (t.global_batch_size % (t.micro_batch_size * dp) != 0) {
+    const std::optional<int64_t> per_pass = CheckedMul(t.micro_batch_size, dp);
+    if (!per_pass) {
+      ck.Error("/training/micro_batch_size", Num(t.micro_batch_size) + " x data_parallel_size (" + Num(dp) +
+                                                 ") does not fit in 64 bits");
+    } else if (t.global_batch_size % *per_pass != 0) {
       ck.Error("/training/global_batch_size",
                Num(t.global_batch_size) + " is not divisible by micro_batch_size (" + Num(t.micro_batch_size) +
-                   ") x data_parallel_size (" + Num(dp) + ") = " + Num(t.micro_batch_size * dp));
+                   ") x data_parallel_size (" + Num(dp) + ") = " + Num(*per_pass));
     } else {
-      out.gradient_accumulation_steps = t.global_batch_size / (t.micro_batch_size * dp);
+      out.gradient_accumulation_steps = t.global_batch_size / *per_pass;
     }
   }
   DeepSpeedConfig& ds = c.deepspeed;
@@ -273,7 +286,12 @@ void CheckTraining(Config& c, const Estimate* estimate, Checker& ck) {
   }
 
   // Run length: train_steps and total_training_tokens describe the same thing.
-  out.tokens_per_step = t.global_batch_size * t.seq_length;
+  const std::optional<int64_t> tokens_per_step = CheckedMul(t.global_batch_size, t.seq_length);
+  if (!tokens_per_step && ck.Clean({"/training/global_batch_size", "/training/seq_length"})) {
+    ck.Error("/training/global_batch_size", Num(t.global_batch_size) + " x seq_length (" + Num(t.seq_length) +
+                                                ") tokens per step does not fit in 64 bits");
+  }
+  out.tokens_per_step = tokens_per_step.value_or(0);
   if (estimate != nullptr) {
     out.chinchilla_tokens = static_cast<int64_t>(std::llround(t.tokens_per_parameter_ratio *
                                                               static_cast<double>(estimate->params.total)));
@@ -283,8 +301,15 @@ void CheckTraining(Config& c, const Estimate* estimate, Checker& ck) {
     return;
   }
   const int64_t per_step = out.tokens_per_step;
+  const std::optional<int64_t> planned_tokens =
+      t.train_steps ? CheckedMul(*t.train_steps, per_step) : std::optional<int64_t>(0);
+  if (!planned_tokens) {
+    ck.Error("/training/train_steps", Num(*t.train_steps) + " steps x " + Num(per_step) +
+                                          " tokens/step does not fit in 64 bits");
+    return;
+  }
   if (t.train_steps && t.total_training_tokens) {
-    const int64_t planned = *t.train_steps * per_step;
+    const int64_t planned = *planned_tokens;
     if (std::llabs(planned - *t.total_training_tokens) >= per_step) {
       ck.Error("/training/train_steps",
                Num(*t.train_steps) + " steps x " + Num(per_step) + " tokens/step = " + Num(planned) +
@@ -292,13 +317,13 @@ void CheckTraining(Config& c, const Estimate* estimate, Checker& ck) {
                    "; give one of them or make them agree");
     }
   } else if (t.train_steps) {
-    t.total_training_tokens = *t.train_steps * per_step;
+    t.total_training_tokens = *planned_tokens;
   } else {
     if (!t.total_training_tokens) {
       if (out.chinchilla_tokens <= 0) return;
       t.total_training_tokens = out.chinchilla_tokens;
     }
-    t.train_steps = (*t.total_training_tokens + per_step - 1) / per_step;
+    t.train_steps = *t.total_training_tokens / per_step + (*t.total_training_tokens % per_step != 0 ? 1 : 0);
   }
   if (t.lr_warmup_steps >= *t.train_steps) {
     ck.Warn("/training/lr_warmup_steps", Num(t.lr_warmup_steps) + " is not below train_steps (" +

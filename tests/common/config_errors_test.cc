@@ -127,6 +127,11 @@ const BadConfig kBadConfigs[] = {
     {"extends_wrong_type", R"({"extends": 3})",
      {"/extends: expected a file path or a list of file paths, got 3"}},
     {"not_an_object", R"([1, 2])", {"config: a config must be a JSON object, got [1,2]"}},
+    // Found by config_parser_fuzz: products of huge but valid integers overflowed int64.
+    {"tokens_per_step_overflow", R"({"training": {"global_batch_size": 2222222222222221024, "micro_batch_size": 1}})",
+     {"/training/global_batch_size: 2222222222222221024 x seq_length (2048) tokens per step does not fit in 64 bits"}},
+    {"run_length_overflow", R"({"training": {"train_steps": 9000000000000000000}})",
+     {"/training/train_steps: 9000000000000000000 steps x 131072 tokens/step does not fit in 64 bits"}},
     {"many_errors_at_once",
      R"({"model": {"num_layers": 0, "norm_type": "batchnorm"}, "training": {"optimizer": "lion", "adam_eps": 0}})",
      {"/model/num_layers: 0 is out of range: must be >= 1",
