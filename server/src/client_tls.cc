@@ -6,17 +6,17 @@
 #include <grpcpp/security/credentials.h>
 
 namespace dsv3::server {
-namespace {
 
 absl::StatusOr<std::string> ReadPemFile(const std::string& flag, const std::string& path) {
   std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(flag + ": cannot read " + path);
   std::ostringstream text;
   text << f.rdbuf();
-  if (!f || text.str().empty()) return absl::NotFoundError(flag + ": cannot read " + path);
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(flag + ": " + path + " is not a PEM file");
+  }
   return text.str();
 }
-
-}  // namespace
 
 bool WantsTls(const ClientTlsFiles& files) { return files.tls || !files.ca.empty() || !files.cert.empty(); }
 

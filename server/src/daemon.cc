@@ -14,6 +14,7 @@
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include "dsv3/server/client_tls.h"
 #include "dsv3/server/host_util.h"
 #include "dsv3/server/job_manager.h"
 #include "dsv3/server/job_store.h"
@@ -217,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     if (!tls.ok()) return tls.status();
     credentials = *tls;
     if (!options.tls_ca.empty()) {
-      if (auto ca = ReadPem("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
+      if (auto ca = ReadPemFile("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
     }
   } else {
     if (!options.tls_client_ca.empty() || !options.tls_ca.empty() || options.http_tls) {

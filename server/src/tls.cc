@@ -5,10 +5,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <fstream>
-#include <sstream>
-
 #include <grpcpp/security/server_credentials.h>
+
+#include "dsv3/server/client_tls.h"
 
 namespace dsv3::server {
 namespace {
@@ -38,24 +37,13 @@ std::unique_ptr<BIO, BioFree> Bio(const std::string& pem) {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(flag + ": cannot read " + path);
-  std::ostringstream text;
-  text << f.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(flag + ": " + path + " is not a PEM file");
-  }
-  return text.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerTls(const TlsFiles& files) {
   if (files.cert.empty() != files.key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together (a certificate and its private key)");
   }
-  auto cert = ReadPem("--tls-cert", files.cert);
+  auto cert = ReadPemFile("--tls-cert", files.cert);
   if (!cert.ok()) return cert.status();
-  auto key = ReadPem("--tls-key", files.key);
+  auto key = ReadPemFile("--tls-key", files.key);
   if (!key.ok()) return key.status();
   std::unique_ptr<X509, X509Free> x509(PEM_read_bio_X509(Bio(*cert).get(), nullptr, nullptr, nullptr));
   if (!x509) return absl::InvalidArgumentError("--tls-cert: " + files.cert + ": " + OpenSslError());
@@ -67,7 +55,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerTls(const Tls
   }
   grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   if (!files.client_ca.empty()) {
-    auto ca = ReadPem("--tls-client-ca", files.client_ca);
+    auto ca = ReadPemFile("--tls-client-ca", files.client_ca);
     if (!ca.ok()) return ca.status();
     std::unique_ptr<X509, X509Free> ca_x509(PEM_read_bio_X509(Bio(*ca).get(), nullptr, nullptr, nullptr));
     if (!ca_x509) return absl::InvalidArgumentError("--tls-client-ca: " + files.client_ca + ": " + OpenSslError());

@@ -15,9 +15,6 @@ struct TlsFiles {
   std::string cert, key, client_ca;  // paths; client_ca "" = no client certificates asked
 };
 
-// The PEM text of `path`, or an error naming `flag`, the path and why.
-absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path);
-
 // Parses the certificate chain and the key, checks that they belong together and that the
 // client CA parses. With a client CA, clients are asked for a certificate and one that is
 // presented must verify; whether one is required is the auth interceptor's decision

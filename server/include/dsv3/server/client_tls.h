@@ -18,6 +18,10 @@ struct ClientTlsFiles {
   bool tls = false;        // TLS even without files (a certificate from a public CA)
 };
 
+// The text of a PEM file, or an error naming `flag`, the path and why (unreadable, not PEM).
+// dsv3d reads its own certificates with it too.
+absl::StatusOr<std::string> ReadPemFile(const std::string& flag, const std::string& path);
+
 // Whether these settings ask for TLS at all.
 bool WantsTls(const ClientTlsFiles& files);
 
