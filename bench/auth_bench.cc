@@ -23,7 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "child_process.h"
-#include "dsv3/server/command.h"
+#include "dsv3/procs/command.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
 
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   const fs::path root = fs::temp_directory_path() / ("dsv3-auth-bench-" + std::to_string(getpid()));
   const fs::path pki = root / "pki";
   fs::create_directories(root);
-  const auto made = dsv3::server::RunCommand(
+  const auto made = dsv3::procs::RunCommand(
       {std::string(DSV3_SOURCE_DIR) + "/deploy/gen-certs.sh", pki.string(), "--client", "bench"},
       std::chrono::seconds(60));
   if (!made.ok()) {
@@ -93,9 +93,9 @@ int main(int argc, char** argv) {
     fs::create_directories(state);
     std::string token;
     if (s.token) {
-      dsv3::server::RunCommand({DSV3D_PATH, "user", "add", "bench", "--state-dir", state.string()},
+      dsv3::procs::RunCommand({DSV3D_PATH, "user", "add", "bench", "--state-dir", state.string()},
                                std::chrono::seconds(30));
-      token = LastWord(dsv3::server::RunCommand({DSV3D_PATH, "token", "create", "bench", "--state-dir", state.string()},
+      token = LastWord(dsv3::procs::RunCommand({DSV3D_PATH, "token", "create", "bench", "--state-dir", state.string()},
                                                 std::chrono::seconds(30))
                            .out);
     }

@@ -37,7 +37,7 @@
 #include "child_process.h"
 #include "test_util.h"
 #include "dsv3/data/synth.h"
-#include "dsv3/server/command.h"
+#include "dsv3/procs/command.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 
 namespace {
@@ -104,7 +104,7 @@ nlohmann::json NanoConfig(const fs::path& corpus, const fs::path& source_dir) {
 
 // A fresh credential for the agent `name` from `dsv3d agent add`, in a file.
 fs::path AgentCredential(const fs::path& state, const std::string& name) {
-  const auto r = dsv3::server::RunCommand({DSV3D_PATH, "agent", "add", name, "--state-dir", state.string()},
+  const auto r = dsv3::procs::RunCommand({DSV3D_PATH, "agent", "add", name, "--state-dir", state.string()},
                                           std::chrono::seconds(30));
   const fs::path file = state / (name + ".credential");
   std::ofstream(file) << r.out;

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/env.h"
-#include "dsv3/server/client_tls.h"
+#include "dsv3/procs/client_tls.h"
 
 namespace dsv3::cli {
 namespace {
@@ -63,8 +63,8 @@ void ConnectionFlags::Add(CLI::App& verb) {
 }
 
 std::string CredentialsPath() {
-  std::string base = Env("XDG_CONFIG_HOME");
-  if (base.empty()) base = Env("HOME").empty() ? "." : Env("HOME") + "/.config";
+  std::string base = Env(env::kXdgConfigHome);
+  if (base.empty()) base = Env(env::kHome).empty() ? "." : Env(env::kHome) + "/.config";
   return base + "/dsv3/credentials.json";
 }
 
@@ -112,19 +112,19 @@ absl::StatusOr<Connection> Connect(const ConnectionFlags& f) {
     saved = LoadLogin(c.address);
   }
   c.token = !f.token.empty() ? f.token : !Env(env::kToken).empty() ? Env(env::kToken) : saved ? saved->token : "";
-  server::ClientTlsFiles tls;
+  procs::ClientTlsFiles tls;
   tls.ca = !f.tls_ca.empty() ? f.tls_ca : Env(env::kTlsCa);
   tls.tls = f.tls;
   tls.cert = f.tls_cert;
   tls.key = f.tls_key;
-  if (!server::WantsTls(tls) && saved) {  // what login saved for this controller
+  if (!procs::WantsTls(tls) && saved) {  // what login saved for this controller
     tls.ca = saved->tls_ca;
     tls.tls = saved->tls;
   }
-  auto credentials = server::MakeClientCredentials(tls);
+  auto credentials = procs::MakeClientCredentials(tls);
   if (!credentials.ok()) return credentials.status();
   c.credentials = *credentials;
-  c.tls = server::WantsTls(tls);
+  c.tls = procs::WantsTls(tls);
   return c;
 }
 

@@ -10,8 +10,8 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/slurm_script.h"
-#include "dsv3/server/command.h"
-#include "dsv3/server/host_util.h"
+#include "dsv3/procs/command.h"
+#include "dsv3/procs/host.h"
 #include "output.h"
 
 namespace dsv3::cli {
@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 // one in PATH on the compute nodes.
 std::string FindWorker(const std::string& given) {
   if (!given.empty()) return fs::absolute(given).lexically_normal().string();
-  return server::FindSiblingBinary("dsv3-worker").value_or("dsv3-worker");
+  return procs::FindSiblingBinary("dsv3-worker").value_or("dsv3-worker");
 }
 
 struct ScriptArgs {
@@ -113,8 +113,8 @@ void AddSlurmCommands(CLI::App& app, CliContext& ctx) {
   submit->callback([submit_args, &ctx] {
     const std::string text = BuildScript(*submit_args, ctx);
     if (text.empty() || !WriteScript(submit_args->output, text, ctx)) return;
-    const server::CommandResult r =
-        server::RunCommand({"sbatch", "--parsable", submit_args->output}, std::chrono::seconds(60));
+    const procs::CommandResult r =
+        procs::RunCommand({"sbatch", "--parsable", submit_args->output}, std::chrono::seconds(60));
     if (!r.ok()) {
       ctx.err << "dsv3ctl: " << r.Describe("sbatch") << "\n";
       ctx.exit_code = kExitFailed;

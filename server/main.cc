@@ -7,8 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
-#include "dsv3/server/admin.h"
-#include "dsv3/server/daemon.h"
+#include "admin.h"
+#include "daemon.h"
 
 namespace {
 

@@ -17,7 +17,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "dsv3/common/background_loop.h"
 #include "dsv3/common/env.h"
+#include "dsv3/procs/pem.h"
 #include "dsv3/v1/worker.grpc.pb.h"
 
 namespace dsv3::worker {
@@ -56,12 +58,10 @@ int64_t ParseEnvInt(const char* name) {
 std::shared_ptr<grpc::ChannelCredentials> ControllerCredentials() {
   const char* ca_path = std::getenv(env::kControllerCa);
   if (ca_path == nullptr || *ca_path == '\0') return grpc::InsecureChannelCredentials();
-  std::ifstream f(ca_path, std::ios::binary);
-  if (!f) throw std::runtime_error(std::string(env::kControllerCa) + "=" + ca_path + ": cannot read the CA file");
-  std::ostringstream pem;
-  pem << f.rdbuf();
+  auto pem = procs::ReadPemFile(env::kControllerCa, ca_path);
+  if (!pem.ok()) throw std::runtime_error(std::string(pem.status().message()));
   grpc::SslCredentialsOptions o;
-  o.pem_root_certs = pem.str();
+  o.pem_root_certs = *pem;
   return grpc::SslCredentials(o);
 }
 
@@ -74,17 +74,10 @@ class GrpcControllerReporter final : public ControllerReporter {
         ref_(std::move(ref)),
         world_size_(world_size),
         address_(address) {
-    thread_ = std::thread([this] { Run(); });
+    loop_.Start([this](BackgroundLoop::Lock& lock) { Run(lock); });
   }
 
-  ~GrpcControllerReporter() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+  ~GrpcControllerReporter() override { loop_.Stop(); }
 
   void SetCommandHandler(std::function<void(ControllerCommand)> handler) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -95,7 +88,7 @@ class GrpcControllerReporter final : public ControllerReporter {
     std::lock_guard<std::mutex> lock(mu_);
     start_ = info;
     have_start_ = true;
-    cv_.notify_all();
+    loop_.Wake();
   }
 
   void OnMetrics(const train::StepMetrics& m) override {
@@ -142,9 +135,9 @@ class GrpcControllerReporter final : public ControllerReporter {
     {
       std::unique_lock<std::mutex> lock(mu_);
       FlushMetricsLocked();
-      cv_.notify_all();
+      loop_.Wake();
       // Give the sender a moment to drain while the controller is reachable.
-      cv_.wait_until(lock, deadline - std::chrono::seconds(5), [&] { return queue_.empty() || unreachable_; });
+      loop_.WaitUntil(lock, deadline - std::chrono::seconds(5), [&] { return queue_.empty() || unreachable_; });
     }
     v1::ReportEndRequest r;
     *r.mutable_ref() = ref_;
@@ -162,7 +155,7 @@ class GrpcControllerReporter final : public ControllerReporter {
     std::lock_guard<std::mutex> lock(mu_);
     FlushMetricsLocked();  // keep metrics before the event that followed them
     queue_.push_back(std::move(op));
-    cv_.notify_all();
+    loop_.Wake();
   }
 
   void FlushMetricsLocked() {
@@ -204,18 +197,15 @@ class GrpcControllerReporter final : public ControllerReporter {
     }
   }
 
-  void Run() {
+  void Run(BackgroundLoop::Lock& lock) {
     auto next_heartbeat = Clock::now();
     auto next_flush = Clock::now() + kFlushInterval;
     std::chrono::milliseconds interval(2000);
     bool registered = false;
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stop_) {
-      // Queued reports wake the thread only while the controller answers; otherwise they
-      // wait for the next heartbeat, which probes it.
-      cv_.wait_until(lock, std::min(next_heartbeat, next_flush),
-                     [&] { return stop_ || (registered && !queue_.empty() && !unreachable_); });
-      if (stop_) break;
+    // Queued reports wake the thread only while the controller answers; otherwise they
+    // wait for the next heartbeat, which probes it.
+    while (loop_.WaitUntil(lock, std::min(next_heartbeat, next_flush),
+                           [&] { return registered && !queue_.empty() && !unreachable_; })) {
       const auto now = Clock::now();
       if (now >= next_flush) {
         FlushMetricsLocked();
@@ -273,7 +263,7 @@ class GrpcControllerReporter final : public ControllerReporter {
         next_heartbeat = Clock::now() + interval;
       }
       // Send queued reports in order; on an unreachable controller keep them for later.
-      while (!queue_.empty() && !stop_) {
+      while (!queue_.empty() && !loop_.Stopping()) {
         Op op = queue_.front();
         lock.unlock();
         v1::Ack ack;
@@ -289,7 +279,7 @@ class GrpcControllerReporter final : public ControllerReporter {
         lock.lock();
         if (unreachable_) break;  // retry at the next heartbeat
         queue_.pop_front();       // sent, or refused for good
-        cv_.notify_all();
+        loop_.Wake();
       }
     }
   }
@@ -300,15 +290,14 @@ class GrpcControllerReporter final : public ControllerReporter {
   const std::string address_;
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false, unreachable_ = false, warned_ = false, have_start_ = false;
+  bool unreachable_ = false, warned_ = false, have_start_ = false;
   int rejections_ = 0;
   int64_t step_ = 0;
   train::RunInfo start_;
   v1::ReportMetricsRequest pending_metrics_;
   std::deque<Op> queue_;
   std::function<void(ControllerCommand)> on_command_;
-  std::thread thread_;
+  BackgroundLoop loop_{mu_};  // last: stopped before the members it reads go away
 };
 
 }  // namespace

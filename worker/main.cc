@@ -182,8 +182,8 @@ int main(int argc, char** argv) {
     if (launch.world_size > 1) {
       dsv3::dist::ConnectOptions connect;
       connect.backend = dsv3::dist::ResolveBackend(cfg.config.distributed.backend, torch::cuda::is_available());
-      connect.rendezvous_timeout = EnvSeconds("DSV3_RENDEZVOUS_TIMEOUT", 300);
-      connect.collective_timeout = EnvSeconds("DSV3_COLLECTIVE_TIMEOUT", 600);
+      connect.rendezvous_timeout = EnvSeconds(dsv3::env::kRendezvousTimeout, 300);
+      connect.collective_timeout = EnvSeconds(dsv3::env::kCollectiveTimeout, 600);
       connect.device_index = launch.local_rank;
       const auto t0 = std::chrono::steady_clock::now();
       world = dsv3::dist::Connect(launch, connect);

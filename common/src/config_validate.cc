@@ -5,6 +5,7 @@
 #include <regex>
 #include <sstream>
 
+#include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/estimator.h"
 
 namespace dsv3::config::internal {
@@ -424,7 +425,7 @@ void ValidateAndDerive(Config& c, const std::set<std::string>& present, const Lo
              "true is not supported: Weights & Biases needs its network service; use logging.tensorboard "
              "(real TensorBoard event files) instead");
   }
-  if (!c.checkpointing.dir) c.checkpointing.dir = c.output_dir + "/checkpoints";
+  c.checkpointing.dir = CheckpointDir(c.checkpointing.dir, c.output_dir);
   if (c.validation.micro_batch_size == 0) c.validation.micro_batch_size = c.training.micro_batch_size;
   c.derived.layer_is_moe = LayerPlan(c.model);
 }

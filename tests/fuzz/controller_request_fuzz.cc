@@ -18,8 +18,8 @@
 
 #include <google/protobuf/stubs/logging.h>
 
-#include "dsv3/server/local_allocator.h"
-#include "services.h"
+#include "allocators/local_allocator.h"
+#include "rpc/services.h"
 
 namespace dsv3::server {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "http_request.h"
+#include "http/http_request.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

@@ -8,11 +8,11 @@
 
 #include <gtest/gtest.h>
 
-#include "auth.h"
-#include "dsv3/server/admin.h"
-#include "dsv3/server/host_util.h"
-#include "dsv3/server/job_store.h"
-#include "http_request.h"
+#include "rpc/auth.h"
+#include "admin.h"
+#include "dsv3/procs/host.h"
+#include "store/job_store.h"
+#include "http/http_request.h"
 #include "job_config.h"
 #include "test_util.h"
 
@@ -63,11 +63,11 @@ TEST(UserStore, UsersAndTokensRoundTripAndRevoke) {
 
 TEST(Auth, Sha256MatchesTheStandardVectorAndSecretsCompareExactly) {
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  EXPECT_TRUE(SameSecret("dsv3u_abc", "dsv3u_abc"));
-  EXPECT_FALSE(SameSecret("dsv3u_abd", "dsv3u_abc"));
-  EXPECT_FALSE(SameSecret("dsv3u_ab", "dsv3u_abc"));
-  EXPECT_FALSE(SameSecret("dsv3u_abcd", "dsv3u_abc"));
-  EXPECT_FALSE(SameSecret("", ""));  // an empty secret admits nobody
+  EXPECT_TRUE(procs::SameSecret("dsv3u_abc", "dsv3u_abc"));
+  EXPECT_FALSE(procs::SameSecret("dsv3u_abd", "dsv3u_abc"));
+  EXPECT_FALSE(procs::SameSecret("dsv3u_ab", "dsv3u_abc"));
+  EXPECT_FALSE(procs::SameSecret("dsv3u_abcd", "dsv3u_abc"));
+  EXPECT_FALSE(procs::SameSecret("", ""));  // an empty secret admits nobody
 }
 
 TEST(Auth, TokensNameTheirUserAndLoopbackTrustEndsWithTheFirstUser) {

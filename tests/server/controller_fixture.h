@@ -27,7 +27,7 @@
 #include "app.h"
 #include "child_process.h"
 #include "dsv3/data/synth.h"
-#include "dsv3/server/command.h"
+#include "dsv3/procs/command.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
 
@@ -136,7 +136,7 @@ class Dsv3d {
   int Admin(std::vector<std::string> args, std::string* out = nullptr) const {
     args.insert(args.begin(), DSV3D_PATH);
     args.insert(args.end(), {"--state-dir", state_dir_.string()});
-    const auto r = server::RunCommand(args, std::chrono::seconds(30));
+    const auto r = procs::RunCommand(args, std::chrono::seconds(30));
     if (out != nullptr) *out = r.out + r.err;
     return r.exit_code;
   }

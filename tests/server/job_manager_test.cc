@@ -11,9 +11,9 @@
 #include <gtest/gtest.h>
 
 #include "test_util.h"
-#include "dsv3/server/allocator.h"
-#include "dsv3/server/job_manager.h"
-#include "dsv3/server/job_store.h"
+#include "allocators/allocator.h"
+#include "jobs/job_manager.h"
+#include "store/job_store.h"
 
 namespace dsv3::server {
 namespace {

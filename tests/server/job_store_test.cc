@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "dsv3/server/job_store.h"
+#include "store/job_store.h"
 #include "test_util.h"
 
 namespace dsv3::server {

@@ -9,7 +9,7 @@
 
 #include <gtest/gtest.h>
 
-#include "dsv3/server/local_allocator.h"
+#include "allocators/local_allocator.h"
 #include "test_util.h"
 
 namespace dsv3::server {
@@ -97,11 +97,11 @@ TEST_F(LocalAllocatorTest, KillTakesTheWholeProcessGroup) {
   ASSERT_TRUE(launched.ok());
   ASSERT_TRUE(WaitFor([&] { return !ReadFile(pidfile).empty(); }, std::chrono::seconds(10)));
   const int64_t grandchild = std::stoll(ReadFile(pidfile));
-  EXPECT_GT(ProcessStartTime(grandchild), 0);
+  EXPECT_GT(procs::ProcessStartTime(grandchild), 0);
   alloc_->Kill(3);
   ASSERT_TRUE(WaitExit(3));
   EXPECT_EQ(ExitOf(3)->exit_code, 128 + SIGKILL);
-  EXPECT_TRUE(WaitFor([&] { return ProcessStartTime(grandchild) == 0; }, std::chrono::seconds(10)));
+  EXPECT_TRUE(WaitFor([&] { return procs::ProcessStartTime(grandchild) == 0; }, std::chrono::seconds(10)));
 }
 
 TEST_F(LocalAllocatorTest, AMissingProgramIsAnErrorNotAnExit) {
@@ -135,7 +135,7 @@ TEST_F(LocalAllocatorTest, AdoptsLiveRanksOfAPreviousController) {
     _exit(127);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  const int64_t start = ProcessStartTime(pid);
+  const int64_t start = procs::ProcessStartTime(pid);
   ASSERT_GT(start, 0);
   RankRecord alive{20, 1, 0, pid, start, "h", "", "registered", 0, 0, 0};
   RankRecord reused{20, 1, 1, pid, start + 1, "h", "", "registered", 0, 0, 0};  // same pid, other process

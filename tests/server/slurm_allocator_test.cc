@@ -1,5 +1,5 @@
 // What Slurm's job states mean to dsv3d, and which jobs ask for Slurm.
-#include "dsv3/server/slurm_allocator.h"
+#include "allocators/slurm_allocator.h"
 
 #include <gtest/gtest.h>
 

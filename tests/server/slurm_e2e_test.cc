@@ -7,7 +7,7 @@
 #include <regex>
 
 #include "controller_fixture.h"
-#include "dsv3/server/command.h"
+#include "dsv3/procs/command.h"
 
 namespace dsv3::test {
 namespace {
@@ -15,7 +15,7 @@ namespace {
 using std::chrono::seconds;
 
 std::string SlurmState(const std::string& slurm_id) {
-  const auto r = server::RunCommand({"scontrol", "show", "job", "-o", slurm_id}, std::chrono::seconds(10));
+  const auto r = procs::RunCommand({"scontrol", "show", "job", "-o", slurm_id}, std::chrono::seconds(10));
   std::smatch m;
   static const std::regex kState(R"( JobState=(\S+))");
   return std::regex_search(r.out, m, kState) ? m[1].str() : "unknown (" + r.Describe("scontrol") + ")";
@@ -24,7 +24,7 @@ std::string SlurmState(const std::string& slurm_id) {
 class SlurmTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto r = server::RunCommand({"sinfo", "-h", "-o", "%t"}, std::chrono::seconds(10));
+    const auto r = procs::RunCommand({"sinfo", "-h", "-o", "%t"}, std::chrono::seconds(10));
     ASSERT_TRUE(r.ok()) << "no Slurm here: start the test cluster with tests/slurm/start-local-slurm.sh (as root; "
                            "deploy/test.sh does it): "
                         << r.Describe("sinfo");

@@ -12,6 +12,7 @@
 
 #include "dsv3/ckpt/manifest.h"
 #include "dsv3/ckpt/safetensors.h"
+#include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/checksum.h"
 
 namespace dsv3::ckpt {
@@ -50,9 +51,9 @@ void WriteText(const fs::path& path, const std::string& text) {
 // Every rank writes its files into one temporary directory; rank 0 writes the rest, the
 // manifest with every checksum, and renames it into place.
 std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d, const SaveGroup& g) {
-  const fs::path final_dir = fs::path(dir) / ("checkpoint_" + std::to_string(d.step));
+  const fs::path final_dir = fs::path(dir) / config::CheckpointName(d.step);
   const std::string suffix = g.world > 1 ? "dist" : std::to_string(getpid());
-  const fs::path tmp = fs::path(dir) / ("checkpoint_" + std::to_string(d.step) + ".tmp-" + suffix);
+  const fs::path tmp = fs::path(dir) / (config::CheckpointName(d.step) + ".tmp-" + suffix);
   if (g.rank == 0) {
     fs::remove_all(tmp);
     fs::create_directories(tmp);

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/checksum.h"
 
 namespace dsv3::ckpt {
@@ -74,7 +75,7 @@ json VerifyCheckpoint(const std::string& path_in) {
 }
 
 std::optional<int64_t> CheckpointStep(const std::string& name) {
-  const std::string prefix = "checkpoint_";
+  const std::string prefix = config::kCheckpointPrefix;
   if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
   const std::string digits = name.substr(prefix.size());
   if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;

@@ -1,4 +1,5 @@
 #include "dsv3/data/tokenizer.h"
+#include "dsv3/common/env.h"
 
 #include <dlfcn.h>
 
@@ -45,7 +46,7 @@ const SentencePiecePlugin& Plugin() {
     SentencePiecePlugin p;
 #ifdef DSV3_SENTENCEPIECE_PLUGIN
     std::string path = DSV3_SENTENCEPIECE_PLUGIN;
-    if (const char* env = std::getenv("DSV3_SENTENCEPIECE_PLUGIN")) path = env;
+    if (const char* env = std::getenv(env::kSentencepiecePlugin)) path = env;
     // Where LibTorch's libprotobuf is loaded, the plugin's protobuf-lite must bind to itself
     // (RTLD_DEEPBIND); elsewhere plain loading keeps sentencepiece's own logging (std::cerr
     // through copy relocations, which DEEPBIND breaks) working.

@@ -3,6 +3,7 @@
 // (allreduce of a copy, keep this rank's chunk: twice the bytes of a ring reduce-scatter,
 // the same result) and the flat all-gather writes into views of the output.
 #include "backends.h"
+#include "dsv3/common/env.h"
 
 #ifdef DSV3_HAVE_GLOO
 #include <chrono>
@@ -67,7 +68,7 @@ class GlooCommunicator final : public Communicator {
  public:
   explicit GlooCommunicator(GroupSpec spec) : spec_(std::move(spec)) {
     auto options = c10d::ProcessGroupGloo::Options::create(spec_.options.collective_timeout);
-    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname != '\0') {
+    if (const char* ifname = std::getenv(env::kGlooSocketIfname); ifname != nullptr && *ifname != '\0') {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
     } else if (IsLoopback(spec_.master_addr)) {
       // One host: bind where the master is, not wherever the hostname resolves.

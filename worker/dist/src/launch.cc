@@ -26,10 +26,10 @@ int ParseInt(const std::string& name, const std::string& value, int min) {
 // SLURM_TASKS_PER_NODE looks like "2(x3),1": the first node's count is what a single-node
 // job has; SLURM_NTASKS_PER_NODE is a plain number when --ntasks-per-node was given.
 int SlurmLocalWorld(const EnvLookup& env, int world) {
-  if (auto v = env("SLURM_NTASKS_PER_NODE")) return ParseInt("SLURM_NTASKS_PER_NODE", *v, 1);
-  if (auto v = env("SLURM_TASKS_PER_NODE")) {
+  if (auto v = env(env::kSlurmNtasksPerNode)) return ParseInt(env::kSlurmNtasksPerNode, *v, 1);
+  if (auto v = env(env::kSlurmTasksPerNode)) {
     const std::string first = v->substr(0, v->find_first_of("(,"));
-    return ParseInt("SLURM_TASKS_PER_NODE", first, 1);
+    return ParseInt(env::kSlurmTasksPerNode, first, 1);
   }
   return world;
 }
@@ -74,31 +74,31 @@ LaunchInfo DiscoverLaunch(const EnvLookup& env) {
     info.local_rank = env(env::kLocalRank) ? ParseInt(env::kLocalRank, *env(env::kLocalRank), 0) : info.rank;
     info.local_world_size =
         env(env::kLocalWorldSize) ? ParseInt(env::kLocalWorldSize, *env(env::kLocalWorldSize), 1) : info.world_size;
-    const auto agent = env("TORCHELASTIC_USE_AGENT_STORE");
+    const auto agent = env(env::kTorchElasticUseAgentStore);
     info.agent_store = agent && (*agent == "True" || *agent == "true" || *agent == "1");
-  } else if (auto procid = env("SLURM_PROCID")) {
+  } else if (auto procid = env(env::kSlurmProcId)) {
     info.launcher = "slurm";
-    info.rank = ParseInt("SLURM_PROCID", *procid, 0);
-    const auto ntasks = env("SLURM_NTASKS");
+    info.rank = ParseInt(env::kSlurmProcId, *procid, 0);
+    const auto ntasks = env(env::kSlurmNtasks);
     if (!ntasks) throw std::runtime_error("SLURM_PROCID is set but SLURM_NTASKS is not (start ranks with srun)");
-    info.world_size = ParseInt("SLURM_NTASKS", *ntasks, 1);
-    info.local_rank = env("SLURM_LOCALID") ? ParseInt("SLURM_LOCALID", *env("SLURM_LOCALID"), 0) : 0;
+    info.world_size = ParseInt(env::kSlurmNtasks, *ntasks, 1);
+    info.local_rank = env(env::kSlurmLocalId) ? ParseInt(env::kSlurmLocalId, *env(env::kSlurmLocalId), 0) : 0;
     info.local_world_size = SlurmLocalWorld(env, info.world_size);
-    const auto nodes = env("SLURM_JOB_NODELIST") ? env("SLURM_JOB_NODELIST") : env("SLURM_NODELIST");
+    const auto nodes = env(env::kSlurmJobNodeList) ? env(env::kSlurmJobNodeList) : env(env::kSlurmNodeList);
     if (nodes) info.master_addr = FirstSlurmHost(*nodes);
-  } else if (auto ompi = env("OMPI_COMM_WORLD_RANK")) {
+  } else if (auto ompi = env(env::kOmpiRank)) {
     info.launcher = "mpirun";
-    info.rank = ParseInt("OMPI_COMM_WORLD_RANK", *ompi, 0);
-    const auto size = env("OMPI_COMM_WORLD_SIZE");
+    info.rank = ParseInt(env::kOmpiRank, *ompi, 0);
+    const auto size = env(env::kOmpiSize);
     if (!size) throw std::runtime_error("OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not");
-    info.world_size = ParseInt("OMPI_COMM_WORLD_SIZE", *size, 1);
+    info.world_size = ParseInt(env::kOmpiSize, *size, 1);
     info.local_rank =
-        env("OMPI_COMM_WORLD_LOCAL_RANK") ? ParseInt("OMPI_COMM_WORLD_LOCAL_RANK", *env("OMPI_COMM_WORLD_LOCAL_RANK"), 0) : 0;
-    info.local_world_size = env("OMPI_COMM_WORLD_LOCAL_SIZE")
-                                ? ParseInt("OMPI_COMM_WORLD_LOCAL_SIZE", *env("OMPI_COMM_WORLD_LOCAL_SIZE"), 1)
+        env(env::kOmpiLocalRank) ? ParseInt(env::kOmpiLocalRank, *env(env::kOmpiLocalRank), 0) : 0;
+    info.local_world_size = env(env::kOmpiLocalSize)
+                                ? ParseInt(env::kOmpiLocalSize, *env(env::kOmpiLocalSize), 1)
                                 : info.world_size;
   }
-  for (const char* name : {"TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT", env::kAttempt}) {
+  for (const char* name : {env::kTorchElasticRestartCount, env::kSlurmRestartCount, env::kAttempt}) {
     if (auto g = env(name)) {
       info.generation = *g;
       break;

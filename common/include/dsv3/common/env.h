@@ -1,4 +1,5 @@
-// Environment variables dsv3 reads or sets, named once.
+// Environment variables dsv3 reads or sets, named once: every name appears here and nowhere
+// else (tests excepted, which set them as a user would).
 #pragma once
 
 namespace dsv3::env {
@@ -29,5 +30,38 @@ inline constexpr const char* kOpenBlasNumThreads = "OPENBLAS_NUM_THREADS";
 inline constexpr const char* kOpenBlasCoreType = "OPENBLAS_CORETYPE";
 // Set when dsv3-worker re-executed itself to pick OpenBLAS kernels; prevents a loop.
 inline constexpr const char* kBlasReexec = "DSV3_BLAS_REEXEC";
+
+// Rank timeouts (seconds): c10d's rendezvous, and any one collective.
+inline constexpr const char* kRendezvousTimeout = "DSV3_RENDEZVOUS_TIMEOUT";
+inline constexpr const char* kCollectiveTimeout = "DSV3_COLLECTIVE_TIMEOUT";
+// The sentencepiece plugin library (default: the one built next to dsv3_data).
+inline constexpr const char* kSentencepiecePlugin = "DSV3_SENTENCEPIECE_PLUGIN";
+// Gloo's network interface (c10d's own name), for hosts whose hostname resolves elsewhere.
+inline constexpr const char* kGlooSocketIfname = "GLOO_SOCKET_IFNAME";
+
+// Launchers other than dsv3d whose variables a rank reads to find its place (dist/launch).
+// torchrun (elastic agent)
+inline constexpr const char* kTorchElasticUseAgentStore = "TORCHELASTIC_USE_AGENT_STORE";
+inline constexpr const char* kTorchElasticRestartCount = "TORCHELASTIC_RESTART_COUNT";
+// srun
+inline constexpr const char* kSlurmProcId = "SLURM_PROCID";
+inline constexpr const char* kSlurmNtasks = "SLURM_NTASKS";
+inline constexpr const char* kSlurmLocalId = "SLURM_LOCALID";
+inline constexpr const char* kSlurmJobNodeList = "SLURM_JOB_NODELIST";
+inline constexpr const char* kSlurmNodeList = "SLURM_NODELIST";
+inline constexpr const char* kSlurmNtasksPerNode = "SLURM_NTASKS_PER_NODE";
+inline constexpr const char* kSlurmTasksPerNode = "SLURM_TASKS_PER_NODE";
+inline constexpr const char* kSlurmRestartCount = "SLURM_RESTART_COUNT";
+// mpirun (Open MPI)
+inline constexpr const char* kOmpiRank = "OMPI_COMM_WORLD_RANK";
+inline constexpr const char* kOmpiSize = "OMPI_COMM_WORLD_SIZE";
+inline constexpr const char* kOmpiLocalRank = "OMPI_COMM_WORLD_LOCAL_RANK";
+inline constexpr const char* kOmpiLocalSize = "OMPI_COMM_WORLD_LOCAL_SIZE";
+
+// The host's own: the search path for sbatch and friends, and where dsv3ctl keeps its
+// saved credentials.
+inline constexpr const char* kPath = "PATH";
+inline constexpr const char* kHome = "HOME";
+inline constexpr const char* kXdgConfigHome = "XDG_CONFIG_HOME";
 
 }  // namespace dsv3::env

@@ -7,7 +7,7 @@
 //            freed, so no rank keeps a full gradient across micro-steps;
 //   stage 3  parameters sharded too: a decoder layer's parameters are all-gathered when it
 //            runs (forward, and again for its recomputation in backward) and freed after
-//            (see ShardedLayers); the other parameters (embedding, head, norms, MTP) stay
+//            (Acquire / Release, which the trainer calls through the model's LayerParameters hook); the other parameters (embedding, head, norms, MTP) stay
 //            gathered and are refreshed after each update.
 // Master parameters (fp32) live in one flat buffer per group, laid out in buckets in
 // backward order (reverse registration) of about bucket_elements each, padded to a multiple
@@ -37,7 +37,7 @@
 #include <torch/torch.h>
 
 #include "dsv3/dist/communicator.h"
-#include "dsv3/model/layers.h"
+#include "dsv3/dist/optimizer_update.h"
 
 namespace dsv3::dist {
 
@@ -54,11 +54,6 @@ struct ParamGroup {
   std::string name;  // "dense", "expert": names the state in checkpoints
   std::vector<ParamEntry> params;
   Communicator* comm = nullptr;  // the ranks holding replicas of these parameters
-};
-
-struct OptimizerOptions {
-  std::string type = "adamw";  // adamw | adam | sgd (same arithmetic as torch::optim's)
-  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
 };
 
 struct ShardingOptions {
@@ -130,20 +125,6 @@ class DistributedOptimizer {
   bool last_micro_ = true;
   int64_t step_ = 0;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooks alive
-};
-
-// The model's LayerParameters over a stage-3 optimizer: decoder layer i is unit i.
-class ShardedLayers final : public model::LayerParameters {
- public:
-  ShardedLayers(DistributedOptimizer* optimizer, std::vector<const model::DecoderLayerImpl*> layers)
-      : optimizer_(optimizer), layers_(std::move(layers)) {}
-  void Acquire(model::DecoderLayerImpl& layer) override;
-  void Release(model::DecoderLayerImpl& layer) override;
-
- private:
-  int Unit(const model::DecoderLayerImpl& layer) const;
-  DistributedOptimizer* optimizer_;
-  std::vector<const model::DecoderLayerImpl*> layers_;
 };
 
 }  // namespace dsv3::dist

@@ -7,7 +7,6 @@
 #include <memory>
 
 #include "dsv3/dist/communicator.h"
-#include "dsv3/model/layers.h"
 
 namespace dsv3::dist {
 
@@ -18,8 +17,5 @@ struct ExpertParallelGroups {
 
 // Collective over `world` (every rank calls). ep must divide world->size().
 ExpertParallelGroups MakeExpertParallelGroups(Communicator& world, int ep);
-
-// The model's ExpertExchange over an expert-parallel communicator.
-std::shared_ptr<model::ExpertExchange> MakeExpertExchange(Communicator* ep);
 
 }  // namespace dsv3::dist

@@ -1,0 +1,133 @@
+// Trainer checkpoints: resume (model, trainer and sampler state, RNG, then the optimizer
+// state once the optimizer exists) and save (collective across ranks; async for one rank).
+#include <chrono>
+
+#include <nlohmann/json.hpp>
+
+#include "dsv3/common/checkpoint_layout.h"
+#include "dsv3/common/config_io.h"
+#include "dsv3/model/hf_state_dict.h"
+#include "dsv3/model/torch_compat.h"
+#include "trainer_state.h"
+
+namespace dsv3::train {
+
+using nlohmann::json;
+
+// The weights as HF tensors, with every expert (gathered from the expert-parallel group:
+// a collective there). Rank 0 writes them.
+std::vector<std::pair<std::string, torch::Tensor>> Trainer::State::FullModelState() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  // ZeRO-3 holds shards: the whole fp32 master is gathered for the save.
+  optimizer->WithFullMaster([&] {
+    out = GatherHfState(Layout(), *master);
+    if (cfg.derived.effective_zero_stage == 3) {
+      for (auto& [name, t] : out) t = t.clone();  // the gathered storage goes away after this call
+    }
+  });
+  return out;
+}
+
+void Trainer::State::RestoreRng(const std::map<std::string, torch::Tensor>& saved) {
+  model::compat::SetRngState(torch::kCPU, saved.at("rng_cpu"));
+  if (device.is_cuda() && saved.count("rng_device")) model::compat::SetRngState(device, saved.at("rng_device"));
+}
+
+void Trainer::State::LoadOptimizerState() {
+  if (!pending_optimizer) return;
+  const ckpt::LoadedCheckpoint& loaded = *pending_optimizer;
+  const json& st = loaded.trainer_state;
+  optimizer->LoadState(loaded.world_size, [&](int r) {
+    ckpt::SafetensorsFile f = ckpt::LoadShard(loaded, r);
+    if (r == opt.rank && loaded.world_size == opt.world_size) RestoreRng(f.tensors);
+    return std::make_pair(std::move(f.tensors), std::move(f.metadata));
+  });
+  const int64_t saved_dp = st.value("data_parallel_size", int64_t{1});
+  if (saved_dp != dp) {
+    Message("resharded the optimizer state of " + loaded.path + " from data-parallel size " +
+            std::to_string(saved_dp) + " to " + std::to_string(dp));
+  }
+  pending_optimizer.reset();
+}
+
+void Trainer::State::Resume(const std::string& requested) {
+  std::string path = requested;
+  if (path == "latest") {
+    std::vector<std::string> skipped;
+    const auto latest = ckpt::LatestIntactCheckpoint(checkpoint_dir, &skipped);
+    for (const auto& s : skipped) Message("skipping damaged checkpoint: " + s);
+    if (!latest) {
+      Message("--resume latest: no checkpoint in " + checkpoint_dir + "; starting from step 0");
+      return;
+    }
+    path = *latest;
+  }
+  ckpt::LoadedCheckpoint loaded = ckpt::LoadCheckpoint(path);
+  model::LoadHfStateDict(*master, loaded.model);
+  if (mixed) CopyMasterToCompute(*master, *compute);
+  const json& st = loaded.trainer_state;
+  step = st.at("step").get<int64_t>();
+  tokens_seen = st.at("tokens_seen").get<int64_t>();
+  scaler.scale = st.at("loss_scale").get<double>();
+  scaler.good_steps = st.at("good_steps").get<int64_t>();
+  data::SamplerState sampler;
+  sampler.next_sample = st.at("sampler").at("next_sample").get<int64_t>();
+  sampler.taken = st.at("sampler").at("taken").get<std::vector<int64_t>>();
+  data.sampler->Restore(sampler);
+  // Rank 0's RNG; LoadOptimizerState replaces it with this rank's own when the world is the
+  // same (it reads every shard anyway).
+  RestoreRng(loaded.state_tensors);
+  resumed_from = loaded.path;
+  checkpoints->Protect(loaded.path);
+  pending_optimizer = std::move(loaded);
+  last_saved_step = step;
+}
+
+
+std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
+  const auto start = Clock::now();
+  ckpt::CheckpointData d;
+  d.step = step;
+  d.model = FullModelState();
+  if (opt.rank != 0) d.model.clear();
+  d.shard = optimizer->StateTensors();
+  d.shard_metadata = optimizer->StateMetadata();
+  // Every rank's router biases: equal on all ranks when the loads were summed right; kept
+  // per rank so that a checkpoint shows it.
+  const std::vector<model::MoE> moes = master->MoeLayers();
+  for (size_t i = 0; i < moes.size(); ++i) {
+    d.shard.push_back({"router_bias." + std::to_string(i), moes[i]->gate->e_score_correction_bias});
+  }
+  d.shard.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
+  if (device.is_cuda()) d.shard.push_back({"rng_device", model::compat::GetRngState(device)});
+  d.state_tensors.push_back({"rng_cpu", model::compat::GetRngState(torch::kCPU)});
+  if (device.is_cuda()) d.state_tensors.push_back({"rng_device", model::compat::GetRngState(device)});
+  const data::SamplerState sampler = data.sampler->state();
+  d.trainer_state = {{"step", step},
+                     {"tokens_seen", tokens_seen},
+                     {"loss_scale", scaler.scale},
+                     {"good_steps", scaler.good_steps},
+                     {"world_size", opt.world_size},
+                     {"data_parallel_size", dp},
+                     {"expert_parallel_size", ep},
+                     {"zero_stage", cfg.derived.effective_zero_stage},
+                     {"sampler", {{"next_sample", sampler.next_sample}, {"taken", sampler.taken}}}};
+  d.config = config::ToJson(cfg);
+  if (eval_step == step && eval_loss_at_step) d.val_loss = *eval_loss_at_step;
+  std::string path;
+  // A distributed save is collective, so it runs in the foreground.
+  const bool async = cfg.checkpointing.async_save && reason == "interval" && opt.world_size == 1;
+  if (async) {
+    checkpoints->SaveAsync(std::move(d));
+    path = config::CheckpointPath(checkpoint_dir, step);
+  } else {
+    path = checkpoints->Save(d);
+  }
+  last_saved_step = step;
+  CheckpointEvent event{step, path, std::chrono::duration<double>(Clock::now() - start).count(), async, reason};
+  for (auto& r : reporters) r->OnCheckpoint(event);
+  return path;
+}
+
+
+}  // namespace dsv3::train

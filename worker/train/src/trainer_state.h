@@ -1,0 +1,122 @@
+// The trainer's state, shared by the files that make up Trainer (private to dsv3_train):
+//   trainer.cc             construction (what to build) and the step loop;
+//   trainer_step.cc        one optimizer step: micro-steps, the ranks' agreement, the update;
+//   capabilities.cc        what this build cannot do, refused up front;
+//   parallelize.cc         replica groups, the sharded optimizer, expert parallelism;
+//   trainer_checkpoint.cc  resume and save;
+//   evaluation.cc          validation loss, per-source loss and a greedy sample;
+//   metric_window.cc       the averages behind each log line;
+//   precision.cc           master copies, loss scaling, peak FLOP/s.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "dsv3/ckpt/checkpoint.h"
+#include "dsv3/common/config.h"
+#include "dsv3/common/estimator.h"
+#include "dsv3/data/pipeline.h"
+#include "dsv3/dist/communicator.h"
+#include "dsv3/dist/distributed_optimizer.h"
+#include "dsv3/dist/expert_parallel.h"
+#include "dsv3/model/model.h"
+#include "dsv3/train/trainer.h"
+#include "metric_window.h"
+#include "parallelize.h"
+#include "precision.h"
+
+namespace dsv3::train {
+
+using Clock = std::chrono::steady_clock;
+
+inline double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// Rows [first, first + rows) of a loader batch (int32, `width` per row) as int64 on `device`.
+torch::Tensor Rows(const std::vector<int32_t>& data, int64_t first, int64_t rows, int64_t width, torch::Device device);
+
+// What the ranks agreed on after a step's micro-steps (one all-reduce).
+struct StepAgreement {
+  double main = 0, mtp = 0, balance = 0;  // averaged over the data-parallel ranks
+  bool stop = false, checkpoint = false;  // any rank asked
+  std::vector<torch::Tensor> loads;       // per MoE layer: the global batch's tokens per expert
+  int64_t assignments = 0, dropped = 0;
+};
+
+struct Trainer::State {
+  config::Config cfg;
+  TrainerOptions opt;
+  std::vector<std::unique_ptr<Reporter>> reporters;
+  torch::Device device = torch::kCPU;
+  torch::ScalarType compute_dtype = torch::kFloat;
+  bool mixed = false;
+  model::DeepSeekV3 master{nullptr}, compute{nullptr};
+  // The world (data-parallel ranks; tp = pp = 1), and with expert parallelism the groups
+  // that exchange tokens and that hold the same experts.
+  dist::Communicator* world = nullptr;
+  std::unique_ptr<dist::Communicator> self_world;
+  dist::ExpertParallelGroups ep_groups;
+  int dp = 1, ep = 1;
+  std::unique_ptr<dist::DistributedOptimizer> optimizer;
+  data::DataPipeline data;
+  std::unique_ptr<ckpt::CheckpointManager> checkpoints;
+  config::Estimate estimate;
+  std::string output_dir, checkpoint_dir, resumed_from;
+  double peak_flops = 0;
+  int threads = 1;
+  int64_t step = 0, tokens_seen = 0;
+  LossScaler scaler;  // fp16 only
+  std::optional<double> eval_loss_at_step;
+  int64_t eval_step = -1, last_saved_step = -1;
+  // The checkpoint whose optimizer state loads once the optimizer exists (after the experts
+  // are sharded).
+  std::optional<ckpt::LoadedCheckpoint> pending_optimizer;
+
+  ParallelLayout Layout() const {
+    return {world, ep_groups.ep.get(), ep_groups.replicas.get(), dp, ep};
+  }
+  // Seconds blocked in communication, every group together.
+  double CommSeconds() const {
+    double total = world->blocked_seconds();
+    if (ep_groups.ep) total += ep_groups.ep->blocked_seconds() + ep_groups.replicas->blocked_seconds();
+    return total;
+  }
+  void Message(const std::string& m) {
+    for (auto& r : reporters) r->OnMessage(m);
+  }
+
+  // trainer.cc: the parts of construction.
+  void PlaceOnDevice();
+  void BuildModels();
+  void OpenDataAndCheckpoints();
+  void Parallelize();
+  RunInfo Info() const;
+
+  // trainer_step.cc: one optimizer step. Micro-steps run forward and backward and return the
+  // step's summed loss parts (this rank) with their times in `f`; Agree all-reduces what the
+  // ranks must share; Update applies (or skips) the step and returns whether it did.
+  void MicroSteps(const data::Batch& batch, StepFigures& f, double& main, double& mtp, double& balance);
+  StepAgreement Agree(double main, double mtp, double balance, bool stop, bool checkpoint);
+  bool Update(double step_loss, double lr, double& grad_norm);
+
+  // trainer_checkpoint.cc
+  std::vector<std::pair<std::string, torch::Tensor>> FullModelState();
+  void RestoreRng(const std::map<std::string, torch::Tensor>& saved);
+  void LoadOptimizerState();
+  void Resume(const std::string& requested);
+  std::string SaveCheckpoint(const std::string& reason);
+
+  // evaluation.cc: a collective over the data-parallel ranks (every rank calls).
+  EvalResult Evaluate();
+};
+
+}  // namespace dsv3::train
