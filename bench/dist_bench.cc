@@ -24,7 +24,7 @@
 #include "bench_config.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/data/synth.h"
-#include "train/worker_process.h"
+#include "worker_process.h"
 
 namespace {
 

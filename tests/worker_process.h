@@ -19,20 +19,9 @@
 
 #include <nlohmann/json.hpp>
 
-namespace dsv3::test {
+#include "test_util.h"
 
-// A TCP port free on loopback right now (for MASTER_PORT).
-inline int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+namespace dsv3::test {
 
 // Starts dsv3-worker in `cwd` with stdout+stderr to `log`, `env` added to its environment.
 inline pid_t StartWorker(const std::filesystem::path& cwd, const std::vector<std::string>& args,

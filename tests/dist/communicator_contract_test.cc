@@ -12,7 +12,7 @@
 #include <torch/torch.h>
 
 #include "dsv3/dist/communicator.h"
-#include "worker_process.h"
+#include "test_util.h"
 
 namespace dsv3 {
 namespace {

@@ -13,7 +13,7 @@
 #include "dsv3/procs/host.h"
 #include "store/job_store.h"
 #include "http/http_request.h"
-#include "job_config.h"
+#include "jobs/job_config.h"
 #include "test_util.h"
 
 namespace dsv3::server {
