@@ -85,9 +85,11 @@ class KindNames {
 };
 TYPED_TEST_SUITE(TokenizerContract, Kinds, KindNames);
 
+// Text in every tokenizer's normal form: SentencePiece's default normalization (nmt_nfkc)
+// folds newlines, tabs and runs of spaces into one space, so those are left out here.
 const std::vector<std::string>& Samples() {
   static const std::vector<std::string> s = {
-      "The old museum was built by Ada in 1906.", "def add_3(x):\n\treturn x + 3", "caf\u00e9 na\u00efve \u00fcber",
+      "The old museum was built by Ada in 1906.", "def add_3(x): return x + 3", "caf\u00e9 na\u00efve \u00fcber",
       "", "a"};
   return s;
 }
