@@ -8,10 +8,11 @@ function(dsv3_set_warnings target)
   endif()
 endfunction()
 
-# dsv3_add_test(NAME name SOURCES a.cc b.cc LIBS lib... LABELS unit|integration|e2e|gpu [TIMEOUT s])
+# dsv3_add_test(NAME name SOURCES a.cc b.cc LIBS lib... LABELS unit|integration|e2e|gpu [TIMEOUT s]
+#               [ARGS arg...])
 # Builds one GoogleTest binary and registers it with ctest under the given labels.
 function(dsv3_add_test)
-  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS;ARGS" ${ARGN})
   if(NOT T_LABELS)
     message(FATAL_ERROR "dsv3_add_test(${T_NAME}): LABELS is required (unit, integration, e2e, gpu)")
   endif()
@@ -20,7 +21,7 @@ function(dsv3_add_test)
   dsv3_set_warnings(${T_NAME})
   target_compile_definitions(${T_NAME} PRIVATE
     DSV3_SOURCE_DIR="${PROJECT_SOURCE_DIR}" DSV3_BINARY_DIR="${PROJECT_BINARY_DIR}")
-  add_test(NAME ${T_NAME} COMMAND ${T_NAME})
+  add_test(NAME ${T_NAME} COMMAND ${T_NAME} ${T_ARGS})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()

@@ -14,18 +14,18 @@
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
-#include "dsv3/procs/client_tls.h"
-#include "dsv3/procs/host.h"
-#include "jobs/job_manager.h"
-#include "store/job_store.h"
 #include "allocators/local_allocator.h"
 #include "allocators/slurm_allocator.h"
 #include "allocators/static_allocator.h"
+#include "dsv3/procs/client_tls.h"
+#include "dsv3/procs/host.h"
 #include "http/http_server.h"
 #include "http/prometheus.h"
+#include "jobs/job_manager.h"
 #include "rpc/rpc_stats.h"
 #include "rpc/services.h"
 #include "rpc/tls.h"
+#include "store/job_store.h"
 
 namespace dsv3::server {
 namespace fs = std::filesystem;

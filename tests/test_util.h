@@ -20,6 +20,15 @@
 
 namespace dsv3::test {
 
+// Names the instantiations of a typed contract suite after each type's static Name()
+// ("local", "gloo", ...), so that a failure and a --gtest_filter say which implementation.
+struct NamedByType {
+  template <typename T>
+  static std::string GetName(int) {
+    return T::Name();
+  }
+};
+
 // A TCP port free on loopback right now (for MASTER_PORT).
 inline int FreeLoopbackPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -1,24 +1,22 @@
 #include "allocators/slurm_allocator.h"
-#include "dsv3/common/env.h"
 
 #include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <fstream>
 #include <mutex>
 #include <set>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/background_loop.h"
-#include "dsv3/procs/command.h"
 #include "dsv3/common/config_io.h"
+#include "dsv3/common/env.h"
 #include "dsv3/common/slurm_script.h"
+#include "dsv3/procs/command.h"
 
 namespace dsv3::server {
 
@@ -91,9 +89,7 @@ class SlurmAllocator final : public Allocator {
   explicit SlurmAllocator(SlurmOptions options) : options_(options), user_(UserName()) {
     poller_.Start([this](BackgroundLoop::Lock& lock) { Poll(lock); });
   }
-  ~SlurmAllocator() override {
-    poller_.Stop();
-  }
+  ~SlurmAllocator() override { poller_.Stop(); }
 
   std::string Name() const override { return "slurm"; }
   int TotalSlots() const override {
@@ -281,9 +277,9 @@ class SlurmAllocator final : public Allocator {
 
   void Poll(BackgroundLoop::Lock& lock) {
     int cycle = 0;
-    bool first = true;
-    while (first || poller_.WaitFor(lock, options_.poll_interval)) {
-      first = false;
+    // The first poll runs at once, the others every poll_interval or when woken.
+    for (bool first = true; first ? !poller_.Stopping() : poller_.WaitFor(lock, options_.poll_interval);
+         first = false) {
       std::vector<Track> tracks;
       for (const auto& [id, t] : tracked_) {
         if (!t.ended) tracks.push_back(t);

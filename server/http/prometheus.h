@@ -5,8 +5,8 @@
 
 #include "allocators/allocator.h"
 #include "jobs/job_manager.h"
-#include "store/job_store.h"
 #include "rpc/rpc_stats.h"
+#include "store/job_store.h"
 
 namespace dsv3::server {
 

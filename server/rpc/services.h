@@ -10,8 +10,8 @@
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "dsv3/v1/worker.grpc.pb.h"
 #include "jobs/job_manager.h"
-#include "store/job_store.h"
 #include "rpc/auth.h"
+#include "store/job_store.h"
 
 namespace dsv3::server {
 

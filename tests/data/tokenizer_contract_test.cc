@@ -76,14 +76,7 @@ class TokenizerContract : public ::testing::Test {
 };
 
 using Kinds = ::testing::Types<ByteKind, SentencePieceKind>;
-class KindNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return T::Name();
-  }
-};
-TYPED_TEST_SUITE(TokenizerContract, Kinds, KindNames);
+TYPED_TEST_SUITE(TokenizerContract, Kinds, test::NamedByType);
 
 // Text in every tokenizer's normal form: SentencePiece's default normalization (nmt_nfkc)
 // folds newlines, tabs and runs of spaces into one space, so those are left out here.

@@ -3,8 +3,6 @@
 // process: self (one rank), gloo (three ranks over a loopback TCPStore) and nccl (one rank
 // per visible GPU; registered under the `gpu` label and skipped where no GPU is visible).
 // Every expectation is computed for a world of any size, so one body holds them all.
-#include <cstdlib>
-#include <future>
 #include <string>
 #include <vector>
 
@@ -12,7 +10,7 @@
 #include <torch/torch.h>
 
 #include "dsv3/dist/communicator.h"
-#include "test_util.h"
+#include "thread_world.h"
 
 namespace dsv3 {
 namespace {
@@ -28,27 +26,10 @@ struct SelfWorld {
   }
 };
 
-// Ranks of a Connect()ed world as threads of this process.
-template <typename F>
-void ConnectedWorld(const std::string& backend, int n, F fn) {
-  const int port = test::FreeLoopbackPort();
-  std::vector<std::future<void>> ranks;
-  for (int r = 0; r < n; ++r) {
-    ranks.push_back(std::async(std::launch::async, [=] {
-      dist::LaunchInfo l;
-      l.rank = r;
-      l.world_size = n;
-      l.local_rank = r;
-      l.local_world_size = n;
-      l.master_port = port;
-      dist::ConnectOptions o;
-      o.backend = backend;
-      o.device_index = r;
-      auto comm = dist::Connect(l, o);
-      fn(*comm);
-    }));
-  }
-  for (auto& f : ranks) f.get();
+dist::ConnectOptions Backend(const std::string& backend) {
+  dist::ConnectOptions o;
+  o.backend = backend;
+  return o;
 }
 
 struct GlooWorld {
@@ -57,7 +38,7 @@ struct GlooWorld {
   static torch::Device Device(int) { return torch::kCPU; }
   template <typename F>
   static void Run(F fn) {
-    ConnectedWorld("gloo", Ranks(), fn);
+    test::InThreadWorld(Ranks(), Backend("gloo"), fn);
   }
 };
 
@@ -67,7 +48,7 @@ struct NcclWorld {
   static torch::Device Device(int rank) { return torch::Device(torch::kCUDA, static_cast<int8_t>(rank)); }
   template <typename F>
   static void Run(F fn) {
-    ConnectedWorld("nccl", Ranks(), fn);
+    test::InThreadWorld(Ranks(), Backend("nccl"), fn);
   }
 };
 
@@ -75,21 +56,12 @@ template <typename World>
 class CommunicatorContract : public ::testing::Test {
  protected:
   void SetUp() override {
-    const bool gpu_run = std::getenv("DSV3_CONTRACT_GPU") != nullptr;
-    if ((World::Name() == "nccl") != gpu_run) GTEST_SKIP() << "the gpu-labelled run covers nccl alone";
     if (World::Ranks() == 0) GTEST_SKIP() << World::Name() << ": no GPU visible";
   }
 };
 
 using Worlds = ::testing::Types<SelfWorld, GlooWorld, NcclWorld>;
-class WorldNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return T::Name();
-  }
-};
-TYPED_TEST_SUITE(CommunicatorContract, Worlds, WorldNames);
+TYPED_TEST_SUITE(CommunicatorContract, Worlds, test::NamedByType);
 
 torch::Tensor Cpu(const torch::Tensor& t) { return t.to(torch::kCPU); }
 

@@ -24,6 +24,7 @@
 #include "dsv3/dist/communicator.h"
 #include "dsv3/dist/launch.h"
 #include "test_util.h"
+#include "thread_world.h"
 #include "worker_process.h"
 
 namespace dsv3 {
@@ -117,32 +118,14 @@ TEST(Backend, WhatThisBuildAndDeviceCanDo) {
 }
 
 // ---------------------------------------------------------------- communicator
-// Runs fn(rank) for every rank of a Gloo world in threads of this process.
-template <typename F>
-void InWorld(int n, F fn, dist::ConnectOptions options = {}) {
-  const int port = test::FreeLoopbackPort();
-  std::vector<std::future<void>> ranks;
-  for (int r = 0; r < n; ++r) {
-    ranks.push_back(std::async(std::launch::async, [=] {
-      dist::LaunchInfo l;
-      l.rank = r;
-      l.world_size = n;
-      l.master_port = port;
-      auto comm = dist::Connect(l, options);
-      fn(*comm);
-    }));
-  }
-  for (auto& f : ranks) f.get();
-}
-
 // The collectives themselves (Gloo with three ranks, bf16, uneven all-to-all, subgroups) are
 // the Communicator contract's: tests/dist/communicator_contract_test.cc.
 
 TEST(Communicator, ACollectiveTimeoutNamesTheOperationAndTheRank) {
   dist::ConnectOptions o;
   o.collective_timeout = std::chrono::milliseconds(1500);
-  InWorld(
-      2,
+  test::InThreadWorld(
+      2, o,
       [](dist::Communicator& c) {
         if (c.rank() == 1) {
           std::this_thread::sleep_for(std::chrono::seconds(3));  // never joins the allreduce
@@ -155,8 +138,7 @@ TEST(Communicator, ACollectiveTimeoutNamesTheOperationAndTheRank) {
           EXPECT_EQ(std::string(e.what()).rfind("gloo allreduce on rank 0 of group 'world' (2 ranks) failed: ", 0), 0u)
               << e.what();
         }
-      },
-      o);
+      });
 }
 
 // ---------------------------------------------------------------- training, multi-process

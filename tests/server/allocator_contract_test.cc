@@ -93,14 +93,7 @@ class AllocatorContract : public ::testing::Test {
 };
 
 using Kinds = ::testing::Types<LocalKind, RoutingKind>;
-class KindNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return T::Name();
-  }
-};
-TYPED_TEST_SUITE(AllocatorContract, Kinds, KindNames);
+TYPED_TEST_SUITE(AllocatorContract, Kinds, test::NamedByType);
 
 TYPED_TEST(AllocatorContract, SlotsAreReservedUntilReleased) {
   auto& a = *this->alloc_;

@@ -162,14 +162,7 @@ class ReporterContract : public ::testing::Test {
 };
 
 using Kinds = ::testing::Types<ConsoleKind, JsonlKind, TensorBoardKind>;
-class KindNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return T::Name();
-  }
-};
-TYPED_TEST_SUITE(ReporterContract, Kinds, KindNames);
+TYPED_TEST_SUITE(ReporterContract, Kinds, test::NamedByType);
 
 TYPED_TEST(ReporterContract, EveryStepsLossAndTheEvalLossComeBackWithTheirSteps) {
   const std::vector<Record> got = this->Report({4.875, 3.25}, 2.0625);

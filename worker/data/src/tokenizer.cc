@@ -1,11 +1,12 @@
 #include "dsv3/data/tokenizer.h"
-#include "dsv3/common/env.h"
 
 #include <dlfcn.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+
+#include "dsv3/common/env.h"
 
 namespace dsv3::data {
 namespace {

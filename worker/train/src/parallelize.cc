@@ -1,7 +1,6 @@
 #include "parallelize.h"
 
 #include <map>
-#include <stdexcept>
 
 #include "dsv3/model/hf_state_dict.h"
 

@@ -178,9 +178,8 @@ TrainResult Trainer::Run() {
     s.compute->SetTrainingProgress(static_cast<double>(s.step) / static_cast<double>(total));
     const double lr = LearningRate(t, s.step);
     const double comm_before = s.CommSeconds();
-    double main = 0, mtp = 0, balance = 0;
-    s.MicroSteps(batch, f, main, mtp, balance);
-    StepAgreement agreed = s.Agree(main, mtp, balance, stop_.load(), checkpoint_now_.exchange(false));
+    const LossParts mine = s.MicroSteps(batch, f);
+    StepAgreement agreed = s.Agree(mine, stop_.load(), checkpoint_now_.exchange(false));
     const auto t2 = Clock::now();
     const double step_loss = agreed.main + t.mtp_loss_weight * agreed.mtp + agreed.balance;
     const bool applied = s.Update(step_loss, lr, f.grad_norm);

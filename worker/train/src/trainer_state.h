@@ -44,6 +44,11 @@ inline double Ms(Clock::time_point a, Clock::time_point b) {
 // Rows [first, first + rows) of a loader batch (int32, `width` per row) as int64 on `device`.
 torch::Tensor Rows(const std::vector<int32_t>& data, int64_t first, int64_t rows, int64_t width, torch::Device device);
 
+// The parts of a step's loss, summed over its micro-steps (each divided by their count).
+struct LossParts {
+  double main = 0, mtp = 0, balance = 0;
+};
+
 // What the ranks agreed on after a step's micro-steps (one all-reduce).
 struct StepAgreement {
   double main = 0, mtp = 0, balance = 0;  // averaged over the data-parallel ranks
@@ -101,11 +106,11 @@ struct Trainer::State {
   void Parallelize();
   RunInfo Info() const;
 
-  // trainer_step.cc: one optimizer step. Micro-steps run forward and backward and return the
-  // step's summed loss parts (this rank) with their times in `f`; Agree all-reduces what the
-  // ranks must share; Update applies (or skips) the step and returns whether it did.
-  void MicroSteps(const data::Batch& batch, StepFigures& f, double& main, double& mtp, double& balance);
-  StepAgreement Agree(double main, double mtp, double balance, bool stop, bool checkpoint);
+  // trainer_step.cc: one optimizer step. MicroSteps runs forward and backward and returns
+  // this rank's loss parts, adding their times to `f`; Agree all-reduces what the ranks must
+  // share; Update applies (or skips) the step and returns whether it did.
+  LossParts MicroSteps(const data::Batch& batch, StepFigures& f);
+  StepAgreement Agree(const LossParts& mine, bool stop, bool checkpoint);
   bool Update(double step_loss, double lr, double& grad_norm);
 
   // trainer_checkpoint.cc

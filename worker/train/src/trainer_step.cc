@@ -9,10 +9,10 @@
 
 namespace dsv3::train {
 
-void Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f, double& main, double& mtp,
-                                double& balance) {
+LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
   const config::TrainingConfig& t = cfg.training;
   const int64_t gas = cfg.derived.gradient_accumulation_steps, micro = t.micro_batch_size;
+  LossParts sum;
   for (int64_t m = 0; m < gas; ++m) {
     optimizer->BeginMicroStep(m == gas - 1);
     const auto f0 = Clock::now();
@@ -34,20 +34,21 @@ void Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f, double
                                               out.balance_loss.detach().to(torch::kDouble)})
                                     .to(torch::kCPU);
     const double* v = parts.data_ptr<double>();
-    main += v[0] / static_cast<double>(gas);
-    mtp += v[1] / static_cast<double>(gas);
-    balance += v[2] / static_cast<double>(gas);
+    sum.main += v[0] / static_cast<double>(gas);
+    sum.mtp += v[1] / static_cast<double>(gas);
+    sum.balance += v[2] / static_cast<double>(gas);
   }
+  return sum;
 }
 
 // One all-reduce per step carries what the ranks must agree on: the loss parts (then
 // averaged), the stop / checkpoint requests of any rank, and the MoE expert loads of the
 // global batch (so every rank makes the same aux-loss-free bias update). Counts are exact
 // in double.
-StepAgreement Trainer::State::Agree(double main, double mtp, double balance, bool stop, bool checkpoint) {
+StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool checkpoint) {
   const std::vector<model::MoeStats> stats = compute->TakeMoeStats();
   std::vector<torch::Tensor> parts = {
-      torch::tensor({main, mtp, balance, stop ? 1.0 : 0.0, checkpoint ? 1.0 : 0.0}, torch::kDouble)};
+      torch::tensor({mine.main, mine.mtp, mine.balance, stop ? 1.0 : 0.0, checkpoint ? 1.0 : 0.0}, torch::kDouble)};
   double assignments = 0, dropped = 0;
   for (const auto& st : stats) {
     parts.push_back(st.tokens_per_expert_E.to(torch::kDouble));
