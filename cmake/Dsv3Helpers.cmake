@@ -8,6 +8,14 @@ function(dsv3_set_warnings target)
   endif()
 endfunction()
 
+# One unity translation unit for a LibTorch library when DSV3_UNITY_ENGINE is on (its files
+# must then not repeat a name in their anonymous namespaces).
+function(dsv3_unity_engine target)
+  if(DSV3_UNITY_ENGINE)
+    set_target_properties(${target} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 0)
+  endif()
+endfunction()
+
 # dsv3_add_test(NAME name SOURCES a.cc b.cc LIBS lib... LABELS unit|integration|e2e|gpu [TIMEOUT s]
 #               [ARGS arg...])
 # Builds one GoogleTest binary and registers it with ctest under the given labels.
