@@ -92,14 +92,16 @@ class Allocator {
   virtual std::string WhyNotPlaced(const JobRecord& job) const {
     return "needs " + std::to_string(job.num_ranks) + " slot(s); " + std::to_string(FreeSlots()) + " free";
   }
-  // Whether this allocator can run the job at all (a job larger than every host, ...).
-  virtual absl::Status CanRun(const JobRecord& job) const {
+  // Why this allocator can never run the job (a job larger than every host, a Slurm
+  // layout that does not fit its ranks, ...), or nullopt when it can.
+  virtual std::optional<FieldProblem> CanRun(const JobRecord& job) const {
     if (job.num_ranks > TotalSlots()) {
-      return absl::ResourceExhaustedError("the job needs " + std::to_string(job.num_ranks) + " slots but the " +
-                                          Name() + " allocator has " + std::to_string(TotalSlots()) +
-                                          " (dsv3d --slots)");
+      return FieldProblem{"num_ranks",
+                          "the job needs " + std::to_string(job.num_ranks) + " slots but the " + Name() +
+                              " allocator has " + std::to_string(TotalSlots()) + " (dsv3d --slots)",
+                          kProblemExceedsCapacity};
     }
-    return absl::OkStatus();
+    return std::nullopt;
   }
   // What Launch would do with `spec`, for dry runs: one line per rank, or the sbatch script.
   virtual std::string DescribeLaunch(const LaunchSpec& spec) const;

@@ -1,5 +1,5 @@
 // One allocator for the daemon that sends each job to the primary allocator (local, static
-// or slurm) or, when its config sets slurm.enabled, to Slurm.
+// or slurm) or, when its plan asks for Slurm (slurm.enabled in its config), to Slurm.
 #include <mutex>
 
 #include "allocators/slurm_allocator.h"
@@ -23,9 +23,10 @@ class RoutingAllocator final : public Allocator {
     primary_->SetAllocationCallback(cb);
     if (slurm_) slurm_->SetAllocationCallback(cb);
   }
-  absl::Status CanRun(const JobRecord& job) const override {
+  std::optional<FieldProblem> CanRun(const JobRecord& job) const override {
     if (Wants(job) && !slurm_) {
-      return absl::FailedPreconditionError("/slurm/enabled: true, but this dsv3d cannot reach Slurm: " + why_no_slurm_);
+      return FieldProblem{"/slurm/enabled", "true, but this dsv3d cannot reach Slurm: " + why_no_slurm_,
+                          kProblemNoSlurm};
     }
     return For(job).CanRun(job);
   }
@@ -46,7 +47,6 @@ class RoutingAllocator final : public Allocator {
     Of(job_id).Release(job_id);
     std::lock_guard<std::mutex> lock(mu_);
     routes_.erase(job_id);
-    wants_.erase(job_id);
   }
   std::vector<int> Adopt(const JobRecord& job, const std::vector<RankRecord>& ranks, const std::string& external_id) override {
     if (Wants(job) && !slurm_) return {};
@@ -67,15 +67,8 @@ class RoutingAllocator final : public Allocator {
   }
 
  private:
-  // Parsed once per job: queued jobs are offered to Reserve on every supervision tick.
-  bool Wants(const JobRecord& job) const {
-    if (primary_->Name() == "slurm") return false;
-    if (job.id == 0) return ConfigWantsSlurm(job.config_json);  // a submission being validated
-    std::lock_guard<std::mutex> lock(mu_);
-    const auto it = wants_.find(job.id);
-    if (it != wants_.end()) return it->second;
-    return wants_[job.id] = ConfigWantsSlurm(job.config_json);
-  }
+  // The job's plan says where it runs; a daemon whose own allocator is Slurm sends it there.
+  bool Wants(const JobRecord& job) const { return primary_->Name() != "slurm" && job.plan.WantsSlurm(); }
   Allocator& For(const JobRecord& job) const { return Wants(job) && slurm_ ? *slurm_ : *primary_; }
   void Remember(int64_t job_id, Allocator& a) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -91,7 +84,6 @@ class RoutingAllocator final : public Allocator {
   const std::string why_no_slurm_;
   mutable std::mutex mu_;
   std::map<int64_t, Allocator*> routes_;
-  mutable std::map<int64_t, bool> wants_;
 };
 
 }  // namespace

@@ -10,10 +10,7 @@
 #include <set>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "dsv3/common/background_loop.h"
-#include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
 #include "dsv3/common/slurm_script.h"
 #include "dsv3/procs/command.h"
@@ -35,15 +32,6 @@ SlurmStateMeaning InterpretSlurmState(const std::string& state) {
   return m;
 }
 
-bool ConfigWantsSlurm(const std::string& config_json) {
-  const auto j = nlohmann::json::parse(config_json, nullptr, false);
-  if (!j.is_object()) return false;
-  const auto enabled = nlohmann::json::json_pointer("/slurm/enabled");
-  const auto launcher = nlohmann::json::json_pointer("/distributed/launcher");
-  return (j.contains(enabled) && j[enabled].is_boolean() && j[enabled].get<bool>()) ||
-         (j.contains(launcher) && j[launcher].is_string() && j[launcher].get<std::string>() == "slurm");
-}
-
 namespace {
 
 bool InPath(const std::string& tool) {
@@ -60,28 +48,28 @@ std::string UserName() {
   return std::to_string(getuid());
 }
 
-// The slurm section a job runs with. A config that does not enable Slurm itself (dsv3d
-// --allocator slurm) keeps its section's partition, CPUs, memory and time, and gets as many
-// tasks as the job has ranks.
-absl::StatusOr<config::SlurmConfig> SlurmSectionFor(const JobRecord& job) {
-  config::LoadOptions o;
-  o.world_size = job.num_ranks;
-  config::LoadResult loaded = config::LoadConfigText(job.config_json, o);
-  if (!loaded.ok()) return absl::InvalidArgumentError("config: " + loaded.errors.front().ToString());
-  config::SlurmConfig s = loaded.config.slurm;
+// The slurm section a job runs with, from its plan: `*section`, or the problem that stops
+// it. A config that does not enable Slurm itself (dsv3d --allocator slurm) keeps its
+// section's partition, CPUs, memory and time, and gets as many tasks as the job has ranks.
+std::optional<FieldProblem> FitSlurmSection(const JobRecord& job, config::SlurmConfig* section) {
+  config::SlurmConfig& s = *section;
+  s = job.plan.slurm;
   if (s.nodes < 1) s.nodes = 1;
   if (!s.enabled) {
     if (job.num_ranks % s.nodes != 0) {
-      return absl::InvalidArgumentError("/slurm/nodes: " + std::to_string(s.nodes) + " node(s) cannot hold " +
-                                        std::to_string(job.num_ranks) + " rank(s) evenly");
+      return FieldProblem{"/slurm/nodes",
+                          std::to_string(s.nodes) + " node(s) cannot hold " + std::to_string(job.num_ranks) +
+                              " rank(s) evenly",
+                          kProblemSlurmLayout};
     }
     s.ntasks_per_node = job.num_ranks / s.nodes;
   } else if (s.nodes * s.ntasks_per_node != job.num_ranks) {
-    return absl::InvalidArgumentError("/slurm/ntasks_per_node: " + std::to_string(s.nodes) + " x " +
-                                      std::to_string(s.ntasks_per_node) + " tasks is not the job's " +
-                                      std::to_string(job.num_ranks) + " rank(s)");
+    return FieldProblem{"/slurm/ntasks_per_node",
+                        std::to_string(s.nodes) + " x " + std::to_string(s.ntasks_per_node) +
+                            " tasks is not the job's " + std::to_string(job.num_ranks) + " rank(s)",
+                        kProblemSlurmLayout};
   }
-  return s;
+  return std::nullopt;
 }
 
 class SlurmAllocator final : public Allocator {
@@ -100,7 +88,10 @@ class SlurmAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     return idle_cpus_;
   }
-  absl::Status CanRun(const JobRecord& job) const override { return SlurmSectionFor(job).status(); }
+  std::optional<FieldProblem> CanRun(const JobRecord& job) const override {
+    config::SlurmConfig section;
+    return FitSlurmSection(job, &section);
+  }
   void SetExitCallback(ExitCallback cb) override {
     std::lock_guard<std::mutex> cb_lock(cb_mu_);
     std::lock_guard<std::mutex> lock(mu_);
@@ -117,16 +108,20 @@ class SlurmAllocator final : public Allocator {
 
   std::string DescribeLaunch(const LaunchSpec& spec) const override {
     if (spec.ranks.empty() || spec.ranks[0].argv.empty()) return "";
-    auto section = SlurmSectionFor(spec.job);
-    if (!section.ok()) return "  cannot write the sbatch script: " + std::string(section.status().message()) + "\n";
-    return "  Slurm layout: " + config::DescribeSlurmLayout(*section) + "\n  sbatch script:\n" + Script(spec, *section);
+    config::SlurmConfig section;
+    if (auto problem = FitSlurmSection(spec.job, &section)) {
+      return "  cannot write the sbatch script: " + problem->path + ": " + problem->message + "\n";
+    }
+    return "  Slurm layout: " + config::DescribeSlurmLayout(section) + "\n  sbatch script:\n" + Script(spec, section);
   }
 
   absl::StatusOr<std::vector<LaunchedRank>> Launch(const LaunchSpec& spec) override {
     if (spec.ranks.empty() || spec.ranks[0].argv.empty()) return absl::InvalidArgumentError("no rank to launch");
-    auto section = SlurmSectionFor(spec.job);
-    if (!section.ok()) return section.status();
-    const std::string script = Script(spec, *section);
+    config::SlurmConfig section;
+    if (auto problem = FitSlurmSection(spec.job, &section)) {
+      return absl::InvalidArgumentError(problem->path + ": " + problem->message);
+    }
+    const std::string script = Script(spec, section);
     const std::string path = spec.job.job_dir + "/slurm_attempt_" + std::to_string(spec.attempt) + ".sh";
     {
       // The script holds the job's credential: readable by its owner only.

@@ -34,12 +34,8 @@ struct SlurmStateMeaning {
 };
 SlurmStateMeaning InterpretSlurmState(const std::string& state);
 
-// Whether the job's config asks for Slurm (slurm.enabled, or distributed.launcher "slurm")
-// whatever dsv3d's allocator is.
-bool ConfigWantsSlurm(const std::string& config_json);
-
-// The allocator of a daemon: `primary` for every job, except that jobs whose config asks
-// for Slurm go to `slurm` (which may be null: such jobs are then refused with a reason).
+// The allocator of a daemon: `primary` for every job, except that jobs whose plan asks for
+// Slurm (JobPlan::WantsSlurm) go to `slurm` (which may be null: such jobs are then refused with a reason).
 std::unique_ptr<Allocator> MakeRoutingAllocator(std::unique_ptr<Allocator> primary, std::unique_ptr<Allocator> slurm,
                                                 std::string slurm_unavailable_reason);
 

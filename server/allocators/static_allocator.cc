@@ -98,7 +98,7 @@ class StaticAllocatorImpl final : public StaticAllocator, public pb::AgentContro
     for (const auto& [name, a] : agents_) n += a.session ? a.slots - UsedLocked(name) : 0;
     return n;
   }
-  absl::Status CanRun(const JobRecord& job) const override {
+  std::optional<FieldProblem> CanRun(const JobRecord& job) const override {
     // Agents come and go: a job waits for enough of them, unless the hosts file says the
     // cluster can never hold it.
     if (options_.hosts) {
@@ -109,11 +109,13 @@ class StaticAllocatorImpl final : public StaticAllocator, public pb::AgentContro
         unbounded = unbounded || slots == 0;
       }
       if (!unbounded && job.num_ranks > cap) {
-        return absl::ResourceExhaustedError("the job needs " + std::to_string(job.num_ranks) +
-                                            " slots but the hosts file allows " + std::to_string(cap));
+        return FieldProblem{"num_ranks",
+                            "the job needs " + std::to_string(job.num_ranks) + " slots but the hosts file allows " +
+                                std::to_string(cap),
+                            kProblemExceedsCapacity};
       }
     }
-    return absl::OkStatus();
+    return std::nullopt;
   }
   std::string WhyNotPlaced(const JobRecord& job) const override {
     std::lock_guard<std::mutex> lock(mu_);

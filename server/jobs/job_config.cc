@@ -47,7 +47,7 @@ bool Inside(const fs::path& path, const fs::path& root) {
 // Checks the confined user's paths in the resolved config (input paths already absolute).
 class PathChecker {
  public:
-  PathChecker(const PathPolicy& p, std::vector<config::Diagnostic>& errors) : p_(p), errors_(errors) {}
+  PathChecker(const PathPolicy& p, std::vector<FieldProblem>& errors) : p_(p), errors_(errors) {}
 
   // An output named relative to the job's folder, or absolute.
   void Output(const std::string& field, const std::string& value, bool relative_to_job) {
@@ -92,14 +92,14 @@ class PathChecker {
     return "resolves to " + real.string() + ", outside your work root (" + roots + ")";
   }
   void Refuse(const std::string& field, const std::string& value, const std::string& why) {
-    errors_.push_back({field, "'" + value + "' " + why});
+    errors_.push_back({field, "'" + value + "' " + why, kProblemPathNotAllowed});
   }
 
   const PathPolicy& p_;
-  std::vector<config::Diagnostic>& errors_;
+  std::vector<FieldProblem>& errors_;
 };
 
-void CheckPaths(const nlohmann::json& j, const PathPolicy& policy, std::vector<config::Diagnostic>& errors) {
+void CheckPaths(const nlohmann::json& j, const PathPolicy& policy, std::vector<FieldProblem>& errors) {
   PathChecker check(policy, errors);
   const auto str = [](const nlohmann::json& o, const char* key) {
     return o.is_object() && o.contains(key) && o[key].is_string() ? o[key].get<std::string>() : std::string();
@@ -137,6 +137,12 @@ void CheckPaths(const nlohmann::json& j, const PathPolicy& policy, std::vector<c
   }
 }
 
+std::vector<FieldProblem> ConfigProblems(const std::vector<config::Diagnostic>& list) {
+  std::vector<FieldProblem> out;
+  for (const auto& d : list) out.push_back({d.path, d.message, kProblemInvalidConfig});
+  return out;
+}
+
 }  // namespace
 
 PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, const std::string& resume_from,
@@ -146,8 +152,8 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   if (num_ranks > 0) options.world_size = num_ranks;
   options.base_dir = base_dir;
   config::LoadResult loaded = config::LoadConfigText(config_json, options);
-  out.errors = loaded.errors;
-  out.warnings = loaded.warnings;
+  out.errors = ConfigProblems(loaded.errors);
+  out.warnings = ConfigProblems(loaded.warnings);
   if (!loaded.ok()) return out;
   config::Config& c = loaded.config;
   if (!resume_from.empty()) c.checkpointing.resume_from = resume_from;
@@ -159,6 +165,7 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   out.output_dir = c.output_dir;
   out.checkpoint_dir = config::CheckpointDir(c.checkpointing.dir, c.output_dir);
   out.tensorboard_dir = c.logging.tensorboard.enabled ? c.logging.tensorboard.log_dir : "";
+  out.plan = PlanFromConfig(c);
 
   nlohmann::json j = config::ToJson(c);
   auto& data = j["data"];

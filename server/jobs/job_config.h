@@ -17,12 +17,14 @@
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/config_io.h"
+#include "store/job_plan.h"
 
 namespace dsv3::server {
 
 struct PreparedConfig {
-  std::vector<config::Diagnostic> errors, warnings;
+  std::vector<FieldProblem> errors, warnings;
   nlohmann::json resolved;  // what the ranks read (input paths absolute)
+  JobPlan plan;             // what dsv3d reads of it (meaningful only when ok())
   std::string experiment_name;
   int64_t total_steps = 0;
   int64_t max_restarts = 0;

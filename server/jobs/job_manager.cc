@@ -64,12 +64,6 @@ namespace {
 
 constexpr size_t kMaxNameLength = 128;
 
-std::vector<FieldProblem> Problems(const std::vector<config::Diagnostic>& list) {
-  std::vector<FieldProblem> out;
-  for (const auto& d : list) out.push_back({d.path, d.message});
-  return out;
-}
-
 }  // namespace
 
 SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
@@ -81,21 +75,17 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
                                                    r.paths != nullptr ? *r.paths : PathPolicy{});
   if (r.num_ranks == 0) r.num_ranks = static_cast<int>(std::max<int64_t>(1, prepared.world_size));
   if (r.num_ranks < 1) {
-    out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more"});
+    out.errors.push_back({"num_ranks", std::to_string(r.num_ranks) + " is not a rank count; give 1 or more",
+                          kProblemInvalidRequest});
   } else {
     // Whether the job's allocator can ever run it (slots, the Slurm layout); problems of
     // the config itself are reported below, field by field.
     JobRecord probe;
     probe.num_ranks = r.num_ranks;
-    probe.config_json = r.config_json;
-    if (absl::Status can = allocator_.CanRun(probe); !can.ok()) {
-      const std::string msg(can.message());
-      if (!msg.empty() && msg[0] == '/') {
-        const auto colon = msg.find(": ");
-        out.errors.push_back({msg.substr(0, colon), colon == std::string::npos ? msg : msg.substr(colon + 2)});
-      } else if (msg.rfind("config: ", 0) != 0) {
-        out.errors.push_back({"num_ranks", msg + "; submit with fewer ranks (--gpus)"});
-      }
+    probe.plan = prepared.plan;
+    if (std::optional<FieldProblem> problem = allocator_.CanRun(probe)) {
+      if (problem->code == kProblemExceedsCapacity) problem->message += "; submit with fewer ranks (--gpus)";
+      out.errors.push_back(std::move(*problem));
     }
   }
   const bool control_chars =
@@ -103,10 +93,11 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   if (r.name.size() > kMaxNameLength || control_chars) {
     out.errors.push_back({"name", "a job name has at most " + std::to_string(kMaxNameLength) +
                                       " characters and no control characters (got " + std::to_string(r.name.size()) +
-                                      " characters)"});
+                                      " characters)",
+                          kProblemInvalidRequest});
   }
-  for (auto& e : Problems(prepared.errors)) out.errors.push_back(std::move(e));
-  out.warnings = Problems(prepared.warnings);
+  out.errors.insert(out.errors.end(), prepared.errors.begin(), prepared.errors.end());
+  out.warnings = prepared.warnings;
   out.resolved_json = prepared.ok() ? prepared.resolved.dump(2) : "";
   out.job.name = r.name.empty() ? prepared.experiment_name : r.name;
   out.job.experiment_name = prepared.experiment_name;
@@ -117,6 +108,7 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   out.job.resume_from = r.resume_from;
   out.job.working_dir = r.base_dir;
   out.job.config_json = out.resolved_json;
+  out.job.plan = prepared.plan;
   if (!out.errors.empty()) {
     std::string msg = "invalid job (" + std::to_string(out.errors.size()) + (out.errors.size() == 1 ? " error)" : " errors)");
     for (const auto& e : out.errors) msg += "\n" + e.path + ": " + e.message;
@@ -133,7 +125,7 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
   shown.attempt = 1;
   shown.job_dir = options_.state_dir + "/jobs/<id>";
   shown.credential = "<per-job credential>";
-  const bool slurm = allocator_.Name() == "slurm" || ConfigWantsSlurm(shown.config_json);
+  const bool slurm = allocator_.Name() == "slurm" || shown.plan.WantsSlurm();
   std::ostringstream plan;
   plan << "allocator " << (slurm ? std::string("slurm") : allocator_.Name()) << ": " << r.num_ranks << " rank(s)";
   if (!slurm) plan << " (" << allocator_.FreeSlots() << " of " << allocator_.TotalSlots() << " slots free now)";

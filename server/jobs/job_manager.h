@@ -38,10 +38,6 @@ struct ManagerOptions {
   int threads_per_rank = 0;        // 0: cores / slots (when the config sets no intra_op_threads)
 };
 
-struct FieldProblem {
-  std::string path, message;
-};
-
 // Where a confined (remote, non-admin) user's job may write and read: job_config.h.
 struct PathPolicy;
 

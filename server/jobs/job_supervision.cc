@@ -12,8 +12,6 @@
 #include <filesystem>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "dsv3/ckpt/manifest.h"
 #include "dsv3/common/env.h"
 #include "dsv3/procs/host.h"
@@ -56,13 +54,6 @@ IntactCheckpoint NewestIntactCheckpoint(const std::string& dir) {
   return {*path, ckpt::CheckpointStep(std::filesystem::path(*path).filename().string()).value_or(-1)};
 }
 
-
-// training.intra_op_threads > 0 in the job's config: the rank uses that, not our share.
-bool ConfigSetsThreads(const std::string& config_json) {
-  const auto j = nlohmann::json::parse(config_json, nullptr, false);
-  const auto ptr = nlohmann::json::json_pointer("/training/intra_op_threads");
-  return j.is_object() && j.contains(ptr) && j[ptr].is_number() && j[ptr].get<int64_t>() > 0;
-}
 
 std::string Seconds(std::chrono::milliseconds d) {
   char buf[32];
@@ -354,7 +345,6 @@ LaunchSpec JobManager::BuildLaunchSpec(const JobRecord& job, const Placement& pl
   const int threads = options_.threads_per_rank > 0
                           ? options_.threads_per_rank
                           : std::max(1, static_cast<int>(cores) / std::max(1, allocator_.TotalSlots()));
-  const bool config_sets_threads = ConfigSetsThreads(job.config_json);
   // Ranks on one host are numbered 0.. on it, in rank order (all ranks of a host together).
   std::map<std::string, int> per_host;
   std::vector<int> local_rank(job.num_ranks, 0);
@@ -374,7 +364,7 @@ LaunchSpec JobManager::BuildLaunchSpec(const JobRecord& job, const Placement& pl
     rl.log_path = RankLogPath(job, r);
     rl.argv = {options_.worker_path, "--config", job.job_dir + "/config.json"};
     if (!resume.empty()) rl.argv.insert(rl.argv.end(), {"--resume", resume});
-    if (!config_sets_threads) rl.argv.insert(rl.argv.end(), {"--threads", std::to_string(threads)});
+    if (job.plan.intra_op_threads == 0) rl.argv.insert(rl.argv.end(), {"--threads", std::to_string(threads)});
     rl.env = {{env::kRank, std::to_string(r)},
               {env::kWorldSize, std::to_string(job.num_ranks)},
               {env::kLocalRank, std::to_string(local_rank[r])},

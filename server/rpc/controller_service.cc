@@ -29,6 +29,7 @@ void FillProblems(const std::vector<FieldProblem>& list, google::protobuf::Repea
     auto* e = out->Add();
     e->set_path(p.path);
     e->set_message(p.message);
+    e->set_code(p.code);
   }
 }
 

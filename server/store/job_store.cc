@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dsv3/common/config_io.h"
 #include "store/job_store_internal.h"
 
 namespace dsv3::server {
@@ -79,6 +80,11 @@ const std::vector<const char*>& Migrations() {
         revoked_ms INTEGER NOT NULL DEFAULT 0);
       CREATE INDEX jobs_by_owner ON jobs(owner, state);
       )sql",
+      // 4: the typed plan of each job's config (store/job_plan.h); rows written before it
+      // get theirs from their config when the store opens (BackfillPlans).
+      R"sql(
+      ALTER TABLE jobs ADD COLUMN plan_json TEXT NOT NULL DEFAULT '';
+      )sql",
   };
   return kMigrations;
 }
@@ -86,7 +92,31 @@ const std::vector<const char*>& Migrations() {
 constexpr const char* kJobColumns =
     "id, name, owner, experiment_name, config_json, resume_from, working_dir, job_dir, output_dir, "
     "checkpoint_dir, tensorboard_dir, credential, num_ranks, priority, attempt, restarts, max_restarts, "
-    "state, state_reason, cancel_requested, master_port, total_steps, created_ms, started_ms, finished_ms";
+    "state, state_reason, cancel_requested, master_port, total_steps, created_ms, started_ms, finished_ms, plan_json";
+
+// Jobs stored before migration 4 have no plan: each gets the plan of its stored config,
+// once. A config this build no longer loads gets the default plan (the daemon's allocator,
+// dsv3d's thread share), which is what such a config meant to the build that stored it
+// unless it asked for Slurm.
+void BackfillPlans(Db& db) {
+  std::vector<std::pair<int64_t, std::string>> rows;
+  {
+    Stmt q(db, "SELECT id, config_json, num_ranks FROM jobs WHERE plan_json=''");
+    while (q.Step()) {
+      config::LoadOptions options;
+      options.world_size = q.Int(2);
+      const config::LoadResult loaded = config::LoadConfigText(q.Text(1), options);
+      rows.emplace_back(q.Int(0), PlanToJson(loaded.ok() ? PlanFromConfig(loaded.config) : JobPlan{}));
+    }
+  }
+  if (rows.empty()) return;
+  Transaction tx(db);
+  for (const auto& [id, plan] : rows) {
+    Stmt u(db, "UPDATE jobs SET plan_json=? WHERE id=?");
+    u.Bind(1, plan).Bind(2, id).Run();
+  }
+  tx.Commit();
+}
 
 JobRecord ReadJob(const Stmt& s) {
   JobRecord j;
@@ -116,6 +146,7 @@ JobRecord ReadJob(const Stmt& s) {
   j.created_ms = s.Int(c++);
   j.started_ms = s.Int(c++);
   j.finished_ms = s.Int(c++);
+  j.plan = PlanFromJson(s.Text(c++)).value_or(JobPlan{});
   return j;
 }
 
@@ -186,6 +217,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
       tx.Commit();
       impl->version = v + 1;
     }
+    BackfillPlans(db);
     return std::unique_ptr<JobStore>(new JobStore(std::move(impl)));
   } catch (const sqlite::Error& e) {
     return absl::UnavailableError("job store " + path + ": " + e.what());
@@ -202,14 +234,14 @@ absl::Status JobStore::CreateJob(JobRecord& job) {
            "INSERT INTO jobs (name, owner, experiment_name, config_json, resume_from, working_dir, job_dir, "
            "output_dir, checkpoint_dir, tensorboard_dir, credential, num_ranks, priority, attempt, restarts, "
            "max_restarts, state, state_reason, cancel_requested, master_port, total_steps, created_ms, started_ms, "
-           "finished_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)");
+           "finished_ms, plan_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,?)");
     s.Bind(1, job.name).Bind(2, job.owner).Bind(3, job.experiment_name).Bind(4, job.config_json);
     s.Bind(5, job.resume_from).Bind(6, job.working_dir).Bind(7, job.job_dir).Bind(8, job.output_dir);
     s.Bind(9, job.checkpoint_dir).Bind(10, job.tensorboard_dir).Bind(11, job.credential);
     s.Bind(12, job.num_ranks).Bind(13, job.priority).Bind(14, job.attempt).Bind(15, job.restarts);
     s.Bind(16, job.max_restarts).Bind(17, static_cast<int>(job.state)).Bind(18, job.state_reason);
     s.Bind(19, job.cancel_requested ? 1 : 0).Bind(20, job.master_port).Bind(21, job.total_steps);
-    s.Bind(22, job.created_ms);
+    s.Bind(22, job.created_ms).Bind(23, PlanToJson(job.plan));
     s.Run();
     job.id = impl_->db.LastInsertId();
     Stmt e(impl_->db, "INSERT INTO job_events (job_id, time_ms, state, reason, attempt) VALUES (?,?,?,?,?)");
@@ -242,10 +274,10 @@ absl::Status JobStore::UpdateJob(const JobRecord& job) {
   return Guarded("update job", [&] {
     Stmt s(impl_->db,
            "UPDATE jobs SET attempt=?, restarts=?, cancel_requested=?, master_port=?, job_dir=?, output_dir=?, "
-           "checkpoint_dir=?, tensorboard_dir=?, config_json=?, total_steps=? WHERE id=?");
+           "checkpoint_dir=?, tensorboard_dir=?, config_json=?, total_steps=?, plan_json=? WHERE id=?");
     s.Bind(1, job.attempt).Bind(2, job.restarts).Bind(3, job.cancel_requested ? 1 : 0).Bind(4, job.master_port);
     s.Bind(5, job.job_dir).Bind(6, job.output_dir).Bind(7, job.checkpoint_dir).Bind(8, job.tensorboard_dir);
-    s.Bind(9, job.config_json).Bind(10, job.total_steps).Bind(11, job.id).Run();
+    s.Bind(9, job.config_json).Bind(10, job.total_steps).Bind(11, PlanToJson(job.plan)).Bind(12, job.id).Run();
   });
 }
 

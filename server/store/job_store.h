@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "store/job_plan.h"
 
 namespace dsv3::server {
 
@@ -27,6 +28,7 @@ struct JobRecord {
   int64_t id = 0;
   std::string name, owner, experiment_name;
   std::string config_json;   // the resolved config the ranks read
+  JobPlan plan;              // what dsv3d reads of that config, parsed once at submit
   std::string resume_from;   // the submit's resume point ("" = none)
   std::string working_dir;   // where relative input paths were resolved
   std::string job_dir;       // <state-dir>/jobs/<id>: the ranks' working folder

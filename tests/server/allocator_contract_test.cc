@@ -157,10 +157,12 @@ TYPED_TEST(AllocatorContract, ALaunchThatCannotStartARankStartsNoneAndNamesIt) {
 }
 
 TYPED_TEST(AllocatorContract, AJobLargerThanTheAllocatorIsRefusedNamingTheSlots) {
-  const absl::Status s = this->alloc_->CanRun(this->Job(7, kSlots + 1));
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(std::string(s.message()).find(std::to_string(kSlots + 1) + " slots"), std::string::npos) << s;
-  EXPECT_TRUE(this->alloc_->CanRun(this->Job(8, kSlots)).ok());
+  const std::optional<FieldProblem> p = this->alloc_->CanRun(this->Job(7, kSlots + 1));
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->code, kProblemExceedsCapacity);
+  EXPECT_EQ(p->path, "num_ranks");
+  EXPECT_NE(p->message.find(std::to_string(kSlots + 1) + " slots"), std::string::npos) << p->message;
+  EXPECT_FALSE(this->alloc_->CanRun(this->Job(8, kSlots)).has_value());
 }
 
 TYPED_TEST(AllocatorContract, NodesShowSlotsInUseAndTheirJobs) {

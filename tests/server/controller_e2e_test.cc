@@ -311,7 +311,10 @@ TEST_F(ControllerTest, InvalidConfigIsRefusedWithEveryError) {
   v1::ValidateConfigResponse details;
   ASSERT_TRUE(details.ParseFromString(s.error_details()));
   std::vector<std::string> paths;
-  for (const auto& e : details.errors()) paths.push_back(e.path());
+  for (const auto& e : details.errors()) {
+    paths.push_back(e.path());
+    EXPECT_EQ(e.code(), e.path() == "num_ranks" ? "exceeds_capacity" : "invalid_config") << e.path();
+  }
   for (const char* want :
        {"num_ranks", "/model/moe/num_experts_per_token", "/training/learning_rate", "/model/num_layer"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want << "\n" << s.error_message();

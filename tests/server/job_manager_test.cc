@@ -367,6 +367,10 @@ TEST_F(JobManagerTest, SubmitValidatesAndDryRunWritesNothing) {
   // 3 ranks: the slot count and the batch arithmetic (16 = 8 x 3 x accumulation) both fail.
   EXPECT_EQ(paths, (std::vector<std::string>{"num_ranks", "name", "/model/num_layer", "/training/learning_rate",
                                              "/training/global_batch_size"}));
+  std::vector<std::string> codes;
+  for (const auto& e : o.errors) codes.push_back(e.code);
+  EXPECT_EQ(codes, (std::vector<std::string>{kProblemExceedsCapacity, kProblemInvalidRequest, kProblemInvalidConfig,
+                                             kProblemInvalidConfig, kProblemInvalidConfig}));
   r.config_json = Config(1);
   r.num_ranks = 2;
   r.name = "";

@@ -1,4 +1,4 @@
-// What Slurm's job states mean to dsv3d, and which jobs ask for Slurm.
+// What Slurm's job states mean to dsv3d. Which jobs ask for Slurm: job_plan_test.cc.
 #include "allocators/slurm_allocator.h"
 
 #include <gtest/gtest.h>
@@ -25,14 +25,6 @@ TEST(SlurmStates, MapToRunningWaitingOrEndedWithAnExitCode) {
     EXPECT_TRUE(m.ended) << failed;
     EXPECT_EQ(m.exit_code, 1) << failed;
   }
-}
-
-TEST(SlurmStates, JobsAskForSlurmByTheSectionOrTheLauncher) {
-  EXPECT_TRUE(ConfigWantsSlurm(R"({"slurm": {"enabled": true}})"));
-  EXPECT_TRUE(ConfigWantsSlurm(R"({"distributed": {"launcher": "slurm"}, "slurm": {"enabled": false}})"));
-  EXPECT_FALSE(ConfigWantsSlurm(R"({"slurm": {"enabled": false}, "distributed": {"launcher": "torchrun"}})"));
-  EXPECT_FALSE(ConfigWantsSlurm(R"({"slurm": {"enabled": "yes"}})"));
-  EXPECT_FALSE(ConfigWantsSlurm("not json"));
 }
 
 }  // namespace
