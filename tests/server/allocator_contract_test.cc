@@ -2,9 +2,15 @@
 // slot accounting across Reserve/Release, launching ranks with their environment, folder and
 // log, reporting each exit with its code, signals to the whole rank, all-or-nothing launches
 // that name the failing rank, refusal of a job larger than the allocator, and the node view.
-// Run here over `local` and `routing` (a daemon's allocator with a local primary).
+// Run here over `local`, `routing` (a daemon's allocator with a local primary) and `static`
+// (one real dsv3-agent on loopback, joined over the AgentControl stream). Slurm, whose
+// queue is the queue and whose allocation ends as one, has its own suite (slurm_e2e).
 #include <signal.h>
 
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,6 +22,8 @@
 
 #include "allocators/local_allocator.h"
 #include "allocators/slurm_allocator.h"
+#include "allocators/static_allocator.h"
+#include "child_process.h"
 #include "test_util.h"
 
 namespace dsv3::server {
@@ -26,29 +34,79 @@ using test::WaitFor;
 
 constexpr int kSlots = 2;
 
+// Each kind owns what its allocator needs and says how its Launch reports: synchronously
+// (pids at once, a rank that cannot start fails the call) or through a remote agent (pids
+// when the agent says, a rank that cannot start reported as exits of the launch's ranks).
 struct LocalKind {
+  static constexpr bool kLaunchIsSynchronous = true;
   static std::string Name() { return "local"; }
-  static std::unique_ptr<Allocator> Make() { return MakeLocalAllocator(kSlots); }
+  std::unique_ptr<Allocator> alloc = MakeLocalAllocator(kSlots);
 };
 
 struct RoutingKind {
+  static constexpr bool kLaunchIsSynchronous = true;
   static std::string Name() { return "routing"; }
-  static std::unique_ptr<Allocator> Make() {
-    return MakeRoutingAllocator(MakeLocalAllocator(kSlots), nullptr, "no Slurm in this test");
+  std::unique_ptr<Allocator> alloc = MakeRoutingAllocator(MakeLocalAllocator(kSlots), nullptr, "no Slurm in this test");
+};
+
+// A static allocator behind a loopback gRPC server, one dsv3-agent with kSlots slots, and
+// a hosts file that caps it there.
+struct StaticKind {
+  static constexpr bool kLaunchIsSynchronous = false;
+  static std::string Name() { return "static"; }
+  StaticKind() {
+    StaticOptions o;
+    o.agent_of_token = [](const std::string& token) -> absl::StatusOr<std::string> {
+      if (token == "agent-secret") return std::string("node-a");
+      return absl::UnauthenticatedError("unknown agent credential");
+    };
+    o.hosts = std::map<std::string, int>{{"node-a", kSlots}};
+    o.heartbeat_interval = std::chrono::milliseconds(200);
+    auto a = MakeStaticAllocator(o);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(a->service());
+    server = builder.BuildAndStart();
+    std::ofstream(dir.path() / "token") << "agent-secret\n";
+    agent = test::Child({DSV3_AGENT_PATH, "--controller", "127.0.0.1:" + std::to_string(port), "--name", "node-a",
+                         "--slots", std::to_string(kSlots), "--advertise", "127.0.0.1", "--token-file",
+                         (dir.path() / "token").string(), "--work-dir", (dir.path() / "agent").string()},
+                        dir.path() / "agent.log");
+    joined = WaitFor([&] { return a->FreeSlots() == kSlots; }, std::chrono::seconds(30));
+    static_ = a.get();
+    alloc = std::move(a);
   }
+  ~StaticKind() {
+    agent.Kill(SIGTERM);  // the agent takes its ranks with it
+    static_->Disconnect();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+  test::TempDir dir;
+  std::unique_ptr<grpc::Server> server;
+  test::Child agent;
+  bool joined = false;
+  StaticAllocator* static_ = nullptr;
+  std::unique_ptr<Allocator> alloc;
 };
 
 template <typename Kind>
 class AllocatorContract : public ::testing::Test {
  protected:
   void SetUp() override {
-    alloc_ = Kind::Make();
+    kind_ = std::make_unique<Kind>();
+    alloc_ = kind_->alloc.get();
+    if constexpr (!Kind::kLaunchIsSynchronous) {
+      ASSERT_TRUE(kind_->joined) << kind_->agent.Log();
+    }
     alloc_->SetExitCallback([this](const RankExit& e) {
       std::lock_guard<std::mutex> l(mu_);
       exits_.push_back(e);
     });
   }
-  void TearDown() override { alloc_->SetExitCallback(nullptr); }
+  void TearDown() override {
+    if (alloc_ != nullptr) alloc_->SetExitCallback(nullptr);
+  }
 
   static JobRecord Job(int64_t id, int ranks) {
     JobRecord j;
@@ -87,12 +145,13 @@ class AllocatorContract : public ::testing::Test {
   }
 
   test::TempDir dir_;
-  std::unique_ptr<Allocator> alloc_;
+  std::unique_ptr<Kind> kind_;
+  Allocator* alloc_ = nullptr;
   std::mutex mu_;
   std::vector<RankExit> exits_;
 };
 
-using Kinds = ::testing::Types<LocalKind, RoutingKind>;
+using Kinds = ::testing::Types<LocalKind, RoutingKind, StaticKind>;
 TYPED_TEST_SUITE(AllocatorContract, Kinds, test::NamedByType);
 
 TYPED_TEST(AllocatorContract, SlotsAreReservedUntilReleased) {
@@ -118,7 +177,12 @@ TYPED_TEST(AllocatorContract, RanksRunWithTheirEnvironmentAndEachExitIsReported)
                                           this->Rank(3, 1, "echo rank=$RANK; exit 7")}));
   ASSERT_TRUE(launched.ok()) << launched.status();
   ASSERT_EQ(launched->size(), 2u);
-  for (const auto& l : *launched) EXPECT_GT(l.pid, 0);
+  for (const auto& l : *launched) {
+    EXPECT_FALSE(l.host.empty());
+    if (TypeParam::kLaunchIsSynchronous) {
+      EXPECT_GT(l.pid, 0);  // an agent says its pids later
+    }
+  }
   ASSERT_TRUE(this->WaitExits(3, 2));
   std::map<int, int> codes;
   for (const auto& e : this->ExitsOf(3)) codes[e.rank] = e.exit_code;
@@ -137,11 +201,14 @@ TYPED_TEST(AllocatorContract, SignalAndKillReachEveryRankOfTheJob) {
   a.Signal(4, SIGTERM);
   ASSERT_TRUE(this->WaitExits(4, 2));
   for (const auto& e : this->ExitsOf(4)) EXPECT_EQ(e.exit_code, 128 + SIGTERM) << e.how;
+  a.Release(4);
+  ASSERT_TRUE(a.Reserve(this->Job(5, 1)).has_value());
   ASSERT_TRUE(a.Launch(this->Spec(5, {this->Rank(5, 0, "trap '' TERM; sleep 30")})).ok());
+  ASSERT_TRUE(WaitFor([&] { return a.LiveRanks(5) == 1; }, std::chrono::seconds(20)));
   a.Kill(5);
   ASSERT_TRUE(this->WaitExits(5, 1));
   EXPECT_EQ(this->ExitsOf(5)[0].exit_code, 128 + SIGKILL);
-  a.Release(4);
+  a.Release(5);
 }
 
 TYPED_TEST(AllocatorContract, ALaunchThatCannotStartARankStartsNoneAndNamesIt) {
@@ -150,8 +217,18 @@ TYPED_TEST(AllocatorContract, ALaunchThatCannotStartARankStartsNoneAndNamesIt) {
   RankLaunch missing = this->Rank(6, 1, "");
   missing.argv = {"/nonexistent/dsv3-worker"};
   auto launched = a.Launch(this->Spec(6, {this->Rank(6, 0, "sleep 30"), missing}));
-  ASSERT_FALSE(launched.ok());
-  EXPECT_NE(std::string(launched.status().message()).find("rank 1"), std::string::npos) << launched.status();
+  if (TypeParam::kLaunchIsSynchronous) {
+    ASSERT_FALSE(launched.ok());
+    EXPECT_NE(std::string(launched.status().message()).find("rank 1"), std::string::npos) << launched.status();
+  } else {
+    // The agent starts neither and reports both ranks of its launch ended, naming rank 1.
+    ASSERT_TRUE(launched.ok()) << launched.status();
+    ASSERT_TRUE(this->WaitExits(6, 2));
+    for (const auto& e : this->ExitsOf(6)) {
+      EXPECT_EQ(e.exit_code, 127);
+      EXPECT_NE(e.how.find("rank 1"), std::string::npos) << e.how;
+    }
+  }
   EXPECT_TRUE(WaitFor([&] { return a.LiveRanks(6) == 0; }, std::chrono::seconds(20)));
   a.Release(6);
 }
