@@ -1,9 +1,9 @@
 // The Reporter contract: every reporter the trainer can be given (console, JSONL,
-// TensorBoard) passes the same typed tests. Each kind reads back what it recorded — the
-// console's printed lines, the JSONL file, the TensorBoard event file — and the training
-// loss of each step and the eval loss must come back with their steps, to the precision of
-// the format; a non-finite value must not break the record stream. (The controller reporter
-// is dsv3-worker's gRPC adapter; the controller e2e tests read its reports in dsv3d.)
+// TensorBoard, and dsv3-worker's controller reporter where gRPC is built) passes the same
+// typed tests. Each kind reads back what it recorded — the console's printed lines, the
+// JSONL file, the TensorBoard event file, what an in-process WorkerReports service received —
+// and the training loss of each step and the eval loss must come back with their steps, to
+// the precision of the format; a non-finite value must not break the record stream.
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -21,6 +21,16 @@
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/tfevents.h"
 #include "test_util.h"
+
+#ifdef DSV3_HAVE_GRPC
+#include <grpcpp/grpcpp.h>
+
+#include <mutex>
+
+#include "controller_reporter.h"
+#include "dsv3/common/env.h"
+#include "dsv3/v1/worker.grpc.pb.h"
+#endif
 
 namespace dsv3::train {
 namespace {
@@ -126,6 +136,94 @@ struct TensorBoardKind {
   }
 };
 
+#ifdef DSV3_HAVE_GRPC
+// dsv3d's side of the reports, in process: keeps every metric and evaluation it is sent.
+class FakeWorkerReports final : public v1::WorkerReports::Service {
+ public:
+  grpc::Status RegisterRank(grpc::ServerContext*, const v1::RegisterRankRequest*,
+                            v1::RegisterRankResponse* resp) override {
+    resp->set_heartbeat_interval_ms(100);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::ReportMetricsRequest* req, v1::Ack*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& s : req->samples()) {
+      if (s.name() == "loss") records_.push_back({"train/loss", s.step(), s.value()});
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportEvaluation(grpc::ServerContext*, const v1::ReportEvaluationRequest* req, v1::Ack*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    records_.push_back({"eval/loss", req->step(), req->loss()});
+    return grpc::Status::OK;
+  }
+  std::vector<Record> Records() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return records_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Record> records_;
+};
+
+// The controller reporter as dsv3-worker runs it: made from the launcher's environment,
+// finished (its queue flushed) when the run ends.
+struct ControllerKind {
+  static std::string Name() { return "controller"; }
+  static double Tolerance() { return 0; }  // doubles on the wire
+  static std::unique_ptr<Reporter> Make(const fs::path&) {
+    service = std::make_unique<FakeWorkerReports>();
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service.get());
+    server = builder.BuildAndStart();
+    setenv(env::kController, ("127.0.0.1:" + std::to_string(port)).c_str(), 1);
+    setenv(env::kJobId, "1", 1);
+    setenv(env::kAttempt, "1", 1);
+    setenv(env::kJobCredential, "secret", 1);
+    std::unique_ptr<worker::ControllerReporter> r = worker::MakeControllerReporterFromEnv(0, 1);
+    unsetenv(env::kController);
+    return std::make_unique<Finishing>(std::move(r));
+  }
+  static std::vector<Record> Read(const fs::path&, const std::string&) {
+    std::vector<Record> out = service->Records();
+    server->Shutdown();
+    server.reset();
+    service.reset();
+    return out;
+  }
+
+  // Forwards to the controller reporter and, at the end of the run, finishes it as
+  // dsv3-worker does.
+  class Finishing final : public Reporter {
+   public:
+    explicit Finishing(std::unique_ptr<worker::ControllerReporter> r) : r_(std::move(r)) {}
+    ~Finishing() override { r_->Finish(true, false, step_, "completed"); }
+    void OnStart(const RunInfo& i) override { r_->OnStart(i); }
+    void OnMetrics(const StepMetrics& m) override { r_->OnMetrics(m); }
+    void OnEval(const EvalResult& e) override { r_->OnEval(e); }
+    void OnCheckpoint(const CheckpointEvent& c) override { r_->OnCheckpoint(c); }
+    void OnMessage(const std::string& m) override { r_->OnMessage(m); }
+    void OnEnd(int64_t step, const std::string& m) override {
+      step_ = step;
+      r_->OnEnd(step, m);
+    }
+
+   private:
+    std::unique_ptr<worker::ControllerReporter> r_;
+    int64_t step_ = 0;
+  };
+
+  static inline std::unique_ptr<FakeWorkerReports> service;
+  static inline std::unique_ptr<grpc::Server> server;
+};
+#endif
+
 template <typename Kind>
 class ReporterContract : public ::testing::Test {
  protected:
@@ -161,7 +259,11 @@ class ReporterContract : public ::testing::Test {
   test::TempDir dir_;
 };
 
+#ifdef DSV3_HAVE_GRPC
+using Kinds = ::testing::Types<ConsoleKind, JsonlKind, TensorBoardKind, ControllerKind>;
+#else
 using Kinds = ::testing::Types<ConsoleKind, JsonlKind, TensorBoardKind>;
+#endif
 TYPED_TEST_SUITE(ReporterContract, Kinds, test::NamedByType);
 
 TYPED_TEST(ReporterContract, EveryStepsLossAndTheEvalLossComeBackWithTheirSteps) {
