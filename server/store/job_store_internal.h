@@ -1,9 +1,10 @@
 // What the JobStore's source files share: the connection behind the store's mutex and the
-// SQLite-error-to-Status guard. Private to server/src.
+// SQLite-error-to-Status guard, the schema. Private to server/store.
 #pragma once
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "store/job_store.h"
@@ -17,6 +18,11 @@ struct JobStore::Impl {
   mutable sqlite::Db db;
   int version = 0;
 };
+
+// Numbered migrations, applied in order inside one transaction each (job_store_schema.cc).
+const std::vector<const char*>& Migrations();
+// After the migrations: gives every job stored before migration 4 the plan of its config.
+void BackfillPlans(sqlite::Db& db);
 
 // Runs `fn` and turns a SQLite failure into a Status naming the operation.
 template <class Fn>
