@@ -156,6 +156,98 @@ absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o
   return MakeRoutingAllocator(std::move(primary), std::move(slurm), why_no_slurm);
 }
 
+// The flags that need no file or socket to check.
+absl::Status CheckFlags(const DaemonOptions& options) {
+  if (options.allocator != "local" && options.allocator != "static" && options.allocator != "slurm") {
+    return absl::InvalidArgumentError("--allocator: '" + options.allocator + "' is not one of local, static, slurm");
+  }
+  if (!options.hosts_file.empty() && options.allocator != "static") {
+    return absl::InvalidArgumentError("--hosts: only the static allocator reads a hosts file (--allocator static)");
+  }
+  if (options.slots < 0) return absl::InvalidArgumentError("--slots: must be >= 1 (0 = one per CPU core)");
+  for (const auto& [flag, v] : {std::pair<const char*, double>{"--heartbeat-interval", options.heartbeat_interval_s},
+                                {"--heartbeat-timeout", options.heartbeat_timeout_s},
+                                {"--startup-timeout", options.startup_timeout_s},
+                                {"--grace-period", options.grace_period_s}}) {
+    if (!(v > 0)) return absl::InvalidArgumentError(std::string(flag) + ": must be a positive number of seconds");
+  }
+  if (options.heartbeat_timeout_s <= options.heartbeat_interval_s) {
+    return absl::InvalidArgumentError("--heartbeat-timeout must exceed --heartbeat-interval");
+  }
+  if (options.max_jobs_per_user < 0 || options.max_slots_per_user < 0) {
+    return absl::InvalidArgumentError("--max-jobs-per-user / --max-slots-per-user: must be >= 0 (0 = no limit)");
+  }
+  if (options.max_config_bytes < 1024 || options.max_log_lines < 1 || !(options.http_timeout_s > 0)) {
+    return absl::InvalidArgumentError(
+        "--max-config-bytes must be >= 1024, --max-log-lines >= 1 and --http-timeout a positive number of seconds");
+  }
+  return absl::OkStatus();
+}
+
+// TLS when given a certificate; plaintext only on loopback, or anywhere with --insecure
+// (which adds a warning).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(const DaemonOptions& options,
+                                                                              const std::string& grpc_host,
+                                                                              std::vector<std::string>& warnings) {
+  // Plaintext is for loopback: beyond it, tokens and configs would cross the network readable.
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+    auto tls = MakeServerTls({options.tls_cert, options.tls_key, options.tls_client_ca});
+    if (!tls.ok()) return tls.status();
+    credentials = *tls;
+    if (!options.tls_ca.empty()) {
+      if (auto ca = procs::ReadPemFile("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
+    }
+  } else {
+    if (!options.tls_client_ca.empty() || !options.tls_ca.empty() || options.http_tls) {
+      return absl::InvalidArgumentError(
+          "--tls-client-ca, --tls-ca and --http-tls need TLS: give --tls-cert and --tls-key");
+    }
+    if (!IsLoopbackHost(grpc_host)) {
+      if (!options.insecure) {
+        return absl::FailedPreconditionError(
+            "--listen " + options.listen +
+            " is not loopback and TLS is off: tokens and configs would cross the network in plaintext. Serve TLS "
+            "(--tls-cert FILE --tls-key FILE; deploy/gen-certs.sh makes a test set) or pass --insecure to accept "
+            "plaintext");
+      }
+      warnings.push_back("--insecure: serving plaintext gRPC on " + options.listen +
+                         "; tokens, configs and logs cross the network readable by anyone on it");
+    }
+  }
+  return credentials;
+}
+
+std::chrono::milliseconds Ms(double seconds) { return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)); }
+
+ManagerOptions ManagerOptionsFor(const DaemonOptions& options, const std::string& state_dir, const std::string& worker) {
+  ManagerOptions mo;
+  mo.state_dir = state_dir;
+  mo.worker_path = worker;
+  mo.heartbeat_interval = Ms(options.heartbeat_interval_s);
+  mo.heartbeat_timeout = Ms(options.heartbeat_timeout_s);
+  mo.startup_timeout = Ms(options.startup_timeout_s);
+  mo.grace_period = Ms(options.grace_period_s);
+  // What ranks trust when they dial a TLS controller.
+  if (!options.tls_cert.empty()) {
+    mo.controller_ca = fs::absolute(options.tls_ca.empty() ? options.tls_cert : options.tls_ca).string();
+  }
+  return mo;
+}
+
+ServiceLimits LimitsFor(const DaemonOptions& options, const std::string& state_dir) {
+  ServiceLimits limits;
+  limits.max_config_bytes = options.max_config_bytes;
+  limits.max_log_lines_per_request = options.max_log_lines;
+  limits.max_jobs_per_user = options.max_jobs_per_user;
+  limits.max_slots_per_user = options.max_slots_per_user;
+  limits.work_root =
+      options.work_root.empty() ? state_dir + "/work" : fs::absolute(options.work_root).lexically_normal().string();
+  limits.jobs_root = state_dir + "/jobs";
+  for (const auto& r : options.read_roots) limits.read_roots.push_back(fs::absolute(r).lexically_normal().string());
+  return limits;
+}
+
 }  // namespace
 
 Daemon::Daemon(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
@@ -188,55 +280,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!grpc_addr.ok()) return grpc_addr.status();
   auto http_addr = ParseHostPort("--http-listen", options.http_listen);
   if (!http_addr.ok()) return http_addr.status();
-  if (options.allocator != "local" && options.allocator != "static" && options.allocator != "slurm") {
-    return absl::InvalidArgumentError("--allocator: '" + options.allocator + "' is not one of local, static, slurm");
-  }
-  if (!options.hosts_file.empty() && options.allocator != "static") {
-    return absl::InvalidArgumentError("--hosts: only the static allocator reads a hosts file (--allocator static)");
-  }
-  if (options.slots < 0) return absl::InvalidArgumentError("--slots: must be >= 1 (0 = one per CPU core)");
-  for (const auto& [flag, v] : {std::pair<const char*, double>{"--heartbeat-interval", options.heartbeat_interval_s},
-                                {"--heartbeat-timeout", options.heartbeat_timeout_s},
-                                {"--startup-timeout", options.startup_timeout_s},
-                                {"--grace-period", options.grace_period_s}}) {
-    if (!(v > 0)) return absl::InvalidArgumentError(std::string(flag) + ": must be a positive number of seconds");
-  }
-  if (options.heartbeat_timeout_s <= options.heartbeat_interval_s) {
-    return absl::InvalidArgumentError("--heartbeat-timeout must exceed --heartbeat-interval");
-  }
-  if (options.max_jobs_per_user < 0 || options.max_slots_per_user < 0) {
-    return absl::InvalidArgumentError("--max-jobs-per-user / --max-slots-per-user: must be >= 0 (0 = no limit)");
-  }
-  if (options.max_config_bytes < 1024 || options.max_log_lines < 1 || !(options.http_timeout_s > 0)) {
-    return absl::InvalidArgumentError(
-        "--max-config-bytes must be >= 1024, --max-log-lines >= 1 and --http-timeout a positive number of seconds");
-  }
-  // Plaintext is for loopback: beyond it, tokens and configs would cross the network readable.
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (!options.tls_cert.empty() || !options.tls_key.empty()) {
-    auto tls = MakeServerTls({options.tls_cert, options.tls_key, options.tls_client_ca});
-    if (!tls.ok()) return tls.status();
-    credentials = *tls;
-    if (!options.tls_ca.empty()) {
-      if (auto ca = procs::ReadPemFile("--tls-ca", options.tls_ca); !ca.ok()) return ca.status();
-    }
-  } else {
-    if (!options.tls_client_ca.empty() || !options.tls_ca.empty() || options.http_tls) {
-      return absl::InvalidArgumentError(
-          "--tls-client-ca, --tls-ca and --http-tls need TLS: give --tls-cert and --tls-key");
-    }
-    if (!IsLoopbackHost(grpc_addr->host)) {
-      if (!options.insecure) {
-        return absl::FailedPreconditionError(
-            "--listen " + options.listen +
-            " is not loopback and TLS is off: tokens and configs would cross the network in plaintext. Serve TLS "
-            "(--tls-cert FILE --tls-key FILE; deploy/gen-certs.sh makes a test set) or pass --insecure to accept "
-            "plaintext");
-      }
-      p->warnings.push_back("--insecure: serving plaintext gRPC on " + options.listen +
-                            "; tokens, configs and logs cross the network readable by anyone on it");
-    }
-  }
+  if (absl::Status s = CheckFlags(options); !s.ok()) return s;
+  auto credentials = ServerCredentialsFor(options, grpc_addr->host, p->warnings);
+  if (!credentials.ok()) return credentials.status();
   auto worker = FindWorker(options.worker_path);
   if (!worker.ok()) return worker.status();
 
@@ -261,18 +307,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   p->grpc_host = grpc_addr->host;
   p->http_host = http_addr->host;
-  ManagerOptions mo;
-  mo.state_dir = state_dir;
-  mo.worker_path = *worker;
-  const auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
-  mo.heartbeat_interval = ms(options.heartbeat_interval_s);
-  mo.heartbeat_timeout = ms(options.heartbeat_timeout_s);
-  mo.startup_timeout = ms(options.startup_timeout_s);
-  mo.grace_period = ms(options.grace_period_s);
-  // What ranks trust when they dial a TLS controller.
-  if (!options.tls_cert.empty()) {
-    mo.controller_ca = fs::absolute(options.tls_ca.empty() ? options.tls_cert : options.tls_ca).string();
-  }
+  const ManagerOptions mo = ManagerOptionsFor(options, state_dir, *worker);
   p->manager = std::make_unique<JobManager>(*p->store, *p->allocator, mo);
   const std::string base_dir =
       options.work_dir.empty() ? fs::current_path().string() : fs::absolute(options.work_dir).lexically_normal().string();
@@ -284,15 +319,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     p->warnings.push_back("no users yet: every call needs a token; on this host run `dsv3d user add NAME --state-dir " +
                           state_dir + "` and `dsv3d token create NAME --state-dir " + state_dir + "`");
   }
-  ServiceLimits limits;
-  limits.max_config_bytes = options.max_config_bytes;
-  limits.max_log_lines_per_request = options.max_log_lines;
-  limits.max_jobs_per_user = options.max_jobs_per_user;
-  limits.max_slots_per_user = options.max_slots_per_user;
-  limits.work_root =
-      options.work_root.empty() ? state_dir + "/work" : fs::absolute(options.work_root).lexically_normal().string();
-  limits.jobs_root = state_dir + "/jobs";
-  for (const auto& r : options.read_roots) limits.read_roots.push_back(fs::absolute(r).lexically_normal().string());
+  const ServiceLimits limits = LimitsFor(options, state_dir);
   p->controller =
       std::make_unique<ControllerService>(*p->store, *p->manager, *p->allocator, p->calls, base_dir, limits);
   p->worker = std::make_unique<WorkerService>(*p->manager);
@@ -302,7 +329,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   const std::string grpc_target =
       (grpc_addr->host.find(':') != std::string::npos ? "[" + grpc_addr->host + "]" : grpc_addr->host) + ":" +
       std::to_string(grpc_addr->port);
-  builder.AddListeningPort(grpc_target, credentials, &p->grpc_port);
+  builder.AddListeningPort(grpc_target, *credentials, &p->grpc_port);
   builder.RegisterService(p->controller.get());
   builder.RegisterService(p->worker.get());
   if (p->agents != nullptr) builder.RegisterService(p->agents->service());
@@ -336,7 +363,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   Allocator* allocator_ptr = p->allocator.get();
   RpcStats* stats_ptr = &p->rpc_stats;
   HttpLimits http_limits;
-  http_limits.request_timeout = ms(options.http_timeout_s);
+  http_limits.request_timeout = Ms(options.http_timeout_s);
   std::optional<HttpTls> http_tls;
   if (options.http_tls) http_tls = HttpTls{options.tls_cert, options.tls_key};
   auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, http_tls,
