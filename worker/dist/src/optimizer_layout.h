@@ -52,6 +52,8 @@ struct DistributedOptimizer::Group {
 
   int rank() const { return spec.comm->rank(); }
   int size() const { return spec.comm->size(); }
+  // Elements of this rank's shard: one chunk of every bucket.
+  int64_t ShardNumel() const { return buckets.empty() ? 0 : buckets.back().shard_offset + buckets.back().chunk; }
 
   // The elements this rank updates in bucket b: (first flat index, count, state offset).
   struct Range {

@@ -112,6 +112,12 @@ class DistributedOptimizer {
  private:
   struct Group;
   struct Bucket;
+  // The constructor's steps (bucket_layout.cc), per group, then over all groups.
+  void LayOutBuckets(Group& g) const;
+  void AllocateParameters(Group& g) const;
+  void AllocateOptimizerState(Group& g) const;
+  void RegisterGradHooks();
+  void ReleaseZero3Layers();
   void LaunchReady(Group& g);
   void Launch(Group& g, size_t bucket);
   void OnGradReady(size_t group, size_t param);
