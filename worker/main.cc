@@ -92,13 +92,9 @@ int Usage(const std::string& problem) {
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  dsv3::PreferFastOpenBlasKernels(argv);
-  dsv3::LimitOpenBlasThreads(1);  // LibTorch owns the threads (2.5x slower otherwise)
-  std::string config_path;
-  dsv3::train::TrainerOptions options;
+// Reads the flags into `config_path` and `options`; returns an exit status when the process
+// should end here (help, or a usage error), or -1 to go on.
+int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::TrainerOptions& options) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -126,6 +122,38 @@ int main(int argc, char** argv) {
     }
   }
   if (config_path.empty()) return Usage("--config is required");
+  return -1;
+}
+
+// The world of a multi-rank job, after its rendezvous.
+std::unique_ptr<dsv3::dist::Communicator> ConnectWorld(const dsv3::dist::LaunchInfo& launch,
+                                                       const dsv3::config::Config& config) {
+  dsv3::dist::ConnectOptions connect;
+  connect.backend = dsv3::dist::ResolveBackend(config.distributed.backend, torch::cuda::is_available());
+  connect.rendezvous_timeout = EnvSeconds(dsv3::env::kRendezvousTimeout, 300);
+  connect.collective_timeout = EnvSeconds(dsv3::env::kCollectiveTimeout, 600);
+  connect.device_index = launch.local_rank;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto world = dsv3::dist::Connect(launch, connect);
+  // bench/launch_bench reads this line: the rendezvous share of a job's start-up.
+  std::cout << "dsv3-worker: rank " << launch.rank << " joined " << launch.world_size << " ranks at "
+            << launch.master_addr << ":" << launch.master_port << " in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
+            << " ms (done at unix time "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch()).count()
+            << " ms)" << std::endl;
+  return world;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dsv3::PreferFastOpenBlasKernels(argv);
+  dsv3::LimitOpenBlasThreads(1);  // LibTorch owns the threads (2.5x slower otherwise)
+  std::string config_path;
+  dsv3::train::TrainerOptions options;
+  if (const int status = ParseArgs(argc, argv, config_path, options); status >= 0) return status;
   InstallSignalHandlers();
   dsv3::dist::LaunchInfo launch;
   try {
@@ -180,22 +208,8 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<dsv3::dist::Communicator> world;
     if (launch.world_size > 1) {
-      dsv3::dist::ConnectOptions connect;
-      connect.backend = dsv3::dist::ResolveBackend(cfg.config.distributed.backend, torch::cuda::is_available());
-      connect.rendezvous_timeout = EnvSeconds(dsv3::env::kRendezvousTimeout, 300);
-      connect.collective_timeout = EnvSeconds(dsv3::env::kCollectiveTimeout, 600);
-      connect.device_index = launch.local_rank;
-      const auto t0 = std::chrono::steady_clock::now();
-      world = dsv3::dist::Connect(launch, connect);
+      world = ConnectWorld(launch, cfg.config);
       options.world = world.get();
-      // bench/launch_bench reads this line: the rendezvous share of a job's start-up.
-      std::cout << "dsv3-worker: rank " << launch.rank << " joined " << launch.world_size << " ranks at "
-                << launch.master_addr << ":" << launch.master_port << " in "
-                << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
-                << " ms (done at unix time "
-                << std::chrono::duration_cast<std::chrono::milliseconds>(
-                       std::chrono::system_clock::now().time_since_epoch()).count()
-                << " ms)" << std::endl;
     }
     dsv3::train::Trainer trainer(cfg.config, options, std::move(reporters));
     g_trainer.store(&trainer);
