@@ -384,6 +384,26 @@ json ToJson(const Config& config) {
 
 std::string ToJsonText(const Config& config, int indent) { return ToJson(config).dump(indent); }
 
+json SlurmToJson(const SlurmConfig& slurm) {
+  json out = json::object();
+  internal::Writer writer(out);
+  schema::Visit(writer, const_cast<SlurmConfig&>(slurm));  // read only, as in ToJson
+  return out;
+}
+
+SlurmConfig SlurmFromJson(const json& section, std::vector<Diagnostic>& errors) {
+  SlurmConfig slurm;
+  if (!section.is_object()) {
+    errors.push_back({"/slurm", "expected an object, got " + internal::Show(section)});
+    return slurm;
+  }
+  std::set<std::string> present;
+  internal::Reader reader(&section, "/slurm", errors, present);
+  schema::Visit(reader, slurm);
+  reader.Finish();
+  return slurm;
+}
+
 }  // namespace dsv3::config
 
 namespace dsv3::config {

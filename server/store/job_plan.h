@@ -23,7 +23,7 @@ struct JobPlan {
   // share of cores dsv3d would give them.
   int64_t intra_op_threads = 0;
   // The config's slurm section as written (defaults where absent). The Slurm allocator
-  // fits it to the job's rank count (SlurmSectionFor).
+  // fits it to the job's rank count (FitSlurmSection).
   config::SlurmConfig slurm;
 
   bool WantsSlurm() const { return launcher == "slurm"; }
@@ -32,7 +32,8 @@ struct JobPlan {
 // The plan of a loaded, valid config.
 JobPlan PlanFromConfig(const config::Config& config);
 
-// The store's encoding (a JSON object) and back; nullopt for text that is not a plan.
+// The store's encoding (a JSON object; the slurm section through the config schema,
+// config::SlurmToJson) and back; nullopt for text that is not a plan.
 std::string PlanToJson(const JobPlan& plan);
 std::optional<JobPlan> PlanFromJson(const std::string& text);
 

@@ -4,7 +4,8 @@
 // that name the failing rank, refusal of a job larger than the allocator, and the node view.
 // Run here over `local`, `routing` (a daemon's allocator with a local primary) and `static`
 // (one real dsv3-agent on loopback, joined over the AgentControl stream). Slurm, whose
-// queue is the queue and whose allocation ends as one, has its own suite (slurm_e2e).
+// queue is the queue and whose allocation ends as one, has its own suites: scripted Slurm
+// tools (slurm_allocator_test.cc) and a real one (slurm_e2e).
 #include <signal.h>
 
 #include <grpcpp/grpcpp.h>
@@ -13,7 +14,6 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +24,7 @@
 #include "allocators/slurm_allocator.h"
 #include "allocators/static_allocator.h"
 #include "child_process.h"
+#include "rank_exit_log.h"
 #include "test_util.h"
 
 namespace dsv3::server {
@@ -99,10 +100,7 @@ class AllocatorContract : public ::testing::Test {
     if constexpr (!Kind::kLaunchIsSynchronous) {
       ASSERT_TRUE(kind_->joined) << kind_->agent.Log();
     }
-    alloc_->SetExitCallback([this](const RankExit& e) {
-      std::lock_guard<std::mutex> l(mu_);
-      exits_.push_back(e);
-    });
+    alloc_->SetExitCallback(exits_.Recorder());
   }
   void TearDown() override {
     if (alloc_ != nullptr) alloc_->SetExitCallback(nullptr);
@@ -132,23 +130,10 @@ class AllocatorContract : public ::testing::Test {
     s.job = Job(job, static_cast<int>(s.ranks.size()));
     return s;
   }
-  std::vector<RankExit> ExitsOf(int64_t job) {
-    std::lock_guard<std::mutex> l(mu_);
-    std::vector<RankExit> out;
-    for (const auto& e : exits_) {
-      if (e.job_id == job) out.push_back(e);
-    }
-    return out;
-  }
-  bool WaitExits(int64_t job, size_t n) {
-    return WaitFor([&] { return ExitsOf(job).size() >= n; }, std::chrono::seconds(20));
-  }
-
   test::TempDir dir_;
   std::unique_ptr<Kind> kind_;
   Allocator* alloc_ = nullptr;
-  std::mutex mu_;
-  std::vector<RankExit> exits_;
+  RankExitLog exits_;
 };
 
 using Kinds = ::testing::Types<LocalKind, RoutingKind, StaticKind>;
@@ -183,9 +168,9 @@ TYPED_TEST(AllocatorContract, RanksRunWithTheirEnvironmentAndEachExitIsReported)
       EXPECT_GT(l.pid, 0);  // an agent says its pids later
     }
   }
-  ASSERT_TRUE(this->WaitExits(3, 2));
+  ASSERT_TRUE(this->exits_.Wait(3, 2));
   std::map<int, int> codes;
-  for (const auto& e : this->ExitsOf(3)) codes[e.rank] = e.exit_code;
+  for (const auto& e : this->exits_.Of(3)) codes[e.rank] = e.exit_code;
   EXPECT_EQ(codes, (std::map<int, int>{{0, 0}, {1, 7}}));
   EXPECT_EQ(ReadFile(this->dir_.path() / "job3-rank0.log"), "rank=0\n" + this->dir_.path().string() + "\n");
   EXPECT_EQ(ReadFile(this->dir_.path() / "job3-rank1.log"), "rank=1\n");
@@ -199,15 +184,15 @@ TYPED_TEST(AllocatorContract, SignalAndKillReachEveryRankOfTheJob) {
   ASSERT_TRUE(a.Launch(this->Spec(4, {this->Rank(4, 0, "sleep 30"), this->Rank(4, 1, "sleep 30")})).ok());
   EXPECT_EQ(a.LiveRanks(4), 2);
   a.Signal(4, SIGTERM);
-  ASSERT_TRUE(this->WaitExits(4, 2));
-  for (const auto& e : this->ExitsOf(4)) EXPECT_EQ(e.exit_code, 128 + SIGTERM) << e.how;
+  ASSERT_TRUE(this->exits_.Wait(4, 2));
+  for (const auto& e : this->exits_.Of(4)) EXPECT_EQ(e.exit_code, 128 + SIGTERM) << e.how;
   a.Release(4);
   ASSERT_TRUE(a.Reserve(this->Job(5, 1)).has_value());
   ASSERT_TRUE(a.Launch(this->Spec(5, {this->Rank(5, 0, "trap '' TERM; sleep 30")})).ok());
   ASSERT_TRUE(WaitFor([&] { return a.LiveRanks(5) == 1; }, std::chrono::seconds(20)));
   a.Kill(5);
-  ASSERT_TRUE(this->WaitExits(5, 1));
-  EXPECT_EQ(this->ExitsOf(5)[0].exit_code, 128 + SIGKILL);
+  ASSERT_TRUE(this->exits_.Wait(5, 1));
+  EXPECT_EQ(this->exits_.Of(5)[0].exit_code, 128 + SIGKILL);
   a.Release(5);
 }
 
@@ -223,8 +208,8 @@ TYPED_TEST(AllocatorContract, ALaunchThatCannotStartARankStartsNoneAndNamesIt) {
   } else {
     // The agent starts neither and reports both ranks of its launch ended, naming rank 1.
     ASSERT_TRUE(launched.ok()) << launched.status();
-    ASSERT_TRUE(this->WaitExits(6, 2));
-    for (const auto& e : this->ExitsOf(6)) {
+    ASSERT_TRUE(this->exits_.Wait(6, 2));
+    for (const auto& e : this->exits_.Of(6)) {
       EXPECT_EQ(e.exit_code, 127);
       EXPECT_NE(e.how.find("rank 1"), std::string::npos) << e.how;
     }

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "dsv3/common/config_io.h"
 #include "jobs/job_config.h"
 #include "store/job_plan.h"
 #include "store/job_store.h"
@@ -62,6 +63,24 @@ TEST(JobPlan, RoundTripsThroughTheStoreEncoding) {
   EXPECT_EQ(back->slurm.extra_args, std::vector<std::string>{"--exclusive"});
   EXPECT_FALSE(PlanFromJson("").has_value());
   EXPECT_FALSE(PlanFromJson(R"({"launcher": 1, "intra_op_threads": 0, "slurm": {}})").has_value());
+  EXPECT_FALSE(PlanFromJson(R"({"launcher": "", "intra_op_threads": 0, "slurm": {"nodes": 0}})").has_value());
+}
+
+// The section's codec is the config schema's: its rules and unknown-key check, named by field.
+TEST(JobPlan, TheSlurmSectionIsReadByTheConfigSchema) {
+  std::vector<config::Diagnostic> errors;
+  const config::SlurmConfig s =
+      config::SlurmFromJson(nlohmann::json{{"nodes", 0}, {"partitoin", "cpu"}, {"time", "1:00:00"}}, errors);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0].path, "/slurm/nodes");
+  EXPECT_EQ(errors[1].path, "/slurm/partitoin");
+  EXPECT_NE(errors[1].message.find("did you mean \"partition\""), std::string::npos) << errors[1].message;
+  EXPECT_EQ(s.time, "1:00:00");
+  EXPECT_EQ(s.nodes, 1);  // a field in error keeps its default
+  errors.clear();
+  (void)config::SlurmFromJson(nlohmann::json::array(), errors);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "/slurm");
 }
 
 TEST(JobPlan, IsStoredWithTheJobAndBackfilledForOlderRows) {

@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include "rank_exit_log.h"
 #include "test_util.h"
 
 namespace dsv3::server {
@@ -78,10 +79,7 @@ class FakeSlurm : public ::testing::Test {
     auto a = MakeSlurmAllocator(o);
     ASSERT_TRUE(a.ok()) << a.status();
     alloc_ = std::move(*a);
-    alloc_->SetExitCallback([this](const RankExit& e) {
-      std::lock_guard<std::mutex> l(mu_);
-      exits_.push_back(e);
-    });
+    alloc_->SetExitCallback(exits_.Recorder());
     alloc_->SetAllocationCallback([this](const AllocationUpdate& u) {
       std::lock_guard<std::mutex> l(mu_);
       updates_.push_back(u);
@@ -122,14 +120,6 @@ class FakeSlurm : public ::testing::Test {
     }
     return s;
   }
-  std::vector<RankExit> ExitsOf(int64_t job) {
-    std::lock_guard<std::mutex> l(mu_);
-    std::vector<RankExit> out;
-    for (const auto& e : exits_) {
-      if (e.job_id == job) out.push_back(e);
-    }
-    return out;
-  }
   bool SawState(int64_t job, const std::string& state) {
     std::lock_guard<std::mutex> l(mu_);
     for (const auto& u : updates_) {
@@ -148,8 +138,8 @@ class FakeSlurm : public ::testing::Test {
   test::TempDir dir_;
   std::string old_path_;
   std::unique_ptr<Allocator> alloc_;
+  RankExitLog exits_;
   std::mutex mu_;
-  std::vector<RankExit> exits_;
   std::vector<AllocationUpdate> updates_;
 };
 
@@ -207,10 +197,10 @@ TEST_F(FakeSlurm, AnAttemptIsOneBatchJobWhoseEndIsEveryRanks) {
   EXPECT_EQ(alloc_->LiveRanks(3), 2);
   SetState(id, "RUNNING|None");
   EXPECT_TRUE(WaitFor([&] { return SawState(3, "RUNNING"); }, std::chrono::seconds(10)));
-  EXPECT_TRUE(ExitsOf(3).empty());
+  EXPECT_TRUE(exits_.Of(3).empty());
   SetState(id, "FAILED|NonZeroExitCode");
-  ASSERT_TRUE(WaitFor([&] { return ExitsOf(3).size() == 2; }, std::chrono::seconds(10)));
-  for (const auto& e : ExitsOf(3)) {
+  ASSERT_TRUE(WaitFor([&] { return exits_.Of(3).size() == 2; }, std::chrono::seconds(10)));
+  for (const auto& e : exits_.Of(3)) {
     EXPECT_EQ(e.exit_code, 1);
     EXPECT_EQ(e.how, "ended with Slurm job " + id + " FAILED (NonZeroExitCode)");
   }
@@ -226,8 +216,8 @@ TEST_F(FakeSlurm, SignalsAreScancelsAndACancelEndsEveryRankWith143) {
   SetState(id, "RUNNING|None");
   alloc_->Signal(4, SIGUSR1);
   alloc_->Signal(4, SIGTERM);
-  ASSERT_TRUE(WaitFor([&] { return ExitsOf(4).size() == 2; }, std::chrono::seconds(10)));
-  for (const auto& e : ExitsOf(4)) EXPECT_EQ(e.exit_code, 128 + SIGTERM) << e.how;
+  ASSERT_TRUE(WaitFor([&] { return exits_.Of(4).size() == 2; }, std::chrono::seconds(10)));
+  for (const auto& e : exits_.Of(4)) EXPECT_EQ(e.exit_code, 128 + SIGTERM) << e.how;
   EXPECT_EQ(ReadFile(state() / "scancel.log"), "--signal=" + std::to_string(SIGUSR1) + " " + id + "\n" + id + "\n");
 }
 
@@ -237,14 +227,14 @@ TEST_F(FakeSlurm, AJobSqueueForgetsIsReadWithScontrolOrEndsVanished) {
   const std::string first = Launch(Job(5, 1));
   SetState(first, "COMPLETED|None");
   std::ofstream(state() / (first + ".gone")).flush();
-  ASSERT_TRUE(WaitFor([&] { return ExitsOf(5).size() == 1; }, std::chrono::seconds(10)));
-  EXPECT_EQ(ExitsOf(5)[0].exit_code, 0);
+  ASSERT_TRUE(WaitFor([&] { return exits_.Of(5).size() == 1; }, std::chrono::seconds(10)));
+  EXPECT_EQ(exits_.Of(5)[0].exit_code, 0);
   const std::string second = Launch(Job(6, 1));
   std::ofstream(state() / (second + ".gone")).flush();
   std::ofstream(state() / (second + ".nothing")).flush();
-  ASSERT_TRUE(WaitFor([&] { return ExitsOf(6).size() == 1; }, std::chrono::seconds(10)));
-  EXPECT_EQ(ExitsOf(6)[0].exit_code, 1);
-  EXPECT_NE(ExitsOf(6)[0].how.find("VANISHED"), std::string::npos) << ExitsOf(6)[0].how;
+  ASSERT_TRUE(WaitFor([&] { return exits_.Of(6).size() == 1; }, std::chrono::seconds(10)));
+  EXPECT_EQ(exits_.Of(6)[0].exit_code, 1);
+  EXPECT_NE(exits_.Of(6)[0].how.find("VANISHED"), std::string::npos) << exits_.Of(6)[0].how;
 }
 
 }  // namespace

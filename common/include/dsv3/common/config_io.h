@@ -63,6 +63,12 @@ LoadResult ValidateDeepSpeedFile(const std::string& path);
 // Loading this JSON again yields the same Config.
 nlohmann::json ToJson(const Config& config);
 
+// The slurm section alone, through the same schema as the whole config (dsv3d stores it
+// with each job): SlurmFromJson reads what SlurmToJson wrote, and reports every problem
+// (wrong type, out of range, unknown key) under /slurm/<field>.
+nlohmann::json SlurmToJson(const SlurmConfig& slurm);
+SlurmConfig SlurmFromJson(const nlohmann::json& section, std::vector<Diagnostic>& errors);
+
 // The derived values as JSON, for `dsv3ctl config show`.
 nlohmann::json DerivedToJson(const Config& config);
 
