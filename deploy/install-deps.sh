@@ -22,6 +22,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev prometheus python3 python3-grpcio python3-protobuf openssl
   # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator
   munge slurm-wlm slurmctld slurmd slurm-client
+  # bench: the PyTorch-eager Python peer of the model (bench/peer/) on the same LibTorch
+  python3-torch
 )
 
 missing=()

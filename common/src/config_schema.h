@@ -94,6 +94,7 @@ template <class V> void Visit(V& v, ModelConfig& c) {
   v.Field("first_k_dense_layers", c.first_k_dense_layers, AtLeast(0));
   v.Field("dense_intermediate_size", c.dense_intermediate_size, AtLeast(0));
   v.Field("gradient_checkpointing", c.gradient_checkpointing, None());
+  v.Field("fused_kernels", c.fused_kernels, None());
   v.Section("mla", [&](V& s) { Visit(s, c.mla); });
   v.Section("moe", [&](V& s) { Visit(s, c.moe); });
 }

@@ -4,7 +4,7 @@
 
 namespace dsv3::dist {
 
-void DistributedOptimizer::Step(double lr) {
+void DistributedOptimizer::Step(double lr, double grad_scale) {
   torch::NoGradGuard no_grad;
   ++step_;
   for (auto& gp : groups_) {
@@ -20,7 +20,8 @@ void DistributedOptimizer::Step(double lr) {
         grad = grad.to(g.state_device);
       }
       const auto state = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, r.state, r.count) : t; };
-      ApplyUpdate(opt_, lr, step_, p, grad, g.decay.narrow(0, r.state, r.count), state(g.exp_avg), state(g.exp_avg_sq));
+      ApplyUpdate(opt_, lr, step_, p, grad, g.decay.narrow(0, r.state, r.count), state(g.exp_avg), state(g.exp_avg_sq),
+                  grad_scale);
       if (!p.is_same(master)) master.copy_(p);
       if (sh_.zero_stage == 3) {
         // Layers gather their new weights when they next run; the always-gathered buckets

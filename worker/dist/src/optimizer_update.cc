@@ -2,10 +2,31 @@
 
 #include <cmath>
 
+#include "dsv3/kernels/fused_optimizer.h"
+#include "dsv3/kernels/kernels.h"
+
 namespace dsv3::dist {
 
 void ApplyUpdate(const OptimizerOptions& o, double lr, int64_t step, torch::Tensor p, torch::Tensor grad,
-                 const torch::Tensor& decay, torch::Tensor m, torch::Tensor v) {
+                 const torch::Tensor& decay, torch::Tensor m, torch::Tensor v, double grad_scale) {
+  if (!kernels::Available(p.device())) {
+    ReferenceUpdate(o, lr, step, p, grad_scale == 1.0 ? grad : grad * grad_scale, decay, m, v);
+    return;
+  }
+  kernels::UpdateHyper hp;
+  hp.type = o.type;
+  hp.lr = lr;
+  hp.beta1 = o.beta1;
+  hp.beta2 = o.beta2;
+  hp.eps = o.eps;
+  hp.weight_decay = o.weight_decay;
+  hp.step = step;
+  hp.grad_scale = grad_scale;
+  kernels::FusedUpdate(hp, p, grad.contiguous(), decay.contiguous(), m, v);
+}
+
+void ReferenceUpdate(const OptimizerOptions& o, double lr, int64_t step, torch::Tensor p, torch::Tensor grad,
+                     const torch::Tensor& decay, torch::Tensor m, torch::Tensor v) {
   torch::NoGradGuard no_grad;
   const double wd = o.weight_decay;
   // The same arithmetic as torch::optim's AdamW / Adam / SGD (without momentum).

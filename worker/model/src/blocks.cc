@@ -3,10 +3,12 @@
 
 #include "dsv3/common/check.h"
 #include "dsv3/model/layers.h"
+#include "fused.h"
 
 namespace dsv3::model {
 
-NormImpl::NormImpl(int64_t dim, double eps, bool layernorm) : eps_(eps), layernorm_(layernorm) {
+NormImpl::NormImpl(int64_t dim, double eps, bool layernorm, bool fused)
+    : eps_(eps), layernorm_(layernorm), fused_(fused) {
   weight = register_parameter("weight", torch::ones({dim}));
   if (layernorm_) bias = register_parameter("bias", torch::zeros({dim}));
 }
@@ -14,6 +16,9 @@ NormImpl::NormImpl(int64_t dim, double eps, bool layernorm) : eps_(eps), layerno
 c10::ScalarType UpcastType(c10::ScalarType t) { return t == torch::kDouble ? torch::kDouble : torch::kFloat; }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  if (!layernorm_ && UseFused(fused_, x) && weight.scalar_type() == x.scalar_type()) {
+    return kernels::RmsNorm(x, weight, eps_);
+  }
   // Statistics in fp32 whatever the activation dtype: bf16 sums of squares lose precision.
   const auto precision = UpcastType(x.scalar_type());
   const torch::Tensor xf = x.to(precision);
@@ -26,7 +31,7 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
 }
 
 Norm MakeNorm(const config::ModelConfig& cfg, int64_t dim) {
-  return Norm(dim, cfg.norm_eps, cfg.norm_type == "layernorm");
+  return Norm(dim, cfg.norm_eps, cfg.norm_type == "layernorm", cfg.fused_kernels);
 }
 
 torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positions, double theta) {
@@ -49,7 +54,7 @@ torch::Tensor ApplyRope(const torch::Tensor& x_BTHR, const torch::Tensor& positi
       .to(x_BTHR.scalar_type());
 }
 
-FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t hidden) {
+FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t hidden, bool fused) : fused_(fused) {
   const auto linear = [](int64_t in, int64_t out) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
   };
@@ -59,6 +64,10 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t hidden) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  if (UseFused(fused_, x)) {
+    return kernels::Linear(kernels::SwiGlu(kernels::Linear(x, gate_proj->weight), kernels::Linear(x, up_proj->weight)),
+                           down_proj->weight);
+  }
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
 

@@ -5,6 +5,7 @@
 #include "dsv3/common/check.h"
 #include "dsv3/model/layers.h"
 #include "dsv3/model/torch_compat.h"
+#include "fused.h"
 
 namespace dsv3::model {
 namespace {
@@ -38,6 +39,7 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
   window_ = a.sliding_window;
   use_rope_ = a.use_rope;
   fp8_cache_ = a.use_fp8_kv;
+  fused_ = cfg.fused_kernels;
   DSV3_CHECK(nope_ > 0 && rope_ > 0 && v_dim_ > 0)
       << "head dims are unresolved; build the model from a config loaded by config::LoadConfigFile";
   DSV3_CHECK(num_heads_ % num_kv_heads_ == 0) << num_kv_heads_ << " kv heads for " << num_heads_ << " heads";
@@ -49,14 +51,14 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
   const int64_t D = a.d_model, H = num_heads_;
   if (a.q_lora_rank > 0) {  // eq. (6)-(7): c_Q = W_DQ h, q_C = W_UQ c_Q
     q_a_proj = register_module("q_a_proj", Linear(D, a.q_lora_rank));
-    q_a_layernorm = register_module("q_a_layernorm", Norm(a.q_lora_rank, cfg.norm_eps));
+    q_a_layernorm = register_module("q_a_layernorm", Norm(a.q_lora_rank, cfg.norm_eps, false, fused_));
     q_b_proj = register_module("q_b_proj", Linear(a.q_lora_rank, H * (nope_ + rope_)));
   } else {
     q_proj = register_module("q_proj", Linear(D, H * (nope_ + rope_)));
   }
   // eq. (1) and (3) in one matrix: [c_KV; k_R] = [W_DKV; W_KR] h.
   kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa", Linear(D, d_latent_ + rope_));
-  kv_a_layernorm = register_module("kv_a_layernorm", Norm(d_latent_, cfg.norm_eps));
+  kv_a_layernorm = register_module("kv_a_layernorm", Norm(d_latent_, cfg.norm_eps, false, fused_));
   // eq. (2) and (5) stacked per kv head: [k_C; v_C] = [W_UK; W_UV] c_KV.
   kv_b_proj = register_module("kv_b_proj", Linear(d_latent_, num_kv_heads_ * (nope_ + v_dim_)));
   o_proj = register_module("o_proj", Linear(H * v_dim_, D));  // eq. (11)
@@ -65,11 +67,18 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
 std::pair<torch::Tensor, torch::Tensor> MultiHeadLatentAttentionImpl::Queries(const torch::Tensor& x_BTD,
                                                                              const torch::Tensor& positions) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
-  const torch::Tensor q = q_proj.is_empty() ? q_b_proj(q_a_layernorm(q_a_proj(x_BTD))) : q_proj(x_BTD);
+  const torch::Tensor q = q_proj.is_empty()
+                              ? Project(q_b_proj, q_a_layernorm(Project(q_a_proj, x_BTD, fused_)), fused_)
+                              : Project(q_proj, x_BTD, fused_);
   const torch::Tensor q_BTHX = q.view({B, T, num_heads_, nope_ + rope_});
   torch::Tensor q_rope_BTHR = q_BTHX.narrow(-1, nope_, rope_);
-  if (use_rope_) q_rope_BTHR = ApplyRope(q_rope_BTHR, positions, rope_theta_);  // eq. (8)
+  if (use_rope_) q_rope_BTHR = Rotate(q_rope_BTHR, positions);  // eq. (8)
   return {q_BTHX.narrow(-1, 0, nope_), q_rope_BTHR};
+}
+
+torch::Tensor MultiHeadLatentAttentionImpl::Rotate(const torch::Tensor& x_BTHR, const torch::Tensor& positions) const {
+  return UseFused(fused_, x_BTHR) ? kernels::Rope(x_BTHR, positions, rope_theta_)
+                                  : ApplyRope(x_BTHR, positions, rope_theta_);
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::VisibleMask(const torch::Tensor& query_idx_T, const torch::Tensor& key_idx_S,
@@ -87,12 +96,12 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, 
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1), H = num_heads_;
   auto [q_nope_BTHN, q_rope_BTHR] = Queries(x_BTD, ctx.positions);
 
-  const torch::Tensor kv_a = kv_a_proj_with_mqa(x_BTD);
+  const torch::Tensor kv_a = Project(kv_a_proj_with_mqa, x_BTD, fused_);
   const torch::Tensor c_kv_BTC = kv_a_layernorm(kv_a.narrow(-1, 0, d_latent_));
   torch::Tensor k_rope_BT1R = kv_a.narrow(-1, d_latent_, rope_).unsqueeze(2);
-  if (use_rope_) k_rope_BT1R = ApplyRope(k_rope_BT1R, ctx.positions, rope_theta_);  // eq. (3)
+  if (use_rope_) k_rope_BT1R = Rotate(k_rope_BT1R, ctx.positions);  // eq. (3)
 
-  const torch::Tensor kv_BTKX = kv_b_proj(c_kv_BTC).view({B, T, num_kv_heads_, nope_ + v_dim_});
+  const torch::Tensor kv_BTKX = Project(kv_b_proj, c_kv_BTC, fused_).view({B, T, num_kv_heads_, nope_ + v_dim_});
   torch::Tensor k_nope_BTKN = kv_BTKX.narrow(-1, 0, nope_);
   torch::Tensor v_BTKV = kv_BTKX.narrow(-1, nope_, v_dim_);
   if (num_kv_heads_ < H) {  // each kv head serves H/K consecutive query heads
@@ -100,17 +109,28 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, 
     v_BTKV = v_BTKV.repeat_interleave(H / num_kv_heads_, 2);
   }
   // eq. (4) and (9): per-head key = [k_C; k_R] with k_R shared by all heads.
-  const torch::Tensor q_BHTX = torch::cat({q_nope_BTHN, q_rope_BTHR}, -1).transpose(1, 2);
-  const torch::Tensor k_BHXS =
-      torch::cat({k_nope_BTKN, k_rope_BT1R.expand({B, T, H, rope_})}, -1).permute({0, 2, 3, 1});
-  torch::Tensor scores_BHTS = torch::matmul(q_BHTX, k_BHXS).to(UpcastType(x_BTD.scalar_type())) * scale_;
-  const torch::Tensor index_T = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(x_BTD.device()));
-  scores_BHTS = scores_BHTS.masked_fill(VisibleMask(index_T, index_T, ctx.segments_BT).logical_not(),
+  const torch::Tensor q_BTHX = torch::cat({q_nope_BTHN, q_rope_BTHR}, -1);
+  const torch::Tensor k_BTHX = torch::cat({k_nope_BTKN, k_rope_BT1R.expand({B, T, H, rope_})}, -1);
+  const torch::Tensor o_BTHV = Attend(q_BTHX, k_BTHX, v_BTKV, ctx.segments_BT);  // eq. (10)
+  return Project(o_proj, o_BTHV.reshape({B, T, H * v_dim_}), fused_);
+}
+
+torch::Tensor MultiHeadLatentAttentionImpl::Attend(const torch::Tensor& q_BTHX, const torch::Tensor& k_BTHX,
+                                                   const torch::Tensor& v_BTHV, const torch::Tensor& segments_BT) {
+  const bool dropout = dropout_ > 0 && is_training();
+  if (UseFused(fused_, q_BTHX) && !dropout) {
+    return kernels::Attention(q_BTHX, k_BTHX, v_BTHV, scale_, kernels::AttentionMask{window_, segments_BT});
+  }
+  const int64_t T = q_BTHX.size(1);
+  torch::Tensor scores_BHTS =
+      torch::matmul(q_BTHX.transpose(1, 2), k_BTHX.permute({0, 2, 3, 1})).to(UpcastType(q_BTHX.scalar_type())) *
+      scale_;
+  const torch::Tensor index_T = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(q_BTHX.device()));
+  scores_BHTS = scores_BHTS.masked_fill(VisibleMask(index_T, index_T, segments_BT).logical_not(),
                                         -std::numeric_limits<float>::infinity());
-  torch::Tensor probs_BHTS = torch::softmax(scores_BHTS, -1).to(x_BTD.scalar_type());
+  torch::Tensor probs_BHTS = torch::softmax(scores_BHTS, -1).to(q_BTHX.scalar_type());
   probs_BHTS = torch::dropout(probs_BHTS, dropout_, is_training());
-  const torch::Tensor o_BHTV = torch::matmul(probs_BHTS, v_BTKV.transpose(1, 2));  // eq. (10)
-  return o_proj(o_BHTV.transpose(1, 2).reshape({B, T, H * v_dim_}));
+  return torch::matmul(probs_BHTS, v_BTHV.transpose(1, 2)).transpose(1, 2);
 }
 
 void MultiHeadLatentAttentionImpl::AppendToCache(LatentCache& cache, const torch::Tensor& c_kv_BTC,
@@ -139,10 +159,10 @@ torch::Tensor MultiHeadLatentAttentionImpl::ForwardCached(const torch::Tensor& x
   const torch::Tensor positions_T = torch::arange(cache.length, cache.length + T, iopts);
   auto [q_nope_BTHN, q_rope_BTHR] = Queries(x_BTD, positions_T);
 
-  const torch::Tensor kv_a = kv_a_proj_with_mqa(x_BTD);
+  const torch::Tensor kv_a = Project(kv_a_proj_with_mqa, x_BTD, fused_);
   const torch::Tensor c_kv_BTC = kv_a_layernorm(kv_a.narrow(-1, 0, d_latent_));
   torch::Tensor k_rope_BT1R = kv_a.narrow(-1, d_latent_, rope_).unsqueeze(2);
-  if (use_rope_) k_rope_BT1R = ApplyRope(k_rope_BT1R, positions_T, rope_theta_);
+  if (use_rope_) k_rope_BT1R = Rotate(k_rope_BT1R, positions_T);
   AppendToCache(cache, c_kv_BTC, k_rope_BT1R.squeeze(2));
 
   torch::Tensor c_kv_BSC = cache.c_kv_BSC, k_rope_BSR = cache.k_rope_BSR;
@@ -173,7 +193,7 @@ torch::Tensor MultiHeadLatentAttentionImpl::ForwardCached(const torch::Tensor& x
       torch::einsum("bhts,bsc->bthc", {probs_BHTS, c_kv_BSC}).reshape({B, T, K, G, d_latent_});
   const torch::Tensor o_BTHV =
       torch::einsum("btkgc,kvc->btkgv", {o_lat_BTKGC, w_uv_KVC}).reshape({B, T, H * v_dim_});
-  return o_proj(o_BTHV);
+  return Project(o_proj, o_BTHV, fused_);
 }
 
 }  // namespace dsv3::model

@@ -6,6 +6,7 @@
 
 #include "dsv3/common/check.h"
 #include "dsv3/common/estimator.h"
+#include "fused.h"
 
 namespace dsv3::model {
 namespace {
@@ -76,9 +77,26 @@ int64_t DeepSeekV3Impl::NumParameters() const {
   return n;
 }
 
+const torch::Tensor& DeepSeekV3Impl::HeadWeight() const {
+  return lm_head.is_empty() ? embed_tokens->weight : lm_head->weight;
+}
+
 torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
+  if (UseFused(cfg_.model.fused_kernels, h_BTD)) return kernels::Linear(h_BTD, HeadWeight());
   if (lm_head.is_empty()) return torch::matmul(h_BTD, embed_tokens->weight.t());
   return lm_head(h_BTD);
+}
+
+torch::Tensor DeepSeekV3Impl::HeadLoss(const torch::Tensor& h_BTD, const torch::Tensor& targets_BT,
+                                       torch::Tensor* logits_BTV) {
+  if (UseFused(cfg_.model.fused_kernels, h_BTD)) {
+    // Chunked linear + cross-entropy: the logits are never materialised.
+    return kernels::LinearCrossEntropy(h_BTD.reshape({-1, h_BTD.size(-1)}), HeadWeight(), targets_BT.reshape({-1}),
+                                       kIgnoreIndex);
+  }
+  torch::Tensor logits = Head(h_BTD);
+  if (logits_BTV != nullptr) *logits_BTV = logits;
+  return CrossEntropy(logits, targets_BT);
 }
 
 LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD,
@@ -112,26 +130,17 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
   const int64_t T = tokens_BW.size(1) - 1;
   DSV3_CHECK(T <= cfg_.model.mla.max_context_length)
       << T << " tokens exceed max_context_length " << cfg_.model.mla.max_context_length;
-  const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(tokens_BW.device());
   const torch::Tensor inputs_BT = tokens_BW.narrow(1, 0, T);
   const torch::Tensor targets_BT = tokens_BW.narrow(1, 1, T);
-
-  AttentionContext ctx{torch::arange(T, iopts), torch::Tensor()};
   if (segments_BW.defined()) {
     DSV3_CHECK(segments_BW.sizes() == tokens_BW.sizes()) << "segments " << segments_BW.sizes() << " for tokens "
                                                          << tokens_BW.sizes();
-    // Positions restart where a document starts: index minus the index of its first token.
-    ctx.segments_BT = segments_BW.narrow(1, 0, T).to(torch::kLong);
-    const torch::Tensor index = torch::arange(T, iopts).unsqueeze(0).expand_as(ctx.segments_BT);
-    torch::Tensor starts = torch::ones_like(ctx.segments_BT, ctx.segments_BT.options().dtype(torch::kBool));
-    if (T > 1) starts.narrow(1, 1, T - 1).copy_(ctx.segments_BT.narrow(1, 1, T - 1) != ctx.segments_BT.narrow(1, 0, T - 1));
-    ctx.positions = index - std::get<0>(torch::cummax(index * starts.to(torch::kLong), 1));
   }
+  const AttentionContext ctx = MakeContext(T, tokens_BW.device(), segments_BW);
   ModelOutput out;
   out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
   const torch::Tensor h_BTD = Trunk(embed_tokens(inputs_BT), ctx, &out.balance_loss);
-  out.logits_BTV = Head(norm(h_BTD));
-  out.main_loss = CrossEntropy(out.logits_BTV, targets_BT);
+  out.main_loss = HeadLoss(norm(h_BTD), targets_BT, &out.logits_BTV);
   out.tokens = (targets_BT != kIgnoreIndex).sum().item<int64_t>();
 
   // MTP (eq. 21-24): depth d combines h^{d-1}_i with Emb(t_{i+d}) and predicts t_{i+d+1}.
@@ -150,7 +159,7 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
                                      ctx.segments_BT.defined() ? ctx.segments_BT.narrow(1, 0, L) : torch::Tensor()};
     LayerOutput block = RunLayer(*m.block, joined, depth_ctx);
     out.balance_loss = out.balance_loss + block.balance_loss;
-    out.mtp_loss = out.mtp_loss + CrossEntropy(Head(m.norm(block.h_BTD)), tokens_BW.narrow(1, d + 1, L));
+    out.mtp_loss = out.mtp_loss + HeadLoss(m.norm(block.h_BTD), tokens_BW.narrow(1, d + 1, L), nullptr);
     previous_BTD = block.h_BTD;
     ++depths;
   }
@@ -159,9 +168,23 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
   return out;
 }
 
-torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT) {
-  const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(tokens_BT.device());
-  return Head(norm(Trunk(embed_tokens(tokens_BT), AttentionContext{torch::arange(tokens_BT.size(1), iopts), {}}, nullptr)));
+AttentionContext DeepSeekV3Impl::MakeContext(int64_t T, const torch::Device& device, const torch::Tensor& segments) {
+  const auto iopts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  AttentionContext ctx{torch::arange(T, iopts), torch::Tensor()};
+  if (segments.defined()) {
+    // Positions restart where a document starts: index minus the index of its first token.
+    ctx.segments_BT = segments.narrow(1, 0, T).to(torch::kLong);
+    const torch::Tensor index = torch::arange(T, iopts).unsqueeze(0).expand_as(ctx.segments_BT);
+    torch::Tensor starts = torch::ones_like(ctx.segments_BT, ctx.segments_BT.options().dtype(torch::kBool));
+    if (T > 1) starts.narrow(1, 1, T - 1).copy_(ctx.segments_BT.narrow(1, 1, T - 1) != ctx.segments_BT.narrow(1, 0, T - 1));
+    ctx.positions = index - std::get<0>(torch::cummax(index * starts.to(torch::kLong), 1));
+  }
+  return ctx;
+}
+
+torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT, const torch::Tensor& segments_BT) {
+  return Head(norm(Trunk(embed_tokens(tokens_BT), MakeContext(tokens_BT.size(1), tokens_BT.device(), segments_BT),
+                         nullptr)));
 }
 
 torch::Tensor DeepSeekV3Impl::LogitsCached(const torch::Tensor& tokens_BT, std::vector<LatentCache>& caches) {

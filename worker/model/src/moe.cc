@@ -4,6 +4,7 @@
 
 #include "dsv3/common/check.h"
 #include "dsv3/model/layers.h"
+#include "fused.h"
 
 namespace dsv3::model {
 namespace {
@@ -31,7 +32,7 @@ torch::Tensor CapacityKeep(const torch::Tensor& expert_XK, const torch::Tensor& 
 
 }  // namespace
 
-RouterImpl::RouterImpl(const config::ModelConfig& cfg) : moe_(cfg.moe) {
+RouterImpl::RouterImpl(const config::ModelConfig& cfg) : moe_(cfg.moe), fused_(cfg.fused_kernels) {
   weight = register_parameter("weight", torch::empty({moe_.num_experts, cfg.mla.d_model}));
   e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({moe_.num_experts}));
 }
@@ -69,7 +70,8 @@ Routing RouterImpl::Route(const torch::Tensor& x_XD, double noise_std, bool appl
     const double per_expert = static_cast<double>(X * k) / static_cast<double>(E) * moe_.capacity_factor;
     const int64_t capacity =
         std::max<int64_t>(moe_.min_expert_capacity, static_cast<int64_t>(std::ceil(per_expert)));
-    r.keep_XK = CapacityKeep(r.expert_XK, r.gate_XK.detach(), E, capacity);
+    r.keep_XK = UseFused(fused_, x_XD) ? kernels::CapacityKeep(r.expert_XK, r.gate_XK.detach(), E, capacity)
+                                       : CapacityKeep(r.expert_XK, r.gate_XK.detach(), E, capacity);
   } else {
     r.keep_XK = torch::ones_like(r.expert_XK, r.expert_XK.options().dtype(torch::kBool));
   }
@@ -82,14 +84,14 @@ GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t dim, int64_t
   down_proj = register_parameter("down_proj", torch::empty({num_experts, dim, hidden}));
 }
 
-MoEImpl::MoEImpl(const config::ModelConfig& cfg) : moe_(cfg.moe) {
+MoEImpl::MoEImpl(const config::ModelConfig& cfg) : moe_(cfg.moe), fused_(cfg.fused_kernels) {
   const int64_t D = cfg.mla.d_model;
   gate = register_module("gate", Router(cfg));
   experts = register_module("experts", GroupedExperts(moe_.num_experts, D, moe_.expert_intermediate_size));
   if (moe_.num_shared_experts > 0) {
     // S shared experts of width F compute the same as one SwiGLU of width S*F (HF's layout).
     shared_experts = register_module(
-        "shared_experts", FeedForward(D, moe_.num_shared_experts * moe_.shared_intermediate_size));
+        "shared_experts", FeedForward(D, moe_.num_shared_experts * moe_.shared_intermediate_size, fused_));
   }
   stats_.tokens_per_expert_E = torch::zeros({moe_.num_experts}, torch::kLong);
 }
@@ -101,22 +103,36 @@ MoeOutput MoEImpl::forward(const torch::Tensor& x_BTD) {
   const double noise = is_training() ? moe_.router_noise_std * noise_scale_ : 0.0;
   const Routing r = gate->Route(x_XD, noise, /*apply_capacity=*/is_training());
 
-  // Dispatch: kept assignments grouped by expert, each expert runs on its tokens only.
-  const torch::Tensor token_A = torch::arange(X, r.expert_XK.options()).repeat_interleave(k);
-  const torch::Tensor kept_A = r.keep_XK.flatten().nonzero().squeeze(1);
-  torch::Tensor expert_A = r.expert_XK.flatten().index_select(0, kept_A);
-  const torch::Tensor order = std::get<1>(torch::sort(expert_A, c10::optional<bool>(true), 0, /*descending=*/false));
-  expert_A = expert_A.index_select(0, order);
-  const torch::Tensor token_sorted = token_A.index_select(0, kept_A).index_select(0, order);
-  const torch::Tensor gate_sorted =
-      r.gate_XK.flatten().index_select(0, kept_A).index_select(0, order).to(x_BTD.scalar_type());
-  const torch::Tensor counts_E = torch::bincount(expert_A, {}, E).to(torch::kCPU);
+  torch::Tensor y_XD, counts_E;
+  if (UseFused(fused_, x_XD)) {
+    // Histogram, scan and scatter instead of sorts, one grouped GEMM per projection, and a
+    // combine without index_add. On CUDA nothing here waits for the host (the plan's rows are
+    // padded to X * k) unless expert parallelism needs the counts for its all-to-all.
+    const kernels::DispatchPlan plan = kernels::PlanDispatch(r.expert_XK, r.keep_XK, E);
+    counts_E = plan.counts_E;
+    const torch::Tensor x_AD = kernels::Dispatch(x_XD, plan);
+    const torch::Tensor out_AD =
+        exchange_ ? RunParallelExperts(x_AD, counts_E.to(torch::kCPU)) : RunGroupedExperts(x_AD, plan.offsets_E1);
+    y_XD = kernels::Combine(out_AD, r.gate_XK, plan);
+  } else {
+    // Dispatch: kept assignments grouped by expert, each expert runs on its tokens only.
+    const torch::Tensor token_A = torch::arange(X, r.expert_XK.options()).repeat_interleave(k);
+    const torch::Tensor kept_A = r.keep_XK.flatten().nonzero().squeeze(1);
+    torch::Tensor expert_A = r.expert_XK.flatten().index_select(0, kept_A);
+    const torch::Tensor order =
+        std::get<1>(torch::sort(expert_A, c10::optional<bool>(true), 0, /*descending=*/false));
+    expert_A = expert_A.index_select(0, order);
+    const torch::Tensor token_sorted = token_A.index_select(0, kept_A).index_select(0, order);
+    const torch::Tensor gate_sorted =
+        r.gate_XK.flatten().index_select(0, kept_A).index_select(0, order).to(x_BTD.scalar_type());
+    counts_E = torch::bincount(expert_A, {}, E).to(torch::kCPU);
 
-  // The routed experts on their tokens (here, or on their expert-parallel ranks), then the
-  // gated sum per token, eq. (12).
-  const torch::Tensor x_AD = x_XD.index_select(0, token_sorted);
-  const torch::Tensor out_AD = exchange_ ? RunParallelExperts(x_AD, counts_E) : RunExperts(x_AD, counts_E);
-  torch::Tensor y_XD = torch::zeros_like(x_XD).index_add(0, token_sorted, out_AD * gate_sorted.unsqueeze(1));
+    // The routed experts on their tokens (here, or on their expert-parallel ranks), then the
+    // gated sum per token, eq. (12).
+    const torch::Tensor x_AD = x_XD.index_select(0, token_sorted);
+    const torch::Tensor out_AD = exchange_ ? RunParallelExperts(x_AD, counts_E) : RunExperts(x_AD, counts_E);
+    y_XD = torch::zeros_like(x_XD).index_add(0, token_sorted, out_AD * gate_sorted.unsqueeze(1));
+  }
   if (!shared_experts.is_empty()) y_XD = y_XD + shared_experts(x_XD);
   y_XD = torch::dropout(y_XD, moe_.dropout, is_training());
 
@@ -124,9 +140,12 @@ MoeOutput MoEImpl::forward(const torch::Tensor& x_BTD) {
   out.y_BTD = y_XD.view({B, T, D});
   out.balance_loss = ComputeBalanceLoss(moe_, r, B, T);
   if (is_training() && !InRecompute()) {
+    // Kept on the counts' device; TakeStats reads them once per step.
+    if (stats_.tokens_per_expert_E.device() != counts_E.device()) {
+      stats_.tokens_per_expert_E = stats_.tokens_per_expert_E.to(counts_E.device());
+    }
     stats_.tokens_per_expert_E += counts_E;
     stats_.assignments += X * k;
-    stats_.dropped += X * k - kept_A.numel();
   }
   return out;
 }
@@ -195,6 +214,10 @@ void MoEImpl::ShardExperts(std::shared_ptr<ExpertExchange> exchange) {
 
 torch::Tensor MoEImpl::RunExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_L) {
   // Expert e (of those held here) computes down_e(silu(gate_e x) * up_e x) on its rows.
+  if (UseFused(fused_, x_AD)) {
+    return RunGroupedExperts(
+        x_AD, torch::cat({torch::zeros({1}, torch::kLong), counts_L.to(torch::kLong).cumsum(0)}).to(x_AD.device()));
+  }
   const int64_t* counts = counts_L.data_ptr<int64_t>();
   std::vector<torch::Tensor> outs;
   int64_t offset = 0;
@@ -208,6 +231,12 @@ torch::Tensor MoEImpl::RunExperts(const torch::Tensor& x_AD, const torch::Tensor
     offset += rows;
   }
   return outs.empty() ? torch::zeros_like(x_AD) : torch::cat(outs);
+}
+
+torch::Tensor MoEImpl::RunGroupedExperts(const torch::Tensor& x_AD, const torch::Tensor& offsets_E1) {
+  const torch::Tensor hidden = kernels::SwiGlu(kernels::GroupedLinear(x_AD, experts->gate_proj, offsets_E1),
+                                               kernels::GroupedLinear(x_AD, experts->up_proj, offsets_E1));
+  return kernels::GroupedLinear(hidden, experts->down_proj, offsets_E1);
 }
 
 torch::Tensor MoEImpl::RunParallelExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_E) {
@@ -231,6 +260,8 @@ torch::Tensor MoEImpl::RunParallelExperts(const torch::Tensor& x_AD, const torch
 
 MoeStats MoEImpl::TakeStats() {
   MoeStats out = stats_;
+  out.tokens_per_expert_E = stats_.tokens_per_expert_E.to(torch::kCPU);
+  out.dropped = out.assignments - out.tokens_per_expert_E.sum().item<int64_t>();
   stats_.tokens_per_expert_E = torch::zeros({moe_.num_experts}, torch::kLong);
   stats_.assignments = 0;
   stats_.dropped = 0;

@@ -104,11 +104,13 @@ bool Trainer::State::Update(double step_loss, double lr, double& grad_norm) {
     optimizer->ZeroGrad();
     return false;
   }
-  // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+  // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 (inside
+  // the fused update, not as a pass over the gradients of its own).
+  double clip_scale = 1.0;
   if (t.grad_clip > 0 && grad_norm > 0 && t.grad_clip / (grad_norm + 1e-6) < 1.0) {
-    optimizer->ScaleGrads(t.grad_clip / (grad_norm + 1e-6));
+    clip_scale = t.grad_clip / (grad_norm + 1e-6);
   }
-  optimizer->Step(lr);  // updates, gathers the shards, refreshes the compute model
+  optimizer->Step(lr, clip_scale);  // updates, gathers the shards, refreshes the compute model
   return true;
 }
 

@@ -83,9 +83,11 @@ class DistributedOptimizer {
   // nan when a gradient overflowed).
   double GradNorm();
   void ScaleGrads(double factor);
-  // One update with learning rate `lr`, then the parameters are gathered (stages 1, 2) and
-  // copied into the compute model. Zeroes the gradients.
-  void Step(double lr);
+  // One update with learning rate `lr` on the gradients times `grad_scale` (the clipping
+  // factor, applied inside the fused update instead of a pass of its own), then the
+  // parameters are gathered (stages 1, 2) and copied into the compute model. Zeroes the
+  // gradients.
+  void Step(double lr, double grad_scale = 1.0);
   // Drops this step's gradients without an update (skipped step).
   void ZeroGrad();
 

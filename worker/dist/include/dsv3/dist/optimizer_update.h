@@ -20,8 +20,15 @@ struct OptimizerOptions {
 // or SGD without momentum. All tensors are fp32, 1-D and of equal length on one device;
 // `decay_mask` is 1 where weight decay applies and 0 elsewhere (norms, biases). `exp_avg`
 // and `exp_avg_sq` are the Adam moments, updated in place (undefined for sgd). `grad` is
-// not modified.
+// not modified; `grad_scale` multiplies it first (the clipping factor). Runs the fused
+// one-pass kernel (dsv3_kernels) where it exists for the device, ReferenceUpdate otherwise.
 void ApplyUpdate(const OptimizerOptions& options, double lr, int64_t step, torch::Tensor param, torch::Tensor grad,
-                 const torch::Tensor& decay_mask, torch::Tensor exp_avg, torch::Tensor exp_avg_sq);
+                 const torch::Tensor& decay_mask, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
+                 double grad_scale = 1.0);
+
+// The same update as a sequence of LibTorch ops (torch::optim's own): the reference the fused
+// kernel is tested against, and the path on devices without kernels.
+void ReferenceUpdate(const OptimizerOptions& options, double lr, int64_t step, torch::Tensor param, torch::Tensor grad,
+                     const torch::Tensor& decay_mask, torch::Tensor exp_avg, torch::Tensor exp_avg_sq);
 
 }  // namespace dsv3::dist

@@ -35,16 +35,17 @@ namespace dsv3::model {
 c10::ScalarType UpcastType(c10::ScalarType activation);
 
 // ------------------------------------------------------------------ norms
-// RMSNorm (weight) or LayerNorm (weight + bias), computed in fp32 and cast back.
+// RMSNorm (weight) or LayerNorm (weight + bias), computed in fp32 and cast back. With
+// `fused`, RMSNorm runs kernels::RmsNorm.
 class NormImpl : public torch::nn::Module {
  public:
-  NormImpl(int64_t dim, double eps, bool layernorm = false);
+  NormImpl(int64_t dim, double eps, bool layernorm = false, bool fused = false);
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight, bias;
 
  private:
   double eps_;
-  bool layernorm_;
+  bool layernorm_, fused_;
 };
 TORCH_MODULE(Norm);
 
@@ -66,9 +67,13 @@ struct AttentionContext {
 // ------------------------------------------------------------------ SwiGLU FFN
 class FeedForwardImpl : public torch::nn::Module {
  public:
-  FeedForwardImpl(int64_t dim, int64_t hidden);
+  // fused: tiled GEMMs and kernels::SwiGlu.
+  FeedForwardImpl(int64_t dim, int64_t hidden, bool fused = false);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  bool fused_;
 };
 TORCH_MODULE(FeedForward);
 
@@ -108,11 +113,16 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   torch::Tensor VisibleMask(const torch::Tensor& query_idx_T, const torch::Tensor& key_idx_S,
                             const torch::Tensor& segments_BT = {}) const;
   void AppendToCache(LatentCache& cache, const torch::Tensor& c_kv_BTC, const torch::Tensor& k_rope_BTR) const;
+  torch::Tensor Rotate(const torch::Tensor& x_BTHR, const torch::Tensor& positions) const;
+  // softmax(q k^T * scale) v under the causal/window/document mask: per-head q_BTHX, k_BTHX,
+  // v_BTHV -> o_BTHV; kernels::Attention when fused (and no attention dropout applies).
+  torch::Tensor Attend(const torch::Tensor& q_BTHX, const torch::Tensor& k_BTHX, const torch::Tensor& v_BTHV,
+                       const torch::Tensor& segments_BT);
 
   int64_t num_heads_, num_kv_heads_, d_latent_, nope_, rope_, v_dim_;
   double rope_theta_, scale_, dropout_;
   std::optional<int64_t> window_;
-  bool use_rope_, fp8_cache_;
+  bool use_rope_, fp8_cache_, fused_;
 };
 TORCH_MODULE(MultiHeadLatentAttention);
 
@@ -128,7 +138,7 @@ struct Routing {
 // selection, group-limited top-k, normalised and scaled gates, capacity dropping.
 class RouterImpl : public torch::nn::Module {
  public:
-  explicit RouterImpl(const config::ModelConfig& cfg);
+  explicit RouterImpl(const config::ModelConfig& cfg);  // fused_kernels: kernels::CapacityKeep
   // noise_std: the already annealed router noise (0 outside training).
   Routing Route(const torch::Tensor& x_XD, double noise_std, bool apply_capacity);
   torch::Tensor weight;                   // E x D
@@ -138,6 +148,7 @@ class RouterImpl : public torch::nn::Module {
 
  private:
   config::MoeConfig moe_;
+  bool fused_;
 };
 TORCH_MODULE(Router);
 
@@ -208,12 +219,16 @@ class MoEImpl : public torch::nn::Module {
 
  private:
   config::MoeConfig moe_;
+  bool fused_;
   // The experts held here on rows sorted by expert (counts_L: rows per held expert, int64 on
   // the CPU); outputs in the same row order.
   torch::Tensor RunExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_L);
   // The same through the expert-parallel group: rows sorted by global expert (counts_E)
   // travel to the ranks holding their experts and come back.
   torch::Tensor RunParallelExperts(const torch::Tensor& x_AD, const torch::Tensor& counts_E);
+  // The held experts as three grouped GEMMs (kernels::GroupedLinear) over rows sorted by
+  // expert, offsets_E1 (E + 1, on x's device) delimiting each expert's rows.
+  torch::Tensor RunGroupedExperts(const torch::Tensor& x_AD, const torch::Tensor& offsets_E1);
 
   double noise_scale_ = 1.0;
   MoeStats stats_;

@@ -19,7 +19,8 @@
 namespace dsv3::model {
 
 struct ModelOutput {
-  torch::Tensor logits_BTV;    // main head
+  torch::Tensor logits_BTV;    // main head; undefined with fused_kernels (the chunked loss never
+                               // materialises them: use Logits())
   torch::Tensor loss;          // main + mtp_loss_weight * mtp + balance (what to backprop)
   torch::Tensor main_loss;     // next-token cross entropy
   torch::Tensor mtp_loss;      // mean over MTP depths (0 without MTP)
@@ -45,8 +46,9 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // positions restart and attention stays inside each document (data.reset_attention_mask).
   ModelOutput forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW = {});
 
-  // Main-head logits for tokens_BT (no losses, no MTP): x -> logits_BTV.
-  torch::Tensor Logits(const torch::Tensor& tokens_BT);
+  // Main-head logits for tokens_BT (no losses, no MTP): x -> logits_BTV. segments_BT as in
+  // forward() (document ids of the tokens).
+  torch::Tensor Logits(const torch::Tensor& tokens_BT, const torch::Tensor& segments_BT = {});
 
   // Logits through the compressed KV caches (one per layer), appending tokens_BT to them.
   // positions continue from the caches' length. Inference only (eval mode, no grad).
@@ -82,6 +84,12 @@ class DeepSeekV3Impl : public torch::nn::Module {
 
  private:
   torch::Tensor Head(const torch::Tensor& h_BTD);
+  const torch::Tensor& HeadWeight() const;  // lm_head's, or the embedding's when tied
+  // Cross entropy of the head on h_BTD against targets_BT (fused: chunked, no logits; else
+  // through Head(), whose logits go to *logits_BTV when given).
+  torch::Tensor HeadLoss(const torch::Tensor& h_BTD, const torch::Tensor& targets_BT, torch::Tensor* logits_BTV);
+  // Positions (restarting per document when segments are given) and document ids.
+  static AttentionContext MakeContext(int64_t T, const torch::Device& device, const torch::Tensor& segments);
   // Decoder stack over embeddings; adds the layers' balance losses to *balance.
   torch::Tensor Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance);
   LayerOutput RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx);
