@@ -2,11 +2,16 @@
 // the raw disk write speed measured in the same run. Prints figures; asserts nothing.
 //
 //   train_bench --config configs/train_config_nano.json [--steps 20] [--batch B] [--seq T]
-//               [--threads N] [--dir /tmp/dsv3_train_bench]
+//               [--threads N] [--fused 1|0] [--bf16 1|0] [--no-checkpoint] [--dir /tmp/dsv3_train_bench]
+//
+// --fused sets model.fused_kernels (default: the config's). --no-checkpoint skips the
+// checkpoint figures. The last line is one JSON object with the figures (bench/peer/compare.sh
+// reads it).
 //
 // The config's model and optimizer are used as they are; its data is replaced by a small
 // synthetic corpus with the byte tokenizer, so any config runs without prepared data.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +28,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/threads.h"
 #include "dsv3/data/synth.h"
+#include "dsv3/kernels/kernels.h"
 #include "dsv3/model/hf_state_dict.h"
 #include "dsv3/model/model.h"
 #include "dsv3/train/trainer.h"
@@ -37,6 +43,13 @@ struct Capture final : dsv3::train::Reporter {
   dsv3::train::StepMetrics last;
   void OnMetrics(const dsv3::train::StepMetrics& m) override { last = m; }
 };
+
+// Peak memory of the training device (CUDA's caching allocator), or -1 on the CPU.
+double PeakDeviceMiB() {
+  if (!torch::cuda::is_available()) return -1;
+  const auto peak = dsv3::kernels::PeakDeviceBytes(torch::Device(torch::kCUDA, 0));
+  return peak ? static_cast<double>(*peak) / (1 << 20) : -1;
+}
 
 double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
 
@@ -59,11 +72,24 @@ int main(int argc, char** argv) {
   dsv3::PreferFastOpenBlasKernels(argv);  // as dsv3-worker does
   dsv3::LimitOpenBlasThreads(1);
   std::string config_path = "configs/train_config_nano.json", dir = "/tmp/dsv3_train_bench";
-  int steps = 20, threads = 0;
+  int steps = 20, threads = 0, fused = -1, bf16 = 0;
   int64_t batch = 0, seq = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
+  bool checkpoint = true;
+  for (int i = 1; i < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--no-checkpoint") {
+      checkpoint = false;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::cerr << "missing value for " << k << "\n";
+      return 2;
+    }
+    const std::string v = argv[i + 1];
     if (k == "--config") config_path = v;
+    else if (k == "--fused") fused = std::stoi(v);
+    else if (k == "--bf16") bf16 = std::stoi(v);
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--threads") threads = std::stoi(v);
     else if (k == "--batch") batch = std::stoll(v);
@@ -91,6 +117,8 @@ int main(int argc, char** argv) {
     cfg["training"]["global_batch_size"] = batch;
   }
   cfg["checkpointing"]["enabled"] = false;
+  if (fused >= 0) cfg["model"]["fused_kernels"] = fused == 1;
+  cfg["training"]["use_bf16"] = bf16 == 1;
   const dsv3::config::LoadResult r = dsv3::config::LoadConfigText(cfg.dump());
   if (!r.ok()) {
     std::cerr << r.errors[0].ToString() << "\n";
@@ -107,17 +135,34 @@ int main(int argc, char** argv) {
   dsv3::train::Trainer trainer(r.config, options, std::move(reporters));
   trainer.Run();
   const auto& m = metrics->last;
-  std::printf("train_bench %s: batch %lld x seq %lld (%lld accumulation steps), fp32, %d threads, OpenBLAS %s\n",
+  torch::manual_seed(0);
+  dsv3::model::DeepSeekV3 model(r.config);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("train_bench %s: batch %lld x seq %lld (%lld accumulation steps), %s, %d threads, OpenBLAS %s, "
+              "fused_kernels %s\n",
               config_path.c_str(), static_cast<long long>(t.global_batch_size), static_cast<long long>(t.seq_length),
-              static_cast<long long>(r.config.derived.gradient_accumulation_steps), torch::get_num_threads(),
-              std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "auto");
+              static_cast<long long>(r.config.derived.gradient_accumulation_steps), bf16 == 1 ? "bf16" : "fp32",
+              torch::get_num_threads(),
+              std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "auto",
+              r.config.model.fused_kernels ? "on" : "off");
   std::printf("  %.0f tokens/s, %.0f ms/step: data %.1f, forward %.0f, backward %.0f, optimizer %.0f ms; MFU %.1f%%\n",
               m.Get("tokens_per_s"), m.Get("step_ms"), m.Get("time_data_ms"), m.Get("time_forward_ms"),
               m.Get("time_backward_ms"), m.Get("time_optimizer_ms"), 100 * m.Get("mfu"));
+  const json figures = {{"tokens_per_s", m.Get("tokens_per_s")}, {"ms_per_step", m.Get("step_ms")},
+                        {"forward_ms", m.Get("time_forward_ms")}, {"backward_ms", m.Get("time_backward_ms")},
+                        {"optimizer_ms", m.Get("time_optimizer_ms")}, {"parameters", model->NumParameters()},
+                        {"peak_rss_mib", static_cast<double>(usage.ru_maxrss) / 1024.0},
+                        {"fused_kernels", r.config.model.fused_kernels}, {"loss", m.Get("loss")},
+                        {"mfu", m.Get("mfu")}, {"bf16", bf16 == 1}, {"device", torch::cuda::is_available() ? "cuda" : "cpu"},
+                        {"peak_device_mib", PeakDeviceMiB()}};
+  if (!checkpoint) {
+    std::printf("%s\n", figures.dump().c_str());
+    fs::remove_all(dir);
+    return 0;
+  }
 
   // Checkpoint speed on this model's weights (+ Adam state in the rank's shard).
-  torch::manual_seed(0);
-  dsv3::model::DeepSeekV3 model(r.config);
   dsv3::ckpt::CheckpointData d;
   d.step = 1;
   d.model = dsv3::model::ToHfStateDict(*model);
@@ -137,6 +182,7 @@ int main(int argc, char** argv) {
               "%.0f MB/s\n",
               bytes / 1e6, bytes / 1e6 / save_s, save_s, bytes / 1e6 / load_s, load_s,
               RawWriteMBps(dir + "/raw.bin", static_cast<size_t>(bytes)));
+  std::printf("%s\n", figures.dump().c_str());
   fs::remove_all(dir);
   return 0;
 }

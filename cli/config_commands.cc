@@ -169,7 +169,9 @@ json EstimateJson(const config::Config& c, const config::Estimate& e) {
       {"memory_per_gpu_bytes",
        {{"weights", e.memory.weights}, {"gradients", e.memory.gradients}, {"optimizer", e.memory.optimizer},
         {"host_optimizer", e.memory.host_optimizer}, {"total", e.memory.total},
-        {"params_on_gpu", e.memory.params_on_gpu}}},
+        {"params_on_gpu", e.memory.params_on_gpu}, {"activations", e.memory.activations},
+        {"activations_attention", e.memory.activations_attention},
+        {"activations_loss", e.memory.activations_loss}, {"fused_kernels", c.model.fused_kernels}}},
       {"run",
        {{"tokens_per_step", c.derived.tokens_per_step},
         {"train_steps", c.training.train_steps.value_or(0)},
@@ -239,6 +241,13 @@ std::string EstimateText(const config::Config& c, const config::Estimate& e, boo
       {"  optimizer state (" + std::to_string(e.memory.optimizer_bytes) + " B/param)",
        HumanBytes(e.memory.optimizer), ""},
       {"  total without activations", HumanBytes(e.memory.total), ""},
+      {"  activations, micro-batch " + std::to_string(t.micro_batch_size) + " x " + std::to_string(t.seq_length) +
+           (c.model.fused_kernels ? " (fused kernels" : " (unfused") +
+           (c.model.gradient_checkpointing ? ", checkpointed)" : ")"),
+       HumanBytes(e.memory.activations), ""},
+      {"    of which attention", HumanBytes(e.memory.activations_attention), ""},
+      {"    of which loss (logits)", HumanBytes(e.memory.activations_loss), ""},
+      {"  total with activations", HumanBytes(e.memory.total + e.memory.activations), ""},
   };
   if (e.memory.host_optimizer > 0) {
     crow.push_back({"  optimizer state in host memory (offload)", HumanBytes(e.memory.host_optimizer), ""});

@@ -146,6 +146,74 @@ ParamCounts CountParameters(const ModelConfig& model_in, bool use_mtp, int64_t n
   return p;
 }
 
+namespace {
+
+// The tensors autograd keeps per token of one micro-batch, layer by layer, as the model (and
+// with fused kernels, dsv3_kernels) saves them; elements in the activation dtype unless noted.
+void EstimateActivations(const Config& c, const ParamCounts& p, MemoryEstimate& mem) {
+  const ModelConfig& m = c.model;
+  const MlaConfig& a = m.mla;
+  const MoeConfig& e = m.moe;
+  const double tokens = static_cast<double>(c.training.micro_batch_size * c.training.seq_length);
+  const double T = static_cast<double>(c.training.seq_length);
+  const double act = static_cast<double>(mem.weight_bytes), f32 = 4;
+  const double D = static_cast<double>(a.d_model), H = static_cast<double>(a.num_heads);
+  const double qk = static_cast<double>(a.qk_nope_head_dim + a.qk_rope_head_dim);
+  const double v = static_cast<double>(a.v_head_dim), C = static_cast<double>(a.d_latent);
+  const double R = static_cast<double>(a.qk_rope_head_dim), Q = static_cast<double>(a.q_lora_rank);
+  const bool fused = m.fused_kernels;
+  const double context = a.sliding_window ? std::min<double>(T, static_cast<double>(*a.sliding_window)) : T;
+  // Attention core per token: fp32 scores and probabilities of the visible keys (reference),
+  // or q, k, v in fp32, the output and the log-sum-exp (flash-style kernel).
+  const double attention_core = fused ? f32 * H * (2 * qk + 2 * v + 1) : (f32 + act) * H * context;
+  // Projections and norms around it: the norm input, q (and the low-rank path), kv_a, the
+  // normalized latent, kv_b's output, q and k concatenated per head, o_proj's input.
+  const double attention_rest = act * (2 * D + Q * 2 + H * qk + (C + R) + C +
+                                       static_cast<double>(a.num_kv_heads) * (qk - R + v) + 2 * H * qk + H * v);
+  const auto ffn = [&](bool moe) {
+    if (!moe) return act * (D + 3 * static_cast<double>(m.dense_intermediate_size));
+    const double k = static_cast<double>(e.num_experts_per_token), F = static_cast<double>(e.expert_intermediate_size);
+    const double shared = static_cast<double>(e.num_shared_experts * e.shared_intermediate_size);
+    // Router (fp32 logits and scores), dispatched rows, gate/up/SwiGLU per assignment, the
+    // experts' outputs, the shared experts.
+    return f32 * 3 * static_cast<double>(e.num_experts) + act * (D + k * D * 2 + 3 * k * F + (shared > 0 ? 3 * shared : 0));
+  };
+  const std::vector<bool> plan = LayerPlan(m);
+  double per_token = 0, attention = 0;
+  const auto layer = [&](bool moe) {
+    attention += attention_core;
+    return attention_core + attention_rest + ffn(moe) + act * D;  // + the residual
+  };
+  double largest_layer = 0;
+  for (bool moe : plan) {
+    const double l = layer(moe);
+    largest_layer = std::max(largest_layer, l);
+    per_token += m.gradient_checkpointing ? act * D : l;  // checkpointing keeps each layer's input
+  }
+  const bool any_moe = std::find(plan.begin(), plan.end(), true) != plan.end();
+  const double heads = 1 + static_cast<double>(p.mtp_modules);
+  for (int64_t i = 0; i < p.mtp_modules; ++i) {
+    const double l = layer(any_moe) + act * 4 * D;  // + the two norms and eh_proj's input
+    largest_layer = std::max(largest_layer, l);
+    per_token += m.gradient_checkpointing ? act * D : l;
+  }
+  double bytes = per_token * tokens;
+  if (m.gradient_checkpointing) bytes += largest_layer * tokens;  // one layer recomputed at a time
+  // Loss: the reference keeps the logits (activation dtype), their fp32 copy and log-softmax
+  // per head; the chunked kernel keeps one 1024-token chunk of fp32 logits and the gradients of
+  // the hidden states and the head weight.
+  const double V = static_cast<double>(m.vocab_size);
+  const double loss = fused ? f32 * std::min(tokens, 1024.0) * V + heads * act * tokens * D + f32 * V * D
+                            : heads * tokens * V * (act + 2 * f32);
+  // Tensor parallelism splits the layers' activations across its ranks (roughly: by heads and FFN width).
+  const double tp_share = 1.0 / static_cast<double>(std::max<int64_t>(1, c.distributed.tensor_parallel_size));
+  mem.activations_attention = attention * tokens * tp_share;
+  mem.activations_loss = loss;
+  mem.activations = bytes * tp_share + loss;
+}
+
+}  // namespace
+
 Estimate EstimateConfig(const Config& c) {
   Estimate est;
   const ModelConfig& m = c.model;
@@ -208,6 +276,7 @@ Estimate EstimateConfig(const Config& c) {
     mem.optimizer = optimizer;
   }
   mem.total = mem.weights + mem.gradients + mem.optimizer;
+  EstimateActivations(c, p, mem);
   return est;
 }
 

@@ -30,9 +30,7 @@ torch::Tensor ChunkLoss(torch::Tensor& logits, const torch::Tensor& targets, int
                         double inv_count) {
 #if DSV3_KERNELS_CUDA
   if (logits.is_cuda()) {
-    auto [loss_sum, counted] = cuda_ops::CrossEntropyChunk(logits, targets, ignore_index, grad);
-    if (grad) logits.mul_(inv_count);
-    return loss_sum;
+    return cuda_ops::CrossEntropyChunk(logits, targets, ignore_index, grad, inv_count);
   }
 #endif
   // ATen's reductions and exp are vectorized for this CPU at run time.

@@ -10,6 +10,7 @@
 
 #include "dsv3/kernels/fused_optimizer.h"
 #include "dsv3/kernels/kernels.h"
+#include "optimizer_scalars.h"
 
 namespace dsv3::kernels::cuda_ops {
 
@@ -35,10 +36,10 @@ torch::Tensor GroupedGemm(const torch::Tensor& x, const torch::Tensor& w, const 
 // gw_EOI[e] = g_AO[rows of e]^T @ x_AI[rows of e].
 torch::Tensor GroupedWeightGrad(const torch::Tensor& g_AO, const torch::Tensor& x_AI, const torch::Tensor& offsets_E1,
                                 int64_t E);
-// Per row of logits_CV: loss term and, with `grad`, softmax - onehot written over the logits
-// (scaled by 1/count); returns (sum of losses over counted rows, counted rows).
-std::tuple<torch::Tensor, torch::Tensor> CrossEntropyChunk(torch::Tensor& logits_CV, const torch::Tensor& targets_C,
-                                                           int64_t ignore_index, bool grad);
+// Over fp32 logits_CV: the sum of the counted rows' losses and, with `grad`,
+// (softmax - onehot) * inv_count written over the logits (0 on ignored rows).
+torch::Tensor CrossEntropyChunk(torch::Tensor& logits_CV, const torch::Tensor& targets_C, int64_t ignore_index,
+                                bool grad, double inv_count);
 std::tuple<torch::Tensor, torch::Tensor> AttentionForward(const torch::Tensor& q, const torch::Tensor& k,
                                                           const torch::Tensor& v, double scale,
                                                           const AttentionMask& mask);
@@ -46,8 +47,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionBackward(
     const torch::Tensor& go, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
     const torch::Tensor& o, const torch::Tensor& lse, double scale, const AttentionMask& mask);
 
-void FusedUpdate(const UpdateHyper& hyper, torch::Tensor& param, const torch::Tensor& grad,
+void FusedUpdate(OptimizerKind kind, const OptimizerScalars& scalars, torch::Tensor& param, const torch::Tensor& grad,
                  const torch::Tensor& decay_mask, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
-                 torch::Tensor& compute, double bias_correction1, double sqrt_bias_correction2);
+                 torch::Tensor& compute);
+
+// The caching allocator's peak of allocated bytes on `device`, and its reset.
+int64_t PeakAllocatedBytes(const torch::Device& device);
+void ResetPeakAllocatedBytes(const torch::Device& device);
 
 }  // namespace dsv3::kernels::cuda_ops

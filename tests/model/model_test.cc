@@ -163,8 +163,10 @@ TEST(Model, RunsForwardAndBackwardInBf16) {
   DeepSeekV3 model(cfg);
   model->to(torch::kBFloat16);
   model->train();
-  ModelOutput out = model->forward(RandomTokens(2, 9, 64, 29));
-  EXPECT_EQ(out.logits_BTV.scalar_type(), torch::kBFloat16);
+  const torch::Tensor tokens = RandomTokens(2, 9, 64, 29);
+  ModelOutput out = model->forward(tokens);
+  EXPECT_FALSE(out.logits_BTV.defined());  // the fused loss never materialises them
+  EXPECT_EQ(model->Logits(tokens.narrow(1, 0, 8)).scalar_type(), torch::kBFloat16);
   out.loss.backward();
   EXPECT_TRUE(std::isfinite(out.loss.item<float>()));
   EXPECT_NEAR(out.main_loss.item<float>(), std::log(64.0), 0.5);
@@ -373,14 +375,62 @@ TEST(Model, ResetAttentionMaskIsolatesPackedDocuments) {
   // Document A (5 tokens) then document B (7 tokens) packed into one window of 12.
   const torch::Tensor tokens = RandomTokens(1, 12, 64, 43);
   const torch::Tensor segments = torch::cat({torch::zeros({1, 5}, torch::kLong), torch::ones({1, 7}, torch::kLong)}, 1);
-  const torch::Tensor packed = model->forward(tokens, segments).logits_BTV;  // inputs: 11 tokens
+  // Inputs: the window's first 11 tokens, as forward() takes them.
+  const torch::Tensor packed = model->Logits(tokens.narrow(1, 0, 11), segments.narrow(1, 0, 11));
   const torch::Tensor a = model->Logits(tokens.narrow(1, 0, 5)), b = model->Logits(tokens.narrow(1, 5, 6));
   // Each document sees only itself, from position 0: as if it were alone (fp32 rounding).
   EXPECT_LT((packed.narrow(1, 0, 5) - a).abs().max().item<float>(), 1e-5);
   EXPECT_LT((packed.narrow(1, 5, 6) - b).abs().max().item<float>(), 1e-5);
   // Without the mask, B's tokens attend to A and differ.
-  const torch::Tensor plain = model->forward(tokens).logits_BTV;
+  const torch::Tensor plain = model->Logits(tokens.narrow(1, 0, 11));
   EXPECT_GT((plain.narrow(1, 5, 6) - b).abs().max().item<float>(), 1e-3);
+}
+
+// model.fused_kernels changes how, not what: the same weights give the same losses and the
+// same gradients with dsv3_kernels as with the plain LibTorch ops, through MLA with packed
+// documents, MoE with capacity dropping and the aux-loss-free bias, and MTP (fp64, so the
+// comparison is tight; kernels_test holds each kernel to fp32 and bf16 tolerances).
+TEST(Model, FusedKernelsGiveTheReferenceLossesAndGradients) {
+  nlohmann::json overrides = {
+      {"model", {{"moe", {{"capacity_factor", 1.0}, {"score_func", "sigmoid"}, {"use_aux_loss_free", true},
+                          {"seq_aux_loss_weight", 0.001}}}}}};
+  config::Config fused_cfg = SmallModelConfig(overrides), plain_cfg = fused_cfg;
+  fused_cfg.model.fused_kernels = true;
+  plain_cfg.model.fused_kernels = false;
+  torch::manual_seed(5);
+  DeepSeekV3 fused(fused_cfg);
+  torch::manual_seed(5);
+  DeepSeekV3 plain(plain_cfg);
+  for (DeepSeekV3* m : {&fused, &plain}) {
+    (*m)->to(torch::kDouble);
+    (*m)->train();
+  }
+  const torch::Tensor tokens = RandomTokens(3, 17, 64, 6);
+  const torch::Tensor segments = torch::cat({torch::zeros({3, 7}, torch::kLong), torch::ones({3, 10}, torch::kLong)}, 1);
+  ModelOutput a = fused->forward(tokens, segments), b = plain->forward(tokens, segments);
+  EXPECT_NEAR(a.main_loss.item<double>(), b.main_loss.item<double>(), 1e-9 * std::abs(b.main_loss.item<double>()));
+  EXPECT_NEAR(a.mtp_loss.item<double>(), b.mtp_loss.item<double>(), 1e-9 * std::abs(b.mtp_loss.item<double>()));
+  EXPECT_NEAR(a.balance_loss.item<double>(), b.balance_loss.item<double>(), 1e-12);
+  a.loss.backward();
+  b.loss.backward();
+  const auto pa = fused->named_parameters(), pb = plain->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  int64_t compared = 0;
+  for (const auto& p : pa) {
+    const torch::Tensor ga = p.value().grad(), gb = pb[p.key()].grad();
+    ASSERT_EQ(ga.defined(), gb.defined()) << p.key();
+    if (!ga.defined()) continue;
+    const double scale = gb.abs().max().item<double>() + 1e-12;
+    EXPECT_LT((ga - gb).abs().max().item<double>() / scale, 1e-9) << p.key();
+    ++compared;
+  }
+  EXPECT_GT(compared, 20);
+  const auto sa = fused->TakeMoeStats(), sb = plain->TakeMoeStats();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) {
+    EXPECT_EQ(sa[i].dropped, sb[i].dropped) << "MoE layer " << i;
+    EXPECT_TRUE(torch::equal(sa[i].tokens_per_expert_E, sb[i].tokens_per_expert_E)) << "MoE layer " << i;
+  }
 }
 
 }  // namespace

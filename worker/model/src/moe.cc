@@ -111,8 +111,17 @@ MoeOutput MoEImpl::forward(const torch::Tensor& x_BTD) {
     const kernels::DispatchPlan plan = kernels::PlanDispatch(r.expert_XK, r.keep_XK, E);
     counts_E = plan.counts_E;
     const torch::Tensor x_AD = kernels::Dispatch(x_XD, plan);
-    const torch::Tensor out_AD =
-        exchange_ ? RunParallelExperts(x_AD, counts_E.to(torch::kCPU)) : RunGroupedExperts(x_AD, plan.offsets_E1);
+    torch::Tensor out_AD;
+    if (exchange_) {
+      // The all-to-all needs the counts on the host; the plan's rows past the kept ones (CUDA
+      // pads them to X * k) stay out of the exchange and come back as zeros.
+      const torch::Tensor counts = counts_E.to(torch::kCPU);
+      const int64_t kept = counts.sum().item<int64_t>();
+      out_AD = RunParallelExperts(x_AD.narrow(0, 0, kept), counts);
+      if (kept < x_AD.size(0)) out_AD = torch::cat({out_AD, torch::zeros({x_AD.size(0) - kept, D}, out_AD.options())});
+    } else {
+      out_AD = RunGroupedExperts(x_AD, plan.offsets_E1);
+    }
     y_XD = kernels::Combine(out_AD, r.gate_XK, plan);
   } else {
     // Dispatch: kept assignments grouped by expert, each expert runs on its tokens only.

@@ -62,14 +62,22 @@ struct FlopsEstimate {
 };
 
 // Per-GPU bytes for model state under the configured precision, ZeRO stage and parallel
-// sizes. Activations are not included (they depend on the kernels and checkpointing).
+// sizes, and the activations autograd keeps for one micro-batch (an estimate from the tensors
+// the model saves, which depends on model.fused_kernels and gradient_checkpointing).
 struct MemoryEstimate {
   int64_t params_on_gpu = 0;  // parameters this GPU holds before ZeRO-3 sharding
   double weights = 0;         // compute-precision weights
   double gradients = 0;
   double optimizer = 0;       // fp32 master copy (mixed precision) + optimizer moments
   double host_optimizer = 0;  // optimizer state kept in host memory with offload
-  double total = 0;           // on the GPU
+  double total = 0;           // on the GPU, model state only (without activations)
+  // Activations of one micro-batch (micro_batch_size x seq_length) between forward and
+  // backward. The attention share is the T x T scores and probabilities without fused
+  // kernels, O(T) per head with them; the loss share is the [tokens, vocab] logits and their
+  // log-softmax per head without fused kernels, one chunk with them.
+  double activations = 0;
+  double activations_attention = 0;
+  double activations_loss = 0;
   int weight_bytes = 4;       // bytes per weight and per gradient element
   int optimizer_bytes = 0;    // bytes of optimizer state per parameter
 };

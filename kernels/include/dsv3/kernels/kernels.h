@@ -27,6 +27,11 @@ bool Available(const torch::Device& device);
 // backward GEMMs are split in row tiles over the intra-op threads.
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& weight);
 
+// Peak bytes LibTorch's caching allocator has held on a CUDA device since the process started
+// or the last reset; nullopt on the CPU and in builds without CUDA kernels.
+std::optional<int64_t> PeakDeviceBytes(const torch::Device& device);
+void ResetPeakDeviceBytes(const torch::Device& device);
+
 // RMSNorm over the last dim: weight * (x * rsqrt(mean(x^2) + eps)), statistics in fp32 (fp64
 // for double) whatever the dtype of x; the normalized value is cast to x's dtype before the
 // weight multiplies it, as the reference does.
