@@ -9,7 +9,6 @@
 // Times are the best of --reps runs; backward is timed on its own (the forward is re-run
 // untimed before it).
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -112,8 +111,9 @@ torch::Tensor ReferenceLoss(const torch::Tensor& h, const torch::Tensor& w, cons
   return torch::nn::functional::cross_entropy(torch::matmul(h, w.t()), targets);
 }
 
-// Resident memory (MiB) the loss adds over its inputs at its peak, forward + backward. Run in
-// a child process so that neither variant inherits the other's freed pages.
+// Resident memory (MiB) the loss adds over its inputs at its peak, forward + backward. Each
+// variant runs in a fresh process (this binary with --loss-peak; fork would inherit OpenMP's
+// threads), so neither sees the other's freed pages.
 double ChildLossPeak(int64_t X, int64_t D, int64_t V, bool fused) {
   torch::manual_seed(0);
   const torch::Tensor h = Param({X, D}, 1.0), w = Param({V, D});
@@ -129,22 +129,13 @@ double ChildLossPeak(int64_t X, int64_t D, int64_t V, bool fused) {
 }
 
 double LossPeakMiB(int64_t X, int64_t D, int64_t V, bool fused) {
-  int fds[2];
-  if (pipe(fds) != 0) return -1;
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    const double extra = ChildLossPeak(X, D, V, fused);
-    const bool ok = write(fds[1], &extra, sizeof extra) == static_cast<ssize_t>(sizeof extra);
-    _exit(ok ? 0 : 1);
-  }
-  close(fds[1]);
+  const std::string cmd = "/proc/" + std::to_string(getpid()) + "/exe --loss-peak " + (fused ? "1 " : "0 ") +
+                          std::to_string(X) + " " + std::to_string(D) + " " + std::to_string(V);
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return -1;
   double extra = -1;
-  if (read(fds[0], &extra, sizeof extra) != static_cast<ssize_t>(sizeof extra)) extra = -1;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  if (std::fscanf(pipe, "%lf", &extra) != 1) extra = -1;
+  pclose(pipe);
   return extra;
 }
 
@@ -153,6 +144,12 @@ double LossPeakMiB(int64_t X, int64_t D, int64_t V, bool fused) {
 int main(int argc, char** argv) {
   dsv3::PreferFastOpenBlasKernels(argv);
   dsv3::LimitOpenBlasThreads(1);  // as every rank does
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (argc == 6 && std::string(argv[1]) == "--loss-peak") {
+    std::printf("%f\n", ChildLossPeak(std::stoll(argv[3]), std::stoll(argv[4]), std::stoll(argv[5]),
+                                        std::string(argv[2]) == "1"));
+    return 0;
+  }
   std::string config_path = "configs/train_config_tiny.json";
   int64_t batch = 8, seq = 1024, loss_seq = 2048;
   int threads = 2, reps = 3;

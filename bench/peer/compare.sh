@@ -5,7 +5,7 @@
 # thread (dsv3's setting) and with OpenBLAS's default (one per core); the better counts.
 #
 #   bench/peer/compare.sh [BUILD_DIR]     (BUILD_DIR defaults to build)
-#   CONFIGS="nano:16:128:10 tiny:8:1024:3" THREADS=2 bench/peer/compare.sh
+#   CONFIGS="nano:16:128:10 tiny:4:1024:2" THREADS=2 WARMUP=1 bench/peer/compare.sh
 #
 # Each CONFIGS entry is name:batch:seq:steps for configs/train_config_<name>.json. Needs
 # Debian's python3-torch (deploy/install-deps.sh); runs /usr/bin/python3 so that a pyenv or
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
 THREADS=${THREADS:-2}
-CONFIGS=${CONFIGS:-"nano:16:128:10 tiny:8:1024:3"}
+CONFIGS=${CONFIGS:-"nano:16:128:10 tiny:4:1024:2"}
 PY=${PYTHON:-/usr/bin/python3}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -30,7 +30,7 @@ for entry in $CONFIGS; do
   done
   for blas in 1 "$THREADS"; do
     OPENBLAS_NUM_THREADS=$blas "$PY" bench/peer/dsv3_peer.py --config "$cfg" --batch "$batch" --seq "$seq" \
-      --steps "$steps" --threads "$THREADS" >"$out/$name.peer.$blas" 2>&1
+      --steps "$steps" --warmup "${WARMUP:-1}" --threads "$THREADS" >"$out/$name.peer.$blas" 2>&1
   done
 done
 

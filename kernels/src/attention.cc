@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu_tiles.h"
 #include "device_route.h"
 #include "dsv3/common/check.h"
 #include "dsv3/kernels/kernels.h"
@@ -61,6 +62,7 @@ std::tuple<torch::Tensor, torch::Tensor> AttentionForwardCpu(const Inputs& in, c
   torch::Tensor lse = torch::empty({B, H, T}, in.q.options());
   const int64_t blk = BlockSize(T);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    cpu::WorkerNoGrad no_grad;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const int64_t* seg = mask.segments_BT.defined() ? mask.segments_BT.data_ptr<int64_t>() + b * T : nullptr;
@@ -104,6 +106,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionBackwardCpu(con
   const torch::Tensor delta = (go * o).sum(-1, /*keepdim=*/true);  // B x H x T x 1: rowsum(dO * O)
   const int64_t blk = BlockSize(T);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    cpu::WorkerNoGrad no_grad;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const int64_t* seg = mask.segments_BT.defined() ? mask.segments_BT.data_ptr<int64_t>() + b * T : nullptr;

@@ -21,6 +21,7 @@ void TiledMmOut(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& o
   }
   const int64_t rows = (M + tiles - 1) / tiles;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    WorkerNoGrad no_grad;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r0 = t * rows, n = std::min(rows, M - r0);
       if (n <= 0) continue;

@@ -14,6 +14,10 @@ namespace dsv3::kernels::cpu {
 void TiledMmOut(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out);
 torch::Tensor TiledMm(const torch::Tensor& a, const torch::Tensor& b);
 
+// at::parallel_for's worker threads start with grad mode on (it is thread-local): every
+// parallel body that calls ATen ops on tensors that may require grad opens one of these.
+using WorkerNoGrad = at::NoGradGuard;
+
 // The accumulation type of a kernel's arithmetic: fp64 for double, fp32 otherwise.
 template <class T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };

@@ -242,6 +242,7 @@ torch::Tensor GroupedGemmCpu(const torch::Tensor& x, const torch::Tensor& w, con
   if (off[E] < x.size(0)) out.narrow(0, off[E], x.size(0) - off[E]).zero_();
   const std::vector<GemmTile> tiles = ExpertTiles(off, E, off[E]);
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    cpu::WorkerNoGrad no_grad;
     for (int64_t i = begin; i < end; ++i) {
       const GemmTile& t = tiles[static_cast<size_t>(i)];
       torch::Tensor dst = out.narrow(0, t.row, t.rows);
@@ -263,6 +264,7 @@ torch::Tensor GroupedWeightGradCpu(const torch::Tensor& g, const torch::Tensor& 
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(O / 32, (2 * threads + E - 1) / E));
   const int64_t rows = (O + splits - 1) / splits;
   at::parallel_for(0, E * splits, 1, [&](int64_t begin, int64_t end) {
+    cpu::WorkerNoGrad no_grad;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t e = i / splits, o0 = (i % splits) * rows, on = std::min(rows, O - o0);
       if (on <= 0) continue;

@@ -290,6 +290,8 @@ test::TempDir* DistributedTest::dir_ = nullptr;
 // the loss, 1e-6 on weights).
 constexpr double kLossRel = 1e-5;
 constexpr double kWeightAbs = 1e-4;
+// bf16 training: weights of two sharding layouts after 4 steps (see Bf16ZeroThreeWithExpertParallelEqualsZeroOne).
+constexpr double kBf16WeightAbs = 2e-3;
 
 TEST_F(DistributedTest, DataParallelTwoRanksEqualsOneRankWithTheSameGlobalBatch) {
   const JobResult& one = Single();
@@ -358,7 +360,11 @@ TEST_F(DistributedTest, Bf16ZeroThreeWithExpertParallelEqualsZeroOne) {
   ExpectSucceeded(a);
   ExpectSucceeded(b);
   ExpectSameLosses(b.losses, a.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(b, a, 4), kWeightAbs);
+  // ZeRO-3 and ZeRO-1 round bf16 gradients at different points, and Adam turns a rounding
+  // flip in a near-zero gradient into an lr-sized step: measured up to 5.3e-4 after 4 steps
+  // with the reference ops (ep 1) and 3.9e-4 with the fused kernels (ep 2). fp32 runs hold
+  // the tight bound.
+  EXPECT_LT(MaxWeightDiff(b, a, 4), kBf16WeightAbs);
   // And bf16 stays near fp32 (one rank): 4 steps of rounding.
   ExpectSameLosses(b.losses, Single().losses, 1e-3);
 }
