@@ -9,7 +9,7 @@ namespace dsv3::dist {
 
 void ApplyUpdate(const OptimizerOptions& o, double lr, int64_t step, torch::Tensor p, torch::Tensor grad,
                  const torch::Tensor& decay, torch::Tensor m, torch::Tensor v, double grad_scale) {
-  if (!kernels::Available(p.device())) {
+  if (!o.fused || !kernels::Available(p.device())) {
     ReferenceUpdate(o, lr, step, p, grad_scale == 1.0 ? grad : grad * grad_scale, decay, m, v);
     return;
   }

@@ -100,6 +100,7 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
   o.beta2 = t.adam_beta2;
   o.eps = t.adam_eps;
   o.weight_decay = t.weight_decay;
+  o.fused = cfg.model.fused_kernels;  // false: the op-by-op update, the whole reference path
   dist::ShardingOptions sh;
   sh.zero_stage = static_cast<int>(cfg.derived.effective_zero_stage);
   const config::DeepSpeedConfig& ds = cfg.deepspeed;

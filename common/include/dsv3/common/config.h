@@ -79,8 +79,9 @@ struct ModelConfig {
   int64_t dense_intermediate_size = 0;  // 0 = k*expert + shared size (same activated FFN as MoE)
   bool gradient_checkpointing = false;
   // The kernels of dsv3_kernels (fused RMSNorm, RoPE, SwiGLU, MoE dispatch/combine and
-  // grouped expert GEMMs, blocked attention, chunked linear + cross-entropy) instead of
-  // plain LibTorch ops. Same results within rounding; false runs the reference path.
+  // grouped expert GEMMs, blocked attention, chunked linear + cross-entropy, the one-pass
+  // optimizer update) instead of plain LibTorch ops. Same results within rounding; false runs
+  // the reference path.
   bool fused_kernels = true;
   MlaConfig mla;
   MoeConfig moe;

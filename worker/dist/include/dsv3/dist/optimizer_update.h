@@ -13,6 +13,7 @@ namespace dsv3::dist {
 struct OptimizerOptions {
   std::string type = "adamw";  // adamw | adam | sgd (same arithmetic as torch::optim's)
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  bool fused = true;  // the one-pass kernel where the device has it (model.fused_kernels)
 };
 
 // One update of step number `step` (1 for the first) with learning rate `lr`, in place on
@@ -21,7 +22,8 @@ struct OptimizerOptions {
 // `decay_mask` is 1 where weight decay applies and 0 elsewhere (norms, biases). `exp_avg`
 // and `exp_avg_sq` are the Adam moments, updated in place (undefined for sgd). `grad` is
 // not modified; `grad_scale` multiplies it first (the clipping factor). Runs the fused
-// one-pass kernel (dsv3_kernels) where it exists for the device, ReferenceUpdate otherwise.
+// one-pass kernel (dsv3_kernels) when options.fused and the device has it, ReferenceUpdate
+// otherwise.
 void ApplyUpdate(const OptimizerOptions& options, double lr, int64_t step, torch::Tensor param, torch::Tensor grad,
                  const torch::Tensor& decay_mask, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
                  double grad_scale = 1.0);
