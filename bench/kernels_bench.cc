@@ -29,6 +29,7 @@
 #include "dsv3/kernels/fused_optimizer.h"
 #include "dsv3/kernels/kernels.h"
 #include "dsv3/model/layers.h"
+#include "kernels/reference_ops.h"
 
 namespace {
 
@@ -66,15 +67,6 @@ void Row(const char* family, const Timing& ref, const Timing& fused) {
 
 torch::Tensor Param(at::IntArrayRef shape, double scale = 0.02) {
   return (torch::randn(shape) * scale).requires_grad_(true);
-}
-
-// The model's unfused attention (MultiHeadLatentAttentionImpl::Attend without kernels).
-torch::Tensor ReferenceAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  const int64_t T = q.size(1);
-  torch::Tensor s = torch::matmul(q.transpose(1, 2), k.permute({0, 2, 3, 1})) * scale;
-  const torch::Tensor idx = torch::arange(T, torch::kLong);
-  s = s.masked_fill((idx.unsqueeze(1) - idx.unsqueeze(0) < 0), -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(s, -1), v.transpose(1, 2)).transpose(1, 2);
 }
 
 // The model's unfused MoE dispatch, per-expert loop and combine.
@@ -212,7 +204,7 @@ int main(int argc, char** argv) {
     const Inputs in{Param({B, T, H, N + R}, 1.0), Param({B, T, H, N + R}, 1.0), Param({B, T, H, Vd}, 1.0)};
     const double scale = 1.0 / std::sqrt(static_cast<double>(N + R));
     Row("Attention (causal)",
-        Time([&](const Inputs& i) { return ReferenceAttention(i[0], i[1], i[2], scale); }, in, reps),
+        Time([&](const Inputs& i) { return dsv3::kernels::ReferenceAttention(i[0], i[1], i[2], scale, {}); }, in, reps),
         Time([&](const Inputs& i) { return kn::Attention(i[0], i[1], i[2], scale); }, in, reps));
   }
   {

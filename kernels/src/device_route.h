@@ -7,21 +7,20 @@
 
 #include <torch/torch.h>
 
+#ifndef DSV3_KERNELS_CUDA
+#define DSV3_KERNELS_CUDA 0
+#endif
+
 namespace dsv3::kernels::detail {
 
 // Throws naming the kernel when a tensor is on a device this build has no kernels for.
 inline void CheckDevice(const torch::Tensor& t, const char* kernel) {
-#if DSV3_KERNELS_CUDA
-  if (t.device().is_cpu() || t.device().is_cuda()) return;
-#else
-  if (t.device().is_cpu()) return;
-#endif
-  {
-    throw std::invalid_argument(std::string("dsv3 kernel ") + kernel + ": no implementation for device " +
-                                t.device().str() +
-                                " in this build (build against a CUDA LibTorch with DSV3_WITH_CUDA=ON, or set "
-                                "model.fused_kernels to false)");
-  }
+  const bool supported = t.device().is_cpu() || (DSV3_KERNELS_CUDA && t.device().is_cuda());
+  if (supported) return;
+  throw std::invalid_argument(std::string("dsv3 kernel ") + kernel + ": no implementation for device " +
+                              t.device().str() +
+                              " in this build (build against a CUDA LibTorch with DSV3_WITH_CUDA=ON, or set "
+                              "model.fused_kernels to false)");
 }
 
 }  // namespace dsv3::kernels::detail

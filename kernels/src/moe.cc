@@ -85,14 +85,20 @@ torch::Tensor GatherRowsCpu(const torch::Tensor& x_XD, const torch::Tensor& toke
   return out;
 }
 
-// g_XD[x] = sum over x's kept slots of g_AD[slot], in slot-column order (deterministic).
-torch::Tensor SumSlotsCpu(const torch::Tensor& g_AD, const torch::Tensor& slot_XK, int64_t D) {
+// out_XD[x] = sum over x's kept slots j of gate[x, j] * rows_AD[slot], in slot-column order
+// (deterministic). Without a gate the plain sum: the gradient of Dispatch. With one, Combine;
+// each product is rounded to the dtype first, as the reference's out * gate is.
+torch::Tensor SumSlotRowsCpu(const torch::Tensor& rows_AD, const torch::Tensor& slot_XK, int64_t D,
+                             const torch::Tensor& gate_XK = {}) {
   const int64_t X = slot_XK.size(0), k = slot_XK.size(1);
-  torch::Tensor out = torch::zeros({X, D}, g_AD.options());
+  torch::Tensor out = torch::empty({X, D}, rows_AD.options());
   const int64_t* sp = slot_XK.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g_AD.scalar_type(), "dsv3_sum_slots", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, rows_AD.scalar_type(), "dsv3_sum_slot_rows", [&] {
     using acc = cpu::acc_t<scalar_t>;
-    const scalar_t* gp = g_AD.data_ptr<scalar_t>();
+    const torch::Tensor gate =
+        gate_XK.defined() ? gate_XK.to(rows_AD.scalar_type()).contiguous() : torch::Tensor();  // as the reference rounds it
+    const scalar_t* gp = gate.defined() ? gate.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* rp = rows_AD.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, X, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc> row(static_cast<size_t>(D));
@@ -101,34 +107,13 @@ torch::Tensor SumSlotsCpu(const torch::Tensor& g_AD, const torch::Tensor& slot_X
         for (int64_t j = 0; j < k; ++j) {
           const int64_t s = sp[x * k + j];
           if (s < 0) continue;
-          for (int64_t d = 0; d < D; ++d) row[d] += static_cast<acc>(gp[s * D + d]);
-        }
-        for (int64_t d = 0; d < D; ++d) op[x * D + d] = static_cast<scalar_t>(row[d]);
-      }
-    });
-  });
-  return out;
-}
-
-torch::Tensor CombineForwardCpu(const torch::Tensor& y_AD, const torch::Tensor& gate_XK, const torch::Tensor& slot_XK) {
-  const int64_t X = slot_XK.size(0), k = slot_XK.size(1), D = y_AD.size(1);
-  torch::Tensor out = torch::empty({X, D}, y_AD.options());
-  const int64_t* sp = slot_XK.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y_AD.scalar_type(), "dsv3_combine_fwd", [&] {
-    using acc = cpu::acc_t<scalar_t>;
-    const torch::Tensor gate = gate_XK.to(y_AD.scalar_type()).contiguous();  // as the reference rounds it
-    const scalar_t* yp = y_AD.data_ptr<scalar_t>();
-    const scalar_t* gp = gate.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, X, 16, [&](int64_t begin, int64_t end) {
-      std::vector<acc> row(static_cast<size_t>(D));
-      for (int64_t x = begin; x < end; ++x) {
-        std::fill(row.begin(), row.end(), acc(0));
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t s = sp[x * k + j];
-          if (s < 0) continue;
-          const acc g = static_cast<acc>(gp[x * k + j]);
-          for (int64_t d = 0; d < D; ++d) row[d] += static_cast<acc>(static_cast<scalar_t>(g * static_cast<acc>(yp[s * D + d])));
+          const scalar_t* r = rp + s * D;
+          if (gp == nullptr) {
+            for (int64_t d = 0; d < D; ++d) row[d] += static_cast<acc>(r[d]);
+          } else {
+            const acc g = static_cast<acc>(gp[x * k + j]);
+            for (int64_t d = 0; d < D; ++d) row[d] += static_cast<acc>(static_cast<scalar_t>(g * static_cast<acc>(r[d])));
+          }
         }
         for (int64_t d = 0; d < D; ++d) op[x * D + d] = static_cast<scalar_t>(row[d]);
       }
@@ -190,7 +175,7 @@ struct DispatchFunction : public torch::autograd::Function<DispatchFunction> {
 #if DSV3_KERNELS_CUDA
     if (g.is_cuda()) return {cuda_ops::SumSlots(g, slot, D), torch::Tensor(), torch::Tensor()};
 #endif
-    return {SumSlotsCpu(g, slot, D), torch::Tensor(), torch::Tensor()};
+    return {SumSlotRowsCpu(g, slot, D), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -202,7 +187,7 @@ struct CombineFunction : public torch::autograd::Function<CombineFunction> {
 #if DSV3_KERNELS_CUDA
     if (y.is_cuda()) return cuda_ops::CombineForward(y, gate, slot_XK);
 #endif
-    return CombineForwardCpu(y, gate, slot_XK);
+    return SumSlotRowsCpu(y, slot_XK, y.size(1), gate);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();

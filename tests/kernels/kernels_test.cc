@@ -11,6 +11,7 @@
 #include "dsv3/kernels/fused_optimizer.h"
 #include "dsv3/kernels/kernels.h"
 #include "dsv3/model/layers.h"
+#include "kernels/reference_ops.h"
 
 namespace dsv3::kernels {
 namespace {
@@ -207,24 +208,6 @@ TEST_P(KernelTest, LinearCrossEntropyMatchesFullLogits) {
   const torch::Tensor h = Rand({3, D}), w = Rand({V, D});
   const torch::Tensor none = torch::full({3}, -100, torch::TensorOptions().dtype(torch::kLong).device(GetParam().device));
   EXPECT_TRUE(std::isnan(LinearCrossEntropy(h, w, none).item<double>()));
-}
-
-// softmax(q k^T * scale) v with the model's masks, materialising T x T.
-torch::Tensor ReferenceAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                                 const AttentionMask& mask) {
-  const int64_t T = q.size(1);
-  const auto up = q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  torch::Tensor s = torch::matmul(q.transpose(1, 2), k.permute({0, 2, 3, 1})).to(up) * scale;
-  const torch::Tensor idx = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(q.device()));
-  const torch::Tensor dist = idx.unsqueeze(1) - idx.unsqueeze(0);
-  torch::Tensor visible = dist >= 0;
-  if (mask.window) visible = visible & (dist < *mask.window);
-  if (mask.segments_BT.defined()) {
-    visible = (visible.unsqueeze(0) & (mask.segments_BT.unsqueeze(2) == mask.segments_BT.unsqueeze(1))).unsqueeze(1);
-  }
-  s = s.masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
-  const torch::Tensor p = torch::softmax(s, -1).to(q.scalar_type());
-  return torch::matmul(p, v.transpose(1, 2)).transpose(1, 2);
 }
 
 TEST_P(KernelTest, AttentionMatchesMaterialisedSoftmax) {
