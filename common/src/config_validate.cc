@@ -161,6 +161,32 @@ void CheckParallelism(Config& c, const LoadOptions& options, Checker& ck) {
                  Num(d.data_parallel_size * model_parallel) + " does not match the world size " + Num(out.world_size));
     return;
   }
+  const int64_t tp = d.tensor_parallel_size;
+  if (tp > 1 && ck.Clean({"/model/mla/num_heads", "/model/mla/num_kv_heads", "/model/vocab_size"})) {
+    // Megatron's split: whole heads, whole FFN columns and vocabulary rows per rank.
+    const ModelConfig& m = c.model;
+    const auto must_divide = [&](const char* what, int64_t n) {
+      if (n % tp == 0) return;
+      ck.Error("/distributed/tensor_parallel_size",
+               Num(tp) + " does not divide " + what + " (" + Num(n) + "); tensor parallelism splits it evenly");
+    };
+    must_divide("model.mla.num_heads", m.mla.num_heads);
+    must_divide("model.mla.num_kv_heads", m.mla.num_kv_heads);
+    must_divide("model.vocab_size", m.vocab_size);
+    const std::vector<bool> plan = LayerPlan(m);
+    bool any_dense = false;
+    for (bool moe : plan) any_dense = any_dense || !moe;
+    if (any_dense) must_divide("the dense FFN width (model.dense_intermediate_size)", m.dense_intermediate_size);
+    if (m.moe.num_shared_experts > 0) {
+      must_divide("the shared experts' width (model.moe.num_shared_experts x shared_intermediate_size)",
+                  m.moe.num_shared_experts * m.moe.shared_intermediate_size);
+    }
+  }
+  if (d.pipeline_parallel_size > c.model.num_layers && ck.Clean({"/model/num_layers"})) {
+    ck.Error("/distributed/pipeline_parallel_size", Num(d.pipeline_parallel_size) + " stages for " +
+                                                        Num(c.model.num_layers) +
+                                                        " layers (model.num_layers): every stage needs a layer");
+  }
   if (ck.Clean({"/distributed/expert_parallel_size", "/model/moe/num_experts"})) {
     const int64_t ep = d.expert_parallel_size;
     if (c.model.moe.num_experts % ep != 0) {

@@ -378,6 +378,79 @@ TEST_F(DistributedTest, FourRanksWithExpertParallelAndZeroTwoEqualOneRank) {
   EXPECT_LT(MaxWeightDiff(four, one, 4), kWeightAbs);
 }
 
+// Tensor parallelism (Megatron's split of heads, FFN columns and vocabulary rows) computes the
+// one-rank function: the same losses, evaluation and (gathered) weights.
+TEST_F(DistributedTest, TensorParallelTwoEqualsOneRank) {
+  const JobResult& one = Single();
+  ExpectSucceeded(one);
+  const JobResult tp2 = Run("tp2", {{"distributed", {{"tensor_parallel_size", 2}}}}, 2);
+  ExpectSucceeded(tp2);
+  ExpectSameLosses(tp2.losses, one.losses, kLossRel);
+  ExpectSameLosses(tp2.eval_losses, one.eval_losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(tp2, one, 4), kWeightAbs);
+  EXPECT_NE(tp2.logs[0].find("tensor-parallel 2"), std::string::npos) << tp2.logs[0];
+  // The weights both ranks hold whole (norms, down-projections, router) are updated from
+  // one reduced gradient: their optimizer state is sharded over both ranks, and the router
+  // biases agree bit for bit.
+  const auto s0 = Shard(tp2, 4, 0), s1 = Shard(tp2, 4, 1), s = Shard(one, 4, 0);
+  ASSERT_TRUE(s0.count("replicated.exp_avg") && s1.count("replicated.exp_avg"));
+  EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s1.at("router_bias.0")));
+  EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s.at("router_bias.0")));
+  // Each rank holds the state of its own blocks ("dense", equal halves) and half of the
+  // replicated weights': together the one rank's state (up to padding to the group size).
+  const int64_t blocks = s0.at("dense.exp_avg").numel();
+  EXPECT_EQ(blocks, s1.at("dense.exp_avg").numel());
+  EXPECT_GT(blocks, 0);
+  const int64_t together =
+      2 * blocks + s0.at("replicated.exp_avg").numel() + s1.at("replicated.exp_avg").numel();
+  EXPECT_NEAR(static_cast<double>(together), static_cast<double>(s.at("dense.exp_avg").numel()), 64.0);
+  // ZeRO-3 on top: each layer's blocks and replicated weights gathered when it runs.
+  const JobResult z3 = Run("tp2z3", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 3}}}}, 2);
+  ExpectSucceeded(z3);
+  ExpectSameLosses(z3.losses, one.losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(z3, one, 4), kWeightAbs);
+}
+
+// 4 ranks: tp 2 inside, dp 2 outside, with ZeRO-1 over each group (and ZeRO-2 with expert
+// parallelism over the data-parallel ranks).
+TEST_F(DistributedTest, TensorParallelTwoByDataParallelTwoEqualsOneRank) {
+  const JobResult& one = Single();
+  ExpectSucceeded(one);
+  const JobResult z1 = Run("tp2dp2", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 1}}}}, 4);
+  ExpectSucceeded(z1);
+  ExpectSameLosses(z1.losses, one.losses, kLossRel);
+  ExpectSameLosses(z1.eval_losses, one.eval_losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(z1, one, 4), kWeightAbs);
+  const JobResult ep = Run(
+      "tp2ep2", {{"distributed", {{"tensor_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}, 4);
+  ExpectSucceeded(ep);
+  ExpectSameLosses(ep.losses, one.losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(ep, one, 4), kWeightAbs);
+}
+
+// A tp 2 checkpoint continued on one rank and a one-rank checkpoint continued on tp 2 x dp 2:
+// the model file is whole and the optimizer state is re-sharded from whole-parameter runs.
+TEST_F(DistributedTest, CheckpointsMoveBetweenTensorParallelLayouts) {
+  const JobResult& one = Single();
+  ExpectSucceeded(one);
+  const json tp2 = {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 1}}}};
+  const JobResult first = Run("tp2half", tp2, 2, Launcher::kTorchrun, {"--max-steps", "2"});
+  ExpectSucceeded(first);
+  const fs::path from_tp = first.out / "checkpoints" / "checkpoint_2";
+  const JobResult on_one = Run("tp2to1", json::object(), 1, Launcher::kTorchrun, {"--resume", from_tp.string()});
+  ExpectSucceeded(on_one);
+  ExpectSameLosses(on_one.losses, {one.losses[2], one.losses[3]}, kLossRel);
+  EXPECT_NE(on_one.logs[0].find("resharded the optimizer state"), std::string::npos) << on_one.logs[0];
+
+  const JobResult half = Run("onehalf", json::object(), 1, Launcher::kTorchrun, {"--max-steps", "2"});
+  ExpectSucceeded(half);
+  const fs::path from_one = half.out / "checkpoints" / "checkpoint_2";
+  const JobResult on_tp = Run("1totp2dp2", tp2, 4, Launcher::kTorchrun, {"--resume", from_one.string()});
+  ExpectSucceeded(on_tp);
+  ExpectSameLosses(on_tp.losses, {one.losses[2], one.losses[3]}, kLossRel);
+  EXPECT_LT(MaxWeightDiff(on_tp, one, 4), kWeightAbs);
+}
+
 TEST_F(DistributedTest, TwoRankZeroOneResumeIsExactAndReshardsToOneRank) {
   const json z1 = {{"distributed", {{"zero_stage", 1}}}};
   const JobResult straight = Run("straight", z1, 2);

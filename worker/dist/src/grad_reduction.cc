@@ -81,7 +81,7 @@ void DistributedOptimizer::FinishBackward() {
     if (!g.reducing) continue;
     for (size_t bi = 0; bi < g.buckets.size(); ++bi) Launch(g, bi);
     g.next_launch = g.buckets.size();
-    const double scale = 1.0 / sh_.grad_divisor;
+    const double scale = 1.0 / g.spec.grad_divisor;
     for (auto& b : g.buckets) {
       if (b.work) b.work->Wait();
       if (sh_.zero_stage == 0) {

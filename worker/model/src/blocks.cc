@@ -63,12 +63,29 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t hidden, bool fused) : fuse
   down_proj = register_module("down_proj", linear(hidden, dim));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x_in) {
+  const torch::Tensor x = EnterParallel(x_in, tp_.get());
+  torch::Tensor y;
   if (UseFused(fused_, x)) {
-    return kernels::Linear(kernels::SwiGlu(kernels::Linear(x, gate_proj->weight), kernels::Linear(x, up_proj->weight)),
-                           down_proj->weight);
+    y = kernels::Linear(kernels::SwiGlu(kernels::Linear(x, gate_proj->weight), kernels::Linear(x, up_proj->weight)),
+                        down_proj->weight);
+  } else {
+    y = down_proj(torch::silu(gate_proj(x)) * up_proj(x));
   }
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return LeaveParallel(y, tp_.get());
+}
+
+void FeedForwardImpl::ShardTensorParallel(std::shared_ptr<TensorParallelGroup> tp) {
+  torch::NoGradGuard no_grad;
+  for (const auto& split : TensorParallelPlan()) {
+    torch::Tensor& w = (split.name == "down_proj.weight" ? down_proj : split.name == "up_proj.weight" ? up_proj : gate_proj)->weight;
+    w.set_data(TensorParallelBlock(w, split.dim, *tp));
+  }
+  tp_ = std::move(tp);
+}
+
+std::vector<TensorParallelSplit> FeedForwardImpl::TensorParallelPlan() const {
+  return {{"gate_proj.weight", 0}, {"up_proj.weight", 0}, {"down_proj.weight", 1}};
 }
 
 }  // namespace dsv3::model

@@ -57,10 +57,16 @@ std::vector<std::pair<std::string, torch::Tensor>> ToHfStateDict(DeepSeekV3Impl&
       if (EndsWith(b.key(), "e_score_correction_bias")) Map(b.key(), b.value(), L, out);
     }
   }
-  const torch::Tensor head = model.lm_head.is_empty() ? model.embed_tokens->weight : model.lm_head->weight;
+  // The MTP layers' copies of the embedding and the head, whole like the originals.
+  const auto whole = [&](const std::string& name, const torch::Tensor& t) {
+    const auto r = replace.find(name);
+    return r != replace.end() ? r->second : t;
+  };
+  const torch::Tensor embedding = whole("embed_tokens.weight", model.embed_tokens->weight);
+  const torch::Tensor head = model.lm_head.is_empty() ? embedding : whole("lm_head.weight", model.lm_head->weight);
   for (size_t k = 0; k < model.mtp->size(); ++k) {
     const std::string prefix = "model.layers." + std::to_string(L + static_cast<int64_t>(k)) + ".";
-    out.emplace_back(prefix + "embed_tokens.weight", model.embed_tokens->weight);
+    out.emplace_back(prefix + "embed_tokens.weight", embedding);
     out.emplace_back(prefix + "shared_head.head.weight", head);
   }
   return out;

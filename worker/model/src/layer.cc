@@ -89,8 +89,28 @@ DecoderLayerImpl::DecoderLayerImpl(const config::ModelConfig& cfg, bool moe_laye
   if (moe_layer) {
     moe = register_module("mlp", MoE(cfg));
   } else {
-    dense_mlp = register_module("mlp", FeedForward(D, cfg.dense_intermediate_size));
+    dense_mlp = register_module("mlp", FeedForward(D, cfg.dense_intermediate_size, cfg.fused_kernels));
   }
+}
+
+void DecoderLayerImpl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp) {
+  self_attn->ShardTensorParallel(tp);
+  if (is_moe()) {
+    if (!moe->shared_experts.is_empty()) moe->shared_experts->ShardTensorParallel(tp);
+  } else {
+    dense_mlp->ShardTensorParallel(tp);
+  }
+}
+
+std::vector<TensorParallelSplit> DecoderLayerImpl::TensorParallelPlan() const {
+  std::vector<TensorParallelSplit> out;
+  for (auto split : self_attn->TensorParallelPlan()) out.push_back({"self_attn." + split.name, split.dim});
+  const FeedForward& ffn = is_moe() ? moe->shared_experts : dense_mlp;
+  const std::string prefix = is_moe() ? "mlp.shared_experts." : "mlp.";
+  if (!ffn.is_empty()) {
+    for (auto split : ffn->TensorParallelPlan()) out.push_back({prefix + split.name, split.dim});
+  }
+  return out;
 }
 
 torch::Tensor DecoderLayerImpl::Mlp(const torch::Tensor& x_BTD, torch::Tensor* balance_loss) {

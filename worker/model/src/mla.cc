@@ -67,9 +67,11 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
 std::pair<torch::Tensor, torch::Tensor> MultiHeadLatentAttentionImpl::Queries(const torch::Tensor& x_BTD,
                                                                              const torch::Tensor& positions) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
-  const torch::Tensor q = q_proj.is_empty()
-                              ? Project(q_b_proj, q_a_layernorm(Project(q_a_proj, x_BTD, fused_)), fused_)
-                              : Project(q_proj, x_BTD, fused_);
+  // Under tensor parallelism the (replicated) compressed query enters the head-parallel region.
+  const torch::Tensor q =
+      q_proj.is_empty()
+          ? Project(q_b_proj, EnterParallel(q_a_layernorm(Project(q_a_proj, x_BTD, fused_)), tp_.get()), fused_)
+          : Project(q_proj, EnterParallel(x_BTD, tp_.get()), fused_);
   const torch::Tensor q_BTHX = q.view({B, T, num_heads_, nope_ + rope_});
   torch::Tensor q_rope_BTHR = q_BTHX.narrow(-1, nope_, rope_);
   if (use_rope_) q_rope_BTHR = Rotate(q_rope_BTHR, positions);  // eq. (8)
@@ -97,8 +99,8 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, 
   auto [q_nope_BTHN, q_rope_BTHR] = Queries(x_BTD, ctx.positions);
 
   const torch::Tensor kv_a = Project(kv_a_proj_with_mqa, x_BTD, fused_);
-  const torch::Tensor c_kv_BTC = kv_a_layernorm(kv_a.narrow(-1, 0, d_latent_));
-  torch::Tensor k_rope_BT1R = kv_a.narrow(-1, d_latent_, rope_).unsqueeze(2);
+  const torch::Tensor c_kv_BTC = EnterParallel(kv_a_layernorm(kv_a.narrow(-1, 0, d_latent_)), tp_.get());
+  torch::Tensor k_rope_BT1R = EnterParallel(kv_a.narrow(-1, d_latent_, rope_), tp_.get()).unsqueeze(2);
   if (use_rope_) k_rope_BT1R = Rotate(k_rope_BT1R, ctx.positions);  // eq. (3)
 
   const torch::Tensor kv_BTKX = Project(kv_b_proj, c_kv_BTC, fused_).view({B, T, num_kv_heads_, nope_ + v_dim_});
@@ -112,7 +114,7 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x_BTD, 
   const torch::Tensor q_BTHX = torch::cat({q_nope_BTHN, q_rope_BTHR}, -1);
   const torch::Tensor k_BTHX = torch::cat({k_nope_BTKN, k_rope_BT1R.expand({B, T, H, rope_})}, -1);
   const torch::Tensor o_BTHV = Attend(q_BTHX, k_BTHX, v_BTKV, ctx.segments_BT);  // eq. (10)
-  return Project(o_proj, o_BTHV.reshape({B, T, H * v_dim_}), fused_);
+  return LeaveParallel(Project(o_proj, o_BTHV.reshape({B, T, H * v_dim_}), fused_), tp_.get());
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::Attend(const torch::Tensor& q_BTHX, const torch::Tensor& k_BTHX,
@@ -193,7 +195,27 @@ torch::Tensor MultiHeadLatentAttentionImpl::ForwardCached(const torch::Tensor& x
       torch::einsum("bhts,bsc->bthc", {probs_BHTS, c_kv_BSC}).reshape({B, T, K, G, d_latent_});
   const torch::Tensor o_BTHV =
       torch::einsum("btkgc,kvc->btkgv", {o_lat_BTKGC, w_uv_KVC}).reshape({B, T, H * v_dim_});
-  return Project(o_proj, o_BTHV, fused_);
+  return LeaveParallel(Project(o_proj, o_BTHV, fused_), tp_.get());
+}
+
+std::vector<TensorParallelSplit> MultiHeadLatentAttentionImpl::TensorParallelPlan() const {
+  return {{q_proj.is_empty() ? "q_b_proj.weight" : "q_proj.weight", 0}, {"kv_b_proj.weight", 0}, {"o_proj.weight", 1}};
+}
+
+void MultiHeadLatentAttentionImpl::ShardTensorParallel(std::shared_ptr<TensorParallelGroup> tp) {
+  DSV3_CHECK(num_heads_ % tp->size() == 0 && num_kv_heads_ % tp->size() == 0)
+      << num_heads_ << " heads (" << num_kv_heads_ << " kv heads) over " << tp->size() << " tensor-parallel ranks";
+  torch::NoGradGuard no_grad;
+  // Rows of the up-projections are grouped by head, o_proj's columns too: block r of each
+  // holds heads [r H/tp, (r+1) H/tp), which use kv heads [r K/tp, (r+1) K/tp) under GQA.
+  auto params = named_parameters();
+  for (const auto& split : TensorParallelPlan()) {
+    torch::Tensor& w = params[split.name];
+    w.set_data(TensorParallelBlock(w, split.dim, *tp));
+  }
+  num_heads_ /= tp->size();
+  num_kv_heads_ /= tp->size();
+  tp_ = std::move(tp);
 }
 
 }  // namespace dsv3::model

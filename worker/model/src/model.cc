@@ -81,14 +81,35 @@ const torch::Tensor& DeepSeekV3Impl::HeadWeight() const {
   return lm_head.is_empty() ? embed_tokens->weight : lm_head->weight;
 }
 
-torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
+torch::Tensor DeepSeekV3Impl::Embed(const torch::Tensor& ids) {
+  return tp_ ? VocabParallelEmbedding(ids, embed_tokens->weight, tp_.get()) : embed_tokens(ids);
+}
+
+torch::Tensor DeepSeekV3Impl::LocalHead(const torch::Tensor& h_BTD) {
   if (UseFused(cfg_.model.fused_kernels, h_BTD)) return kernels::Linear(h_BTD, HeadWeight());
   if (lm_head.is_empty()) return torch::matmul(h_BTD, embed_tokens->weight.t());
   return lm_head(h_BTD);
 }
 
+torch::Tensor DeepSeekV3Impl::Head(const torch::Tensor& h_BTD) {
+  torch::Tensor local = LocalHead(h_BTD);
+  if (!tp_) return local;
+  // tp x B x T x V/tp -> B x T x V: rank r's block holds vocabulary rows [r V/tp, (r+1) V/tp).
+  const torch::Tensor blocks = tp_->AllGather(local.contiguous());
+  std::vector<int64_t> shape = local.sizes().vec();
+  shape.back() *= tp_->size();
+  return blocks.movedim(0, -2).reshape(shape);
+}
+
 torch::Tensor DeepSeekV3Impl::HeadLoss(const torch::Tensor& h_BTD, const torch::Tensor& targets_BT,
                                        torch::Tensor* logits_BTV) {
+  if (tp_) {
+    // The hidden state enters the vocabulary-parallel head; each rank scores its block of
+    // the vocabulary and the loss combines the blocks without gathering them.
+    const torch::Tensor h = EnterParallel(h_BTD, tp_.get());
+    return VocabParallelCrossEntropy(LocalHead(h).reshape({-1, HeadWeight().size(0)}), targets_BT.reshape({-1}),
+                                     kIgnoreIndex, tp_.get());
+  }
   if (UseFused(cfg_.model.fused_kernels, h_BTD)) {
     // Chunked linear + cross-entropy: the logits are never materialised.
     return kernels::LinearCrossEntropy(h_BTD.reshape({-1, h_BTD.size(-1)}), HeadWeight(), targets_BT.reshape({-1}),
@@ -139,7 +160,7 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
   const AttentionContext ctx = MakeContext(T, tokens_BW.device(), segments_BW);
   ModelOutput out;
   out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
-  const torch::Tensor h_BTD = Trunk(embed_tokens(inputs_BT), ctx, &out.balance_loss);
+  const torch::Tensor h_BTD = Trunk(Embed(inputs_BT), ctx, &out.balance_loss);
   out.main_loss = HeadLoss(norm(h_BTD), targets_BT, &out.logits_BTV);
   out.tokens = (targets_BT != kIgnoreIndex).sum().item<int64_t>();
 
@@ -152,7 +173,7 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
     const int64_t d = depths + 1;
     const int64_t L = T - d;
     if (L <= 0) break;
-    const torch::Tensor emb_BLD = embed_tokens(tokens_BW.narrow(1, d, L));
+    const torch::Tensor emb_BLD = Embed(tokens_BW.narrow(1, d, L));
     const torch::Tensor joined =
         m.eh_proj(torch::cat({m.enorm(emb_BLD), m.hnorm(previous_BTD.narrow(1, 0, L))}, -1));
     const AttentionContext depth_ctx{ctx.positions.dim() == 2 ? ctx.positions.narrow(1, 0, L) : ctx.positions.narrow(0, 0, L),
@@ -183,13 +204,13 @@ AttentionContext DeepSeekV3Impl::MakeContext(int64_t T, const torch::Device& dev
 }
 
 torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT, const torch::Tensor& segments_BT) {
-  return Head(norm(Trunk(embed_tokens(tokens_BT), MakeContext(tokens_BT.size(1), tokens_BT.device(), segments_BT),
+  return Head(norm(Trunk(Embed(tokens_BT), MakeContext(tokens_BT.size(1), tokens_BT.device(), segments_BT),
                          nullptr)));
 }
 
 torch::Tensor DeepSeekV3Impl::LogitsCached(const torch::Tensor& tokens_BT, std::vector<LatentCache>& caches) {
   DSV3_CHECK(caches.size() == layers->size()) << caches.size() << " caches for " << layers->size() << " layers";
-  torch::Tensor h = embed_tokens(tokens_BT);
+  torch::Tensor h = Embed(tokens_BT);
   for (size_t i = 0; i < layers->size(); ++i) {
     auto* layer = layers[i]->as<DecoderLayerImpl>();
     if (layer_params_) layer_params_->Acquire(*layer);
@@ -237,6 +258,38 @@ std::vector<MoE> DeepSeekV3Impl::MoeLayers() const {
   for (const auto& module : *mtp) {
     auto* block = module->as<MtpModuleImpl>()->block.get();
     if (block->is_moe()) out.push_back(block->moe);
+  }
+  return out;
+}
+
+void DeepSeekV3Impl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp) {
+  if (tp->size() == 1) return;
+  {
+    torch::NoGradGuard no_grad;
+    auto params = named_parameters();
+    for (const auto& split : TensorParallelPlan()) {
+      if (split.name.rfind("embed_tokens.", 0) != 0 && split.name.rfind("lm_head.", 0) != 0) continue;
+      torch::Tensor& w = params[split.name];
+      w.set_data(TensorParallelBlock(w, split.dim, *tp));
+    }
+  }
+  for (const auto& module : *layers) module->as<DecoderLayerImpl>()->ShardTensorParallel(tp);
+  for (const auto& module : *mtp) module->as<MtpModuleImpl>()->block->ShardTensorParallel(tp);
+  tp_ = tp;
+}
+
+std::vector<TensorParallelSplit> DeepSeekV3Impl::TensorParallelPlan() const {
+  std::vector<TensorParallelSplit> out = {{"embed_tokens.weight", 0}};
+  if (!lm_head.is_empty()) out.push_back({"lm_head.weight", 0});
+  for (size_t i = 0; i < layers->size(); ++i) {
+    for (const auto& split : (*layers)[i]->as<DecoderLayerImpl>()->TensorParallelPlan()) {
+      out.push_back({"layers." + std::to_string(i) + "." + split.name, split.dim});
+    }
+  }
+  for (size_t i = 0; i < mtp->size(); ++i) {
+    for (const auto& split : (*mtp)[i]->as<MtpModuleImpl>()->block->TensorParallelPlan()) {
+      out.push_back({"mtp." + std::to_string(i) + ".block." + split.name, split.dim});
+    }
   }
   return out;
 }

@@ -22,13 +22,10 @@ void RefuseWhatThisBuildCannot(const config::Config& c, const TrainerOptions& op
     throw std::runtime_error("/model/mla/use_flash_mla: FlashMLA kernels are not in this build and fallback_to_dense "
                              "is false; set one of them");
   }
-  if (dc.tensor_parallel_size != 1 || dc.pipeline_parallel_size != 1) {
-    throw std::runtime_error(std::string(dc.tensor_parallel_size != 1 ? "/distributed/tensor_parallel_size: " +
-                                                                            std::to_string(dc.tensor_parallel_size)
-                                                                      : "/distributed/pipeline_parallel_size: " +
-                                                                            std::to_string(dc.pipeline_parallel_size)) +
-                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-3) and expert-parallel; set "
-                             "tensor_parallel_size and pipeline_parallel_size to 1");
+  if (dc.pipeline_parallel_size != 1) {
+    throw std::runtime_error("/distributed/pipeline_parallel_size: " + std::to_string(dc.pipeline_parallel_size) +
+                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-3), tensor-parallel and "
+                             "expert-parallel; set pipeline_parallel_size to 1");
   }
   if (c.deepspeed.enabled && c.deepspeed.offload_param_device == "cpu" && torch::cuda::is_available()) {
     throw std::runtime_error("/deepspeed/zero_optimization/offload_param/device: \"cpu\" (parameter offload) is not "
@@ -41,8 +38,11 @@ void RefuseWhatThisBuildCannot(const config::Config& c, const TrainerOptions& op
     throw std::runtime_error("the communicator's rank/size do not match the trainer's rank " +
                              std::to_string(opt.rank) + " of " + std::to_string(opt.world_size));
   }
-  if (dc.data_parallel_size != opt.world_size) {
+  const int64_t grid = dc.data_parallel_size * dc.tensor_parallel_size * dc.pipeline_parallel_size;
+  if (grid != opt.world_size) {
     throw std::runtime_error("/distributed/data_parallel_size: " + std::to_string(dc.data_parallel_size) +
+                             " x tensor_parallel_size " + std::to_string(dc.tensor_parallel_size) +
+                             " x pipeline_parallel_size " + std::to_string(dc.pipeline_parallel_size) +
                              " does not match the world of " + std::to_string(opt.world_size) +
                              " ranks (load the config with the launcher's world size)");
   }

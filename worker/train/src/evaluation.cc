@@ -1,5 +1,5 @@
 // Validation: the loss over the held-out windows (dealt over the data-parallel ranks and
-// summed), per source, perplexity, and a greedy sample of the configured prompt.
+// summed over the data-parallel group), per source, perplexity, and a greedy sample of the configured prompt.
 #include <algorithm>
 #include <cmath>
 
@@ -24,7 +24,7 @@ EvalResult Trainer::State::Evaluate() {
   // repeats the last one and discards the result.
   const int64_t chunks = (w.rows + chunk - 1) / chunk, rounds = (chunks + dp - 1) / dp;
   for (int64_t round = 0; round < rounds; ++round) {
-    const int64_t c = round * dp + world->rank();
+    const int64_t c = round * dp + groups.coord.dp;
     const bool counted = c < chunks;
     const int64_t r0 = std::min(c, chunks - 1) * chunk, n = std::min(chunk, w.rows - r0);
     const torch::Tensor tokens = Rows(w.tokens, r0, n, w.width, device);
@@ -44,7 +44,7 @@ EvalResult Trainer::State::Evaluate() {
       count[s] += T;
     }
   }
-  if (world->size() > 1) {
+  if (dp > 1) {  // the tensor-parallel ranks of a replica scored the same chunks
     const auto S = static_cast<int64_t>(names.size());
     torch::Tensor both = torch::zeros({2 * S}, torch::kDouble);
     for (int64_t s = 0; s < S; ++s) {
@@ -52,7 +52,7 @@ EvalResult Trainer::State::Evaluate() {
       both[S + s] = static_cast<double>(count[static_cast<size_t>(s)]);
     }
     both = both.to(device);
-    world->AllReduce(both)->Wait();
+    groups.dp->AllReduce(both)->Wait();
     both = both.to(torch::kCPU);
     for (int64_t s = 0; s < S; ++s) {
       sum[static_cast<size_t>(s)] = both[s].item<double>();

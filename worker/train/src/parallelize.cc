@@ -37,6 +37,32 @@ class CommExchange final : public model::ExpertExchange {
   dist::Communicator* comm_;
 };
 
+// The model's TensorParallelGroup over the tensor-parallel communicator. Gloo sums bf16 and
+// fp16 activations in fp32 (it has no reduced-precision reductions); NCCL sums them as they are.
+class CommTensorParallel final : public model::TensorParallelGroup {
+ public:
+  explicit CommTensorParallel(dist::Communicator* comm) : comm_(comm) {}
+  int rank() const override { return comm_->rank(); }
+  int size() const override { return comm_->size(); }
+  void AllReduce(torch::Tensor& t, bool max) override {
+    const dist::ReduceOp op = max ? dist::ReduceOp::kMax : dist::ReduceOp::kSum;
+    const bool widen = comm_->backend() == "gloo" && (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf);
+    torch::Tensor buffer = widen ? t.to(torch::kFloat) : t;
+    comm_->AllReduce(buffer, op)->Wait();
+    if (widen) t.copy_(buffer);
+  }
+  torch::Tensor AllGather(const torch::Tensor& t) override {
+    std::vector<int64_t> shape = t.sizes().vec();
+    shape.insert(shape.begin(), size());
+    torch::Tensor out = torch::empty(shape, t.options());
+    comm_->AllGather(out, t.contiguous())->Wait();
+    return out;
+  }
+
+ private:
+  dist::Communicator* comm_;
+};
+
 // The model's LayerParameters over a stage-3 optimizer: decoder layer i is unit i.
 class ShardedLayers final : public model::LayerParameters {
  public:
@@ -62,18 +88,32 @@ class ShardedLayers final : public model::LayerParameters {
 
 }  // namespace
 
-void ShardExperts(const ParallelLayout& layout, model::DeepSeekV3Impl& master, model::DeepSeekV3Impl& compute) {
-  const auto exchange = std::make_shared<CommExchange>(layout.ep_group);
+void ShardExperts(const dist::ParallelGroups& groups, model::DeepSeekV3Impl& master, model::DeepSeekV3Impl& compute) {
+  const auto exchange = std::make_shared<CommExchange>(groups.ep.get());
   master.ShardExperts(exchange);
   if (&compute != &master) compute.ShardExperts(exchange);
 }
 
-std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config& cfg, const ParallelLayout& layout,
+void ShardTensorParallel(const dist::ParallelGroups& groups, model::DeepSeekV3Impl& master,
+                         model::DeepSeekV3Impl& compute) {
+  const auto tp = std::make_shared<CommTensorParallel>(groups.tp.get());
+  master.ShardTensorParallel(tp);
+  if (&compute != &master) compute.ShardTensorParallel(tp);
+}
+
+std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config& cfg,
+                                                           const dist::ParallelGroups& groups,
                                                            model::DeepSeekV3Impl& master,
                                                            model::DeepSeekV3Impl& compute, torch::Device device) {
   const config::TrainingConfig& t = cfg.training;
   const config::DistributedConfig& d = cfg.distributed;
-  dist::ParamGroup dense{"dense", {}, layout.world}, experts{"expert", {}, layout.expert_replicas};
+  const config::ParallelGrid& grid = groups.grid;
+  const double dp = static_cast<double>(grid.dp), tp = static_cast<double>(grid.tp);
+  dist::ParamGroup dense{"dense", {}, groups.dp.get(), dp};
+  dist::ParamGroup replicated{"replicated", {}, groups.replicated.get(), dp * tp};
+  dist::ParamGroup experts{"expert", {}, groups.expert_replicas.get(), dp * tp};
+  std::map<std::string, int64_t> split_dim;
+  for (const auto& split : master.TensorParallelPlan()) split_dim[split.name] = split.dim;
   auto compute_params = compute.named_parameters();
   for (const auto& p : master.named_parameters()) {
     dist::ParamEntry e;
@@ -84,16 +124,26 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
     // a buffer, never seen by the optimizer).
     e.decay = p.value().dim() >= 2;
     if (e.name.rfind("layers.", 0) == 0) e.unit = std::stoi(e.name.substr(7, e.name.find('.', 7) - 7));
-    const bool expert = layout.ep > 1 && e.name.find(".mlp.experts.") != std::string::npos;
-    if (expert) {
-      const int64_t offset = master.MoeLayers().front()->expert_offset();
-      e.full_offset = offset * (e.master.numel() / e.master.size(0));
+    const bool expert = grid.ep > 1 && e.name.find(".mlp.experts.") != std::string::npos;
+    const auto split = split_dim.find(e.name);
+    const bool tp_block = grid.tp > 1 && split != split_dim.end();
+    if (expert) {  // a block of dim 0 (experts)
+      e.full_shape = e.master.sizes().vec();
+      e.full_shape[0] *= grid.ep;
+      e.shard_start = master.MoeLayers().front()->expert_offset();
+    } else if (tp_block) {
+      e.full_shape = e.master.sizes().vec();
+      e.shard_dim = split->second;
+      e.full_shape[static_cast<size_t>(e.shard_dim)] *= grid.tp;
+      e.shard_start = groups.coord.tp * e.master.size(e.shard_dim);
     }
-    (expert ? experts : dense).params.push_back(std::move(e));
+    dist::ParamGroup& group = expert ? experts : (tp_block || grid.tp == 1) ? dense : replicated;
+    group.params.push_back(std::move(e));
   }
-  std::vector<dist::ParamGroup> groups;
-  groups.push_back(std::move(dense));
-  if (!experts.params.empty()) groups.push_back(std::move(experts));
+  std::vector<dist::ParamGroup> param_groups;
+  for (dist::ParamGroup* g : {&dense, &replicated, &experts}) {
+    if (!g->params.empty()) param_groups.push_back(std::move(*g));
+  }
   dist::OptimizerOptions o;
   o.type = t.optimizer;
   o.beta1 = t.adam_beta1;
@@ -109,8 +159,7 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
   sh.offload = cfg.derived.optimizer_offload && device.is_cuda();
   // DeepSpeed's reduce_bucket_size when its section is on; else DDP's 25 Mi elements.
   sh.bucket_elements = ds.enabled ? ds.reduce_bucket_size : (int64_t{25} << 20);
-  sh.grad_divisor = layout.dp;
-  auto optimizer = std::make_unique<dist::DistributedOptimizer>(std::move(groups), o, sh, layout.world);
+  auto optimizer = std::make_unique<dist::DistributedOptimizer>(std::move(param_groups), o, sh, groups.world);
   if (sh.zero_stage == 3) {
     // Each decoder layer gathers its parameters when it runs (checkpointed under grad).
     std::vector<const model::DecoderLayerImpl*> layers;
@@ -120,18 +169,31 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
   return optimizer;
 }
 
-std::vector<std::pair<std::string, torch::Tensor>> GatherHfState(const ParallelLayout& layout,
+std::vector<std::pair<std::string, torch::Tensor>> GatherHfState(const dist::ParallelGroups& groups,
                                                                  model::DeepSeekV3Impl& master) {
+  const config::ParallelGrid& grid = groups.grid;
+  std::map<std::string, int64_t> split_dim;
+  if (grid.tp > 1) {
+    for (const auto& split : master.TensorParallelPlan()) split_dim[split.name] = split.dim;
+  }
   std::map<std::string, torch::Tensor> full;
-  if (layout.ep > 1) {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : master.named_parameters()) {
-      if (p.key().find(".mlp.experts.") == std::string::npos) continue;
-      std::vector<int64_t> shape = p.value().sizes().vec();
-      shape[0] *= layout.ep;
-      torch::Tensor all = torch::empty(shape, p.value().options());
-      layout.ep_group->AllGather(all, p.value())->Wait();
+  torch::NoGradGuard no_grad;
+  // Every rank walks the parameters in the same order, so the gathers pair up.
+  for (const auto& p : master.named_parameters()) {
+    const torch::Tensor& local = p.value();
+    if (grid.ep > 1 && p.key().find(".mlp.experts.") != std::string::npos) {
+      std::vector<int64_t> shape = local.sizes().vec();
+      shape[0] *= grid.ep;
+      torch::Tensor all = torch::empty(shape, local.options());
+      groups.ep->AllGather(all, local.contiguous())->Wait();
       full[p.key()] = all;
+    } else if (const auto split = split_dim.find(p.key()); split != split_dim.end()) {
+      // tp x block, then the blocks side by side along the split dim.
+      std::vector<int64_t> shape = local.sizes().vec();
+      shape.insert(shape.begin(), grid.tp);
+      torch::Tensor blocks = torch::empty(shape, local.options());
+      groups.tp->AllGather(blocks, local.contiguous())->Wait();
+      full[p.key()] = torch::cat(blocks.unbind(0), split->second);
     }
   }
   return model::ToHfStateDict(master, full);

@@ -42,8 +42,10 @@ void Trainer::State::PlaceOnDevice() {
     self_world = dist::MakeSelfCommunicator();
     world = self_world.get();
   }
-  dp = world->size();
-  ep = static_cast<int>(c.distributed.expert_parallel_size);
+  groups = dist::MakeParallelGroups(*world, config::ParallelGrid::FromConfig(c));
+  dp = static_cast<int>(groups.grid.dp);
+  ep = static_cast<int>(groups.grid.ep);
+  tp = static_cast<int>(groups.grid.tp);
   mixed = c.training.use_bf16 || c.training.use_fp16;
   compute_dtype = c.training.use_bf16 ? torch::kBFloat16 : c.training.use_fp16 ? torch::kHalf : torch::kFloat;
   if (c.training.use_fp16) RequireFp16Matmul(device);
@@ -67,9 +69,11 @@ void Trainer::State::BuildModels() {
   master->train();
   compute->train();
   if (opt.world_size > 1) {
-    // Same initial weights everywhere (the seed above); from here on each rank draws its own
-    // dropout masks and router noise.
-    torch::manual_seed(static_cast<uint64_t>(cfg.seed) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(opt.rank + 1)));
+    // Same initial weights everywhere (the seed above); from here on each data-parallel rank
+    // draws its own dropout masks and router noise, and the tensor-parallel ranks of one
+    // replica draw the same (their replicated computations must agree).
+    const uint64_t stream = static_cast<uint64_t>(groups.coord.pp * groups.grid.dp + groups.coord.dp + 1);
+    torch::manual_seed(static_cast<uint64_t>(cfg.seed) ^ (0x9E3779B97F4A7C15ull * stream));
   }
   estimate = config::EstimateConfig(cfg);
   peak_flops = cfg.logging.peak_tflops > 0 ? cfg.logging.peak_tflops * 1e12 : MeasurePeakFlops(device, compute_dtype);
@@ -97,11 +101,9 @@ void Trainer::State::OpenDataAndCheckpoints() {
 // and its saved state.
 void Trainer::State::Parallelize() {
   const config::Config& c = cfg;
-  if (ep > 1) {
-    ep_groups = dist::MakeExpertParallelGroups(*world, ep);
-    ShardExperts(Layout(), *master, *compute);
-  }
-  optimizer = BuildOptimizer(c, Layout(), *master, *compute, device);
+  if (tp > 1) ShardTensorParallel(groups, *master, *compute);
+  if (ep > 1) ShardExperts(groups, *master, *compute);
+  optimizer = BuildOptimizer(c, groups, *master, *compute, device);
   LoadOptimizerState();
   if (!device.is_cuda() && (c.derived.optimizer_offload || c.deepspeed.offload_param_device == "cpu")) {
     Message("offload: training on the CPU, so optimizer state and parameters are in host memory already");
@@ -109,7 +111,8 @@ void Trainer::State::Parallelize() {
   if (opt.world_size > 1) {
     std::ostringstream m;
     m << "rank " << opt.rank << " of " << opt.world_size << " (" << world->backend() << "): data-parallel " << dp
-      << ", expert-parallel " << ep << ", ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
+      << ", tensor-parallel " << tp << ", expert-parallel " << ep << " (at dp " << groups.coord.dp << ", tp "
+      << groups.coord.tp << "), ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
       << optimizer->param_bytes() / 1048576.0 << " MiB, optimizer state " << optimizer->state_bytes() / 1048576.0
       << " MiB, gradient buffers " << optimizer->grad_bytes() / 1048576.0 << " MiB";
     Message(m.str());
@@ -173,7 +176,8 @@ TrainResult Trainer::Run() {
     if (s.opt.max_steps >= 0 && run_steps >= s.opt.max_steps) break;
     StepFigures f;
     const auto t0 = Clock::now();
-    const data::Batch batch = s.data.sampler->NextBatch(t.global_batch_size, s.opt.rank, s.opt.world_size);
+    // Tensor-parallel ranks of one replica read the same micro-batches.
+    const data::Batch batch = s.data.sampler->NextBatch(t.global_batch_size, s.groups.coord.dp, s.dp);
     const auto t1 = Clock::now();
     s.compute->SetTrainingProgress(static_cast<double>(s.step) / static_cast<double>(total));
     const double lr = LearningRate(t, s.step);

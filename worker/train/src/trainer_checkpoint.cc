@@ -20,7 +20,7 @@ std::vector<std::pair<std::string, torch::Tensor>> Trainer::State::FullModelStat
   std::vector<std::pair<std::string, torch::Tensor>> out;
   // ZeRO-3 holds shards: the whole fp32 master is gathered for the save.
   optimizer->WithFullMaster([&] {
-    out = GatherHfState(Layout(), *master);
+    out = GatherHfState(groups, *master);
     if (cfg.derived.effective_zero_stage == 3) {
       for (auto& [name, t] : out) t = t.clone();  // the gathered storage goes away after this call
     }
@@ -37,15 +37,18 @@ void Trainer::State::LoadOptimizerState() {
   if (!pending_optimizer) return;
   const ckpt::LoadedCheckpoint& loaded = *pending_optimizer;
   const json& st = loaded.trainer_state;
+  const bool same_layout = loaded.world_size == opt.world_size && st.value("tensor_parallel_size", int64_t{1}) == tp;
   optimizer->LoadState(loaded.world_size, [&](int r) {
     ckpt::SafetensorsFile f = ckpt::LoadShard(loaded, r);
-    if (r == opt.rank && loaded.world_size == opt.world_size) RestoreRng(f.tensors);
+    if (r == opt.rank && same_layout) RestoreRng(f.tensors);
     return std::make_pair(std::move(f.tensors), std::move(f.metadata));
   });
-  const int64_t saved_dp = st.value("data_parallel_size", int64_t{1});
-  if (saved_dp != dp) {
-    Message("resharded the optimizer state of " + loaded.path + " from data-parallel size " +
-            std::to_string(saved_dp) + " to " + std::to_string(dp));
+  const int64_t saved_dp = st.value("data_parallel_size", int64_t{1}), saved_tp = st.value("tensor_parallel_size", int64_t{1});
+  const int64_t saved_ep = st.value("expert_parallel_size", int64_t{1});
+  if (saved_dp != dp || saved_tp != tp || saved_ep != ep) {
+    Message("resharded the optimizer state of " + loaded.path + " from data-parallel " + std::to_string(saved_dp) +
+            " x tensor-parallel " + std::to_string(saved_tp) + " (expert-parallel " + std::to_string(saved_ep) +
+            ") to " + std::to_string(dp) + " x " + std::to_string(tp) + " (" + std::to_string(ep) + ")");
   }
   pending_optimizer.reset();
 }
@@ -109,6 +112,8 @@ std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
                      {"good_steps", scaler.good_steps},
                      {"world_size", opt.world_size},
                      {"data_parallel_size", dp},
+                     {"tensor_parallel_size", tp},
+                     {"pipeline_parallel_size", groups.grid.pp},
                      {"expert_parallel_size", ep},
                      {"zero_stage", cfg.derived.effective_zero_stage},
                      {"sampler", {{"next_sample", sampler.next_sample}, {"taken", sampler.taken}}}};

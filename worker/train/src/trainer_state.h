@@ -2,7 +2,7 @@
 //   trainer.cc             construction (what to build) and the step loop;
 //   trainer_step.cc        one optimizer step: micro-steps, the ranks' agreement, the update;
 //   capabilities.cc        what this build cannot do, refused up front;
-//   parallelize.cc         replica groups, the sharded optimizer, expert parallelism;
+//   parallelize.cc         tensor and expert parallelism, replica groups, the sharded optimizer;
 //   trainer_checkpoint.cc  resume and save;
 //   evaluation.cc          validation loss, per-source loss and a greedy sample;
 //   metric_window.cc       the averages behind each log line;
@@ -26,7 +26,7 @@
 #include "dsv3/data/pipeline.h"
 #include "dsv3/dist/communicator.h"
 #include "dsv3/dist/distributed_optimizer.h"
-#include "dsv3/dist/expert_parallel.h"
+#include "dsv3/dist/parallel_groups.h"
 #include "dsv3/model/model.h"
 #include "dsv3/train/trainer.h"
 #include "metric_window.h"
@@ -65,12 +65,11 @@ struct Trainer::State {
   torch::ScalarType compute_dtype = torch::kFloat;
   bool mixed = false;
   model::DeepSeekV3 master{nullptr}, compute{nullptr};
-  // The world (data-parallel ranks; tp = pp = 1), and with expert parallelism the groups
-  // that exchange tokens and that hold the same experts.
+  // The world and this rank's groups in the parallel grid (pp x dp x tp, ep inside dp).
   dist::Communicator* world = nullptr;
   std::unique_ptr<dist::Communicator> self_world;
-  dist::ExpertParallelGroups ep_groups;
-  int dp = 1, ep = 1;
+  dist::ParallelGroups groups;
+  int dp = 1, ep = 1, tp = 1;
   std::unique_ptr<dist::DistributedOptimizer> optimizer;
   data::DataPipeline data;
   std::unique_ptr<ckpt::CheckpointManager> checkpoints;
@@ -86,15 +85,8 @@ struct Trainer::State {
   // are sharded).
   std::optional<ckpt::LoadedCheckpoint> pending_optimizer;
 
-  ParallelLayout Layout() const {
-    return {world, ep_groups.ep.get(), ep_groups.replicas.get(), dp, ep};
-  }
   // Seconds blocked in communication, every group together.
-  double CommSeconds() const {
-    double total = world->blocked_seconds();
-    if (ep_groups.ep) total += ep_groups.ep->blocked_seconds() + ep_groups.replicas->blocked_seconds();
-    return total;
-  }
+  double CommSeconds() const { return groups.BlockedSeconds(); }
   void Message(const std::string& m) {
     for (auto& r : reporters) r->OnMessage(m);
   }

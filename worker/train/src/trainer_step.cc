@@ -62,11 +62,15 @@ StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool check
     world->AllReduce(agreed)->Wait();
     agreed = agreed.to(torch::kCPU);
   }
+  // The tensor-parallel ranks of a replica computed the same losses and loads: each counts
+  // tp times in the world's sum.
+  agreed.narrow(0, 0, 3).div_(static_cast<double>(dp) * tp);
+  if (tp > 1) agreed.narrow(0, 5, agreed.numel() - 5).div_(static_cast<double>(tp));
   const double* x = agreed.data_ptr<double>();
   StepAgreement a;
-  a.main = x[0] / dp;
-  a.mtp = x[1] / dp;
-  a.balance = x[2] / dp;
+  a.main = x[0];
+  a.mtp = x[1];
+  a.balance = x[2];
   a.stop = x[3] > 0;
   a.checkpoint = x[4] > 0;
   int64_t at = 5;

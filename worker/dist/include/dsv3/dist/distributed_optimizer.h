@@ -18,11 +18,11 @@
 // With mixed precision the hooks also fold each bf16/fp16 gradient into the fp32 master
 // gradient; after the update the master copies back into the compute model.
 //
-// Groups: the parameters replicated over one communicator. Without expert parallelism one
-// group spans the data-parallel ranks; with it, expert weights form a second group over
-// the ranks that hold the same experts. Gradients are averaged over `grad_divisor` (the
-// data-parallel size) in both. Optimizer state is saved per rank as pieces of parameters
-// (name, element offset), so a checkpoint loads into any data-parallel size.
+// Groups: the parameters replicated over one communicator: the data-parallel replicas of
+// tensor-parallel shards, the weights every tensor-parallel rank holds whole (over dp x tp),
+// and with expert parallelism the ranks that hold the same experts. Each group's summed
+// gradients are divided by its `grad_divisor`. Optimizer state is saved per rank as runs of
+// whole-parameter elements (name, element offset), so a checkpoint loads into any layout.
 #pragma once
 
 #include <cstdint>
@@ -46,7 +46,13 @@ struct ParamEntry {
   torch::Tensor master;   // fp32; becomes a view into the group's flat buffer
   torch::Tensor compute;  // the tensor backward fills (== master without mixed precision)
   bool decay = true;      // weight decay applies (matrices, not norms)
-  int64_t full_offset = 0;  // offset of this tensor's first element in the full parameter (expert shards)
+  // Where this tensor sits in the whole parameter when it is a shard (experts under expert
+  // parallelism, a tensor-parallel block): elements [shard_start, shard_start + its size) of
+  // dim shard_dim of a tensor shaped full_shape. Empty full_shape: the whole parameter.
+  // Checkpointed optimizer state is addressed in whole-parameter elements, so it loads into
+  // any other layout.
+  std::vector<int64_t> full_shape;
+  int64_t shard_dim = 0, shard_start = 0;
   int unit = -1;            // stage 3: the decoder layer it belongs to (-1: always gathered)
 };
 
@@ -54,6 +60,9 @@ struct ParamGroup {
   std::string name;  // "dense", "expert": names the state in checkpoints
   std::vector<ParamEntry> params;
   Communicator* comm = nullptr;  // the ranks holding replicas of these parameters
+  // The summed gradients are divided by this: the number of data-parallel batches, times
+  // the tensor-parallel ranks that compute the same gradient for a replicated weight.
+  double grad_divisor = 1;
 };
 
 struct ShardingOptions {
@@ -62,7 +71,6 @@ struct ShardingOptions {
   bool overlap_param_gather = true;
   bool offload = false;             // optimizer state and its update in host memory (GPU)
   int64_t bucket_elements = 25 << 20;
-  double grad_divisor = 1;          // data-parallel size: gradients are averaged
 };
 
 class DistributedOptimizer {

@@ -21,7 +21,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -33,6 +35,48 @@ namespace dsv3::model {
 // The precision for reductions, softmax and routing: fp32, or fp64 when the model runs in
 // double (gradient checks).
 c10::ScalarType UpcastType(c10::ScalarType activation);
+
+// ------------------------------------------------------------------ tensor parallelism
+// The collectives tensor parallelism needs between the ranks of one group (Megatron's
+// column/row split of attention heads, FFN columns and vocabulary rows). Implemented by
+// dsv3_dist over a communicator; the model sees only this interface.
+class TensorParallelGroup {
+ public:
+  virtual ~TensorParallelGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place over the group, blocking: the sum, or the maximum.
+  virtual void AllReduce(torch::Tensor& t, bool max = false) = 0;
+  // Every rank's t stacked on a new dim 0, in rank order (no gradient).
+  virtual torch::Tensor AllGather(const torch::Tensor& t) = 0;
+};
+
+// Megatron's f: identity forward, gradient all-reduced backward, where a replicated
+// activation enters a tensor-parallel region (each rank's gradient covers its shard only).
+// Megatron's g: the partial sums of a row-parallel layer all-reduced forward, identity
+// backward. Both are the identity when tp is null.
+torch::Tensor EnterParallel(const torch::Tensor& x, TensorParallelGroup* tp);
+torch::Tensor LeaveParallel(const torch::Tensor& x, TensorParallelGroup* tp);
+
+// A parameter split over the tensor-parallel group: rank r holds block r of `dim`.
+struct TensorParallelSplit {
+  std::string name;  // as in named_parameters() of the module that reports it
+  int64_t dim = 0;
+};
+
+// Rank tp->rank()'s block of `dim` of `t` (a copy).
+torch::Tensor TensorParallelBlock(const torch::Tensor& t, int64_t dim, const TensorParallelGroup& tp);
+
+// Embedding lookup of a vocabulary split by rows: ids outside this rank's rows give zeros,
+// and the partial embeddings are summed over the group.
+torch::Tensor VocabParallelEmbedding(const torch::Tensor& ids, const torch::Tensor& weight_local,
+                                     TensorParallelGroup* tp);
+
+// Mean cross entropy over targets != ignore_index, from this rank's block of vocabulary
+// columns of the logits (X x V/tp): the max, the sum of exponentials and the target logit
+// are all-reduced, so the full logits are never gathered (Megatron's vocab-parallel loss).
+torch::Tensor VocabParallelCrossEntropy(const torch::Tensor& logits_local_XV, const torch::Tensor& targets_X,
+                                        int64_t ignore_index, TensorParallelGroup* tp);
 
 // ------------------------------------------------------------------ norms
 // RMSNorm (weight) or LayerNorm (weight + bias), computed in fp32 and cast back. With
@@ -70,10 +114,15 @@ class FeedForwardImpl : public torch::nn::Module {
   // fused: tiled GEMMs and kernels::SwiGlu.
   FeedForwardImpl(int64_t dim, int64_t hidden, bool fused = false);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  // Keeps this rank's block of the hidden columns: gate/up column-parallel, down
+  // row-parallel, the output summed over the group.
+  void ShardTensorParallel(std::shared_ptr<TensorParallelGroup> tp);
+  std::vector<TensorParallelSplit> TensorParallelPlan() const;
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
   bool fused_;
+  std::shared_ptr<TensorParallelGroup> tp_;
 };
 TORCH_MODULE(FeedForward);
 
@@ -99,6 +148,14 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   // and values are never materialized. Equal to forward() up to rounding.
   torch::Tensor ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache);
 
+  // Megatron-Core's plan for MLA: this rank keeps its block of heads (and kv heads) of the
+  // up-projections (q_b_proj or q_proj, kv_b_proj: column-parallel) and of o_proj
+  // (row-parallel, output summed over the group); the down-projections and their norms stay
+  // whole on every rank, their outputs entering the parallel region through
+  // EnterParallel, so their gradients come out whole and equal on every rank.
+  void ShardTensorParallel(std::shared_ptr<TensorParallelGroup> tp);
+  std::vector<TensorParallelSplit> TensorParallelPlan() const;
+
   torch::nn::Linear q_proj{nullptr};                          // q_lora_rank == 0
   torch::nn::Linear q_a_proj{nullptr}, q_b_proj{nullptr};     // q_lora_rank > 0
   Norm q_a_layernorm{nullptr};
@@ -123,6 +180,7 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   double rope_theta_, scale_, dropout_;
   std::optional<int64_t> window_;
   bool use_rope_, fp8_cache_, fused_;
+  std::shared_ptr<TensorParallelGroup> tp_;  // null: all heads here
 };
 TORCH_MODULE(MultiHeadLatentAttention);
 
@@ -250,6 +308,10 @@ class DecoderLayerImpl : public torch::nn::Module {
   // forward() through the attention cache (inference).
   torch::Tensor ForwardCached(const torch::Tensor& x_BTD, LatentCache& cache);
   bool is_moe() const { return !moe.is_empty(); }
+  // Tensor parallelism: attention heads, the dense FFN or the shared experts are split; the
+  // router and the routed experts stay whole (experts split by expert parallelism instead).
+  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp);
+  std::vector<TensorParallelSplit> TensorParallelPlan() const;  // names relative to the layer
 
   Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   MultiHeadLatentAttention self_attn{nullptr};

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -69,6 +70,15 @@ class DeepSeekV3Impl : public torch::nn::Module {
   std::vector<MoE> MoeLayers() const;
   // Expert parallelism: every MoE layer keeps its block of experts (see MoEImpl).
   void ShardExperts(const std::shared_ptr<ExpertExchange>& exchange);
+  // Tensor parallelism (Megatron-Core's plan): every decoder layer's heads and FFN columns
+  // (DecoderLayerImpl::ShardTensorParallel), and the vocabulary rows of the embedding and the
+  // output head, split over `tp`; the loss is vocabulary-parallel, logits (Logits(),
+  // generation) are gathered. Call with the full weights in place, before anything else is
+  // built on the parameters.
+  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp);
+  // The parameters split over the tensor-parallel group (named as in named_parameters()),
+  // whether sharded yet or not; the rest is replicated on every tensor-parallel rank.
+  std::vector<TensorParallelSplit> TensorParallelPlan() const;
   // Parameter sharding: every decoder layer runs between Acquire and Release (with grad:
   // checkpointed, so the backward pass acquires it again). Null: parameters stay put.
   void SetLayerParameters(std::shared_ptr<LayerParameters> params) { layer_params_ = std::move(params); }
@@ -83,7 +93,12 @@ class DeepSeekV3Impl : public torch::nn::Module {
   torch::nn::ModuleList mtp{nullptr};
 
  private:
+  // Token embeddings (vocabulary-parallel under tensor parallelism).
+  torch::Tensor Embed(const torch::Tensor& ids);
+  // Full logits (gathered over the tensor-parallel group: inference only).
   torch::Tensor Head(const torch::Tensor& h_BTD);
+  // This rank's vocabulary block of the logits.
+  torch::Tensor LocalHead(const torch::Tensor& h_BTD);
   const torch::Tensor& HeadWeight() const;  // lm_head's, or the embedding's when tied
   // Cross entropy of the head on h_BTD against targets_BT (fused: chunked, no logits; else
   // through Head(), whose logits go to *logits_BTV when given).
@@ -97,6 +112,7 @@ class DeepSeekV3Impl : public torch::nn::Module {
 
   config::Config cfg_;
   std::shared_ptr<LayerParameters> layer_params_;
+  std::shared_ptr<TensorParallelGroup> tp_;  // null: the whole model here
 };
 TORCH_MODULE(DeepSeekV3);
 
