@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/config_io.h"
+#include "dsv3/common/parallel_layout.h"
 #include "dsv3/common/estimator.h"
 #include "dsv3/common/hf_import.h"
 #include "output.h"
@@ -123,9 +124,11 @@ void AddShow(CLI::App& parent, CliContext& ctx) {
     auto r = LoadOrReport(st->file, st->flags, st->format, ctx);
     if (!r) return;
     const json derived = config::DerivedToJson(r->config);
+    const std::vector<std::string> grid = config::DescribeGrid(r->config);
     if (st->format == OutputFormat::kJson) {
       ctx.out << json{{"config", config::ToJson(r->config)},
                       {"derived", derived},
+                      {"grid", grid},
                       {"files", r->files},
                       {"warnings", DiagnosticsJson(r->warnings)}}
                      .dump(2)
@@ -141,6 +144,10 @@ void AddShow(CLI::App& parent, CliContext& ctx) {
       }
       ctx.out << "\n" << config::ToJsonText(r->config) << "\n// derived values:\n";
       for (const auto& [key, value] : derived.items()) ctx.out << "//   " << key << ": " << value.dump() << "\n";
+      if (grid.size() > 1) {
+        ctx.out << "// parallel grid (rank = (pp x dp_size + dp) x tp_size + tp; ep inside dp):\n";
+        for (const auto& line : grid) ctx.out << "//   " << line << "\n";
+      }
       for (const auto& w : r->warnings) ctx.out << "// warning: " << w.ToString() << "\n";
     }
     ctx.exit_code = kExitOk;

@@ -424,6 +424,11 @@ void CheckSlurm(Config& c, Checker& ck) {
                "\"" + s.extra_args[i] + "\" is not an sbatch option (options start with '-', e.g. --exclusive)");
     }
   }
+  const int64_t tp = c.distributed.tensor_parallel_size;
+  if (s.enabled && tp > 1 && s.ntasks_per_node % tp != 0) {
+    ck.Warn("/slurm/ntasks_per_node", Num(s.ntasks_per_node) + " is not a multiple of tensor_parallel_size (" +
+                                          Num(tp) + "): some tensor-parallel groups would span two nodes");
+  }
   if (s.enabled && s.gpus_per_node > 0 && s.gpus_per_node != s.ntasks_per_node) {
     ck.Warn("/slurm/ntasks_per_node", Num(s.ntasks_per_node) + " differs from gpus_per_node (" +
                                           Num(s.gpus_per_node) + "); dsv3 runs one rank per task, one task per GPU is usual");

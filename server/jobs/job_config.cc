@@ -1,8 +1,11 @@
 #include "jobs/job_config.h"
 
+#include "dsv3/common/parallel_layout.h"
+
 #include <filesystem>
 
 #include "dsv3/common/checkpoint_layout.h"
+#include "dsv3/common/parallel_layout.h"
 
 namespace dsv3::server {
 namespace fs = std::filesystem;
@@ -166,6 +169,7 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   out.checkpoint_dir = config::CheckpointDir(c.checkpointing.dir, c.output_dir);
   out.tensorboard_dir = c.logging.tensorboard.enabled ? c.logging.tensorboard.log_dir : "";
   out.plan = PlanFromConfig(c);
+  if (out.world_size > 1) out.grid = config::DescribeGrid(c);
 
   nlohmann::json j = config::ToJson(c);
   auto& data = j["data"];

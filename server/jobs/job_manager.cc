@@ -140,6 +140,13 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
     placement.master_addr = "127.0.0.1";
   }
   plan << allocator_.DescribeLaunch(BuildLaunchSpec(shown, placement, r.resume_from));
+  if (!prepared.grid.empty()) {
+    // Ranks are placed in rank order, so each tensor-parallel group's neighbours share a host.
+    plan << "\nparallel grid (rank = (pp x dp_size + dp) x tp_size + tp; ep inside dp):\n";
+    constexpr size_t kShown = 64;
+    for (size_t i = 0; i < prepared.grid.size() && i < kShown; ++i) plan << "  " << prepared.grid[i] << "\n";
+    if (prepared.grid.size() > kShown) plan << "  ... " << prepared.grid.size() - kShown << " more ranks\n";
+  }
   out.plan = plan.str();
   return out;
 }

@@ -80,6 +80,16 @@ const BadConfig kBadConfigs[] = {
     {"ep_not_dividing_dp", R"({"distributed": {"expert_parallel_size": 4, "data_parallel_size": 2}})",
      {"/distributed/expert_parallel_size: 4 does not divide data_parallel_size (2); expert-parallel groups are "
       "formed from data-parallel ranks"}},
+    {"tp_not_dividing_heads", R"({"distributed": {"tensor_parallel_size": 32}})",
+     {"/distributed/tensor_parallel_size: 32 does not divide model.mla.num_heads (16); tensor parallelism splits it "
+      "evenly",
+      "/distributed/tensor_parallel_size: 32 does not divide model.mla.num_kv_heads (16); tensor parallelism splits "
+      "it evenly"}},
+    {"tp_not_dividing_vocab", R"({"distributed": {"tensor_parallel_size": 2}, "model": {"vocab_size": 32001}})",
+     {"/distributed/tensor_parallel_size: 2 does not divide model.vocab_size (32001); tensor parallelism splits it "
+      "evenly"}},
+    {"more_stages_than_layers", R"({"distributed": {"pipeline_parallel_size": 16}})",
+     {"/distributed/pipeline_parallel_size: 16 stages for 12 layers (model.num_layers): every stage needs a layer"}},
     {"min_lr_above_lr", R"({"training": {"learning_rate": 1e-4, "min_learning_rate": 1e-3}})",
      {"/training/min_learning_rate: 0.001 exceeds learning_rate (0.0001)"}},
     {"seq_beyond_context", R"({"training": {"seq_length": 8192}})",

@@ -9,6 +9,7 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/estimator.h"
+#include "dsv3/common/parallel_layout.h"
 #include "test_util.h"
 
 namespace dsv3::config {
@@ -100,6 +101,45 @@ TEST(Defaults, EmptyConfigHasTheGuideDefaults) {
   // Every 3rd layer is dense: layers 2, 5, 8, 11 (0-based).
   const std::vector<bool> plan = {true, true, false, true, true, false, true, true, false, true, true, false};
   EXPECT_EQ(c.derived.layer_is_moe, plan);
+}
+
+// pp 2 x dp 2 x tp 2 with ep 2: tp innermost, ep over consecutive data-parallel ranks.
+TEST(ParallelGrid, EveryGroupFromOneLayout) {
+  LoadOptions o;
+  o.world_size = 8;
+  const LoadResult r = LoadConfigText(
+      R"({"distributed": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "expert_parallel_size": 2},
+          "model": {"moe": {"num_experts": 8}}})",
+      o);
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].ToString();
+  const ParallelGrid g = ParallelGrid::FromConfig(r.config);
+  EXPECT_EQ(g.dp, 2);
+  const GridCoord c5 = g.Coord(5);  // (pp 1, dp 0, tp 1)
+  EXPECT_EQ(c5.pp, 1);
+  EXPECT_EQ(c5.dp, 0);
+  EXPECT_EQ(c5.tp, 1);
+  EXPECT_EQ(g.RankOf(1, 0, 1), 5);
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(g.Members(GroupKind::kTensor, 5), (V{4, 5}));
+  EXPECT_EQ(g.Members(GroupKind::kData, 5), (V{5, 7}));
+  EXPECT_EQ(g.Members(GroupKind::kPipeline, 5), (V{1, 5}));
+  EXPECT_EQ(g.Members(GroupKind::kExpert, 5), (V{5, 7}));  // dp 0 and 1 exchange tokens
+  EXPECT_EQ(g.Members(GroupKind::kExpertReplicas, 5), (V{4, 5}));  // ep index 0 of stage 1, both tp ranks
+  EXPECT_EQ(g.Members(GroupKind::kReplicated, 5), (V{4, 5, 6, 7}));
+  EXPECT_EQ(g.Members(GroupKind::kModel, 5), (V{0, 1, 4, 5}));
+  // Every rank of a group names it alike; groups of one kind are disjoint.
+  for (GroupKind kind : AllGroupKinds()) {
+    for (int64_t rank = 0; rank < 8; ++rank) {
+      for (int64_t other : g.Members(kind, rank)) {
+        EXPECT_EQ(g.Tag(kind, other), g.Tag(kind, rank));
+        EXPECT_EQ(g.Members(kind, other), g.Members(kind, rank));
+      }
+    }
+  }
+  const std::vector<std::string> lines = DescribeGrid(r.config);
+  ASSERT_EQ(lines.size(), 8u);
+  EXPECT_EQ(lines[5], "rank 5: pp 1 dp 0 tp 1 ep 0 | layers 6-11, heads 8-15 of 16, vocabulary rows 64000-127999, "
+                      "routed experts 0-3");
 }
 
 TEST(Parsing, CommentsAndCommentKeysAreAllowed) {
