@@ -30,6 +30,15 @@ int64_t AttentionParams(const ModelConfig& m) {
 
 int64_t SwigluParams(int64_t d, int64_t hidden) { return 3 * d * hidden; }
 
+// The attention parameters tensor parallelism splits by heads: the up-projections (q_b or q,
+// kv_b) and o_proj; the down-projections and their norms stay whole on every rank.
+int64_t HeadSplitAttentionParams(const ModelConfig& m) {
+  const MlaConfig& a = m.mla;
+  const int64_t d = a.d_model, qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim;
+  const int64_t q = (a.q_lora_rank > 0 ? a.q_lora_rank : d) * a.num_heads * qk_head;
+  return q + a.d_latent * a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim) + a.num_heads * a.v_head_dim * d;
+}
+
 struct BlockParams {
   int64_t attention, ffn, norms, activated_ffn;
 };
@@ -203,10 +212,14 @@ void EstimateActivations(const Config& c, const ParamCounts& p, MemoryEstimate& 
   // per head; the chunked kernel keeps one 1024-token chunk of fp32 logits and the gradients of
   // the hidden states and the head weight.
   const double V = static_cast<double>(m.vocab_size);
-  const double loss = fused ? f32 * std::min(tokens, 1024.0) * V + heads * act * tokens * D + f32 * V * D
-                            : heads * tokens * V * (act + 2 * f32);
+  // Under tensor parallelism the vocabulary-parallel loss keeps each head's block of logits
+  // and its fp32 softmax (not chunked yet).
+  const double tp = static_cast<double>(std::max<int64_t>(1, c.distributed.tensor_parallel_size));
+  const double loss = tp > 1  ? heads * tokens * (V / tp) * (act + f32)
+                      : fused ? f32 * std::min(tokens, 1024.0) * V + heads * act * tokens * D + f32 * V * D
+                              : heads * tokens * V * (act + 2 * f32);
   // Tensor parallelism splits the layers' activations across its ranks (roughly: by heads and FFN width).
-  const double tp_share = 1.0 / static_cast<double>(std::max<int64_t>(1, c.distributed.tensor_parallel_size));
+  const double tp_share = 1.0 / tp;
   mem.activations_attention = attention * tokens * tp_share;
   mem.activations_loss = loss;
   mem.activations = bytes * tp_share + loss;
@@ -252,19 +265,32 @@ Estimate EstimateConfig(const Config& c) {
   const int moments = t.optimizer == "sgd" ? 0 : 8;  // Adam: fp32 m and v
   mem.optimizer_bytes = moments + (mixed ? 4 : 0);   // + fp32 master weights
   const DistributedConfig& dist = c.distributed;
-  const double model_parallel = static_cast<double>(dist.tensor_parallel_size * dist.pipeline_parallel_size);
   const double dp = static_cast<double>(std::max<int64_t>(1, dist.data_parallel_size));
   const double ep = static_cast<double>(dist.expert_parallel_size);
   const double expert_dp = std::max(1.0, dp / ep);  // replicas of each expert
   const int64_t mtp_experts = p.mtp_modules > 0 && p.routed_experts > 0
                                   ? p.mtp_modules * m.moe.num_experts * p.one_routed_expert
                                   : 0;
-  const double experts = static_cast<double>(p.routed_experts + mtp_experts) / ep / model_parallel;
-  const double others = static_cast<double>(p.total - p.routed_experts - mtp_experts) / model_parallel;
+  // Per rank, as dsv3 lays the model out (train/parallelize): tensor parallelism splits heads,
+  // the dense and shared FFN columns and the vocabulary; routed experts are split by expert
+  // parallelism only; the rest (MLA's down-projections, norms, routers) is whole on every
+  // tensor-parallel rank. Pipeline stages divide everything (an even-split approximation).
+  const double tp = static_cast<double>(dist.tensor_parallel_size), pp = static_cast<double>(dist.pipeline_parallel_size);
+  const double attention_layers = static_cast<double>(m.num_layers + p.mtp_modules);
+  const int64_t shared_per_layer = m.moe.num_shared_experts * SwigluParams(m.mla.d_model, m.moe.shared_intermediate_size);
+  const double split_all = static_cast<double>(p.embedding + p.lm_head + p.dense_ffn + p.shared_experts) +
+                           static_cast<double>(p.mtp_modules > 0 && mtp_experts > 0 ? p.mtp_modules * shared_per_layer : 0) +
+                           attention_layers * static_cast<double>(HeadSplitAttentionParams(m));
+  const double experts = static_cast<double>(p.routed_experts + mtp_experts) / ep / pp;
+  const double split = split_all / tp / pp;
+  const double whole = std::max(0.0, static_cast<double>(p.total - p.routed_experts - mtp_experts) - split_all) / pp;
+  const double others = split + whole;
   mem.params_on_gpu = static_cast<int64_t>(experts + others);
   const int stage = static_cast<int>(c.derived.effective_zero_stage);
+  // ZeRO shards each kind over its replicas: blocks over dp, whole weights over dp x tp,
+  // experts over their dp / ep replicas x tp.
   const auto sharded = [&](double bytes_per_param, bool shard) {
-    return shard ? bytes_per_param * (others / dp + experts / expert_dp)
+    return shard ? bytes_per_param * (split / dp + whole / (dp * tp) + experts / (expert_dp * tp))
                  : bytes_per_param * (others + experts);
   };
   mem.weights = sharded(mem.weight_bytes, stage >= 3);

@@ -429,7 +429,8 @@ TEST_F(DistributedTest, TensorParallelTwoByDataParallelTwoEqualsOneRank) {
 }
 
 // A tp 2 checkpoint continued on one rank and a one-rank checkpoint continued on tp 2 x dp 2:
-// the model file is whole and the optimizer state is re-sharded from whole-parameter runs.
+// the model file is whole and the optimizer state is re-sharded from whole-parameter runs;
+// and tp 2 x dp 2 resumed on its own layout is exact.
 TEST_F(DistributedTest, CheckpointsMoveBetweenTensorParallelLayouts) {
   const JobResult& one = Single();
   ExpectSucceeded(one);
@@ -441,6 +442,16 @@ TEST_F(DistributedTest, CheckpointsMoveBetweenTensorParallelLayouts) {
   ExpectSucceeded(on_one);
   ExpectSameLosses(on_one.losses, {one.losses[2], one.losses[3]}, kLossRel);
   EXPECT_NE(on_one.logs[0].find("resharded the optimizer state"), std::string::npos) << on_one.logs[0];
+
+  // The same 4-rank layout resumed is exact.
+  const JobResult straight = Run("tp2dp2straight", tp2, 4);
+  ExpectSucceeded(straight);
+  const JobResult resumed_half = Run("tp2dp2resumed", tp2, 4, Launcher::kTorchrun, {"--max-steps", "2"});
+  ExpectSucceeded(resumed_half);
+  const JobResult resumed = Run("tp2dp2resumed", tp2, 4, Launcher::kTorchrun, {"--resume", "latest"});
+  ExpectSucceeded(resumed);
+  ASSERT_EQ(resumed.losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[i]) << "step " << i + 1;
 
   const JobResult half = Run("onehalf", json::object(), 1, Launcher::kTorchrun, {"--max-steps", "2"});
   ExpectSucceeded(half);
