@@ -1,10 +1,12 @@
-// Data-parallel scaling on this machine: the same config and global batch trained by 1 rank
-// and by N dsv3-worker processes over Gloo on loopback (started as torchrun starts them),
-// with each ZeRO stage. Prints tokens/s, the step time spent blocked in communication, and
-// the optimizer state each rank holds. Asserts nothing.
+// Parallel scaling on this machine: the same config and global batch trained by 1 rank and
+// by N dsv3-worker processes over Gloo on loopback (started as torchrun starts them), with
+// each ZeRO stage and each tensor-/expert-parallel size asked for (the rest of the ranks
+// data-parallel). Prints tokens/s, the step time spent blocked in communication, and the
+// state each rank holds. Asserts nothing.
 //
 //   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
-//              [--stages 0,1,2,3] [--batch GLOBAL] [--seq T] [--dir /tmp/dsv3_dist_bench]
+//              [--stages 0,1,2,3] [--tp 1,2] [--ep 1,2] [--batch GLOBAL] [--seq T]
+//              [--dir /tmp/dsv3_dist_bench]
 //
 // Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
 // each. The data is replaced by a synthetic corpus (byte tokenizer).
@@ -99,13 +101,15 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/dsv3_dist_bench";
   int steps = 12, ranks = 2;
   int64_t batch = 0, seq = 0;
-  std::vector<int> stages = {0, 1, 2, 3};
+  std::vector<int> stages = {0, 1, 2, 3}, tps = {1}, eps = {1};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") configs.push_back(v);
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--ranks") ranks = std::stoi(v);
     else if (k == "--stages") stages = ParseList(v);
+    else if (k == "--tp") tps = ParseList(v);
+    else if (k == "--ep") eps = ParseList(v);
     else if (k == "--batch") batch = std::stoll(v);
     else if (k == "--seq") seq = std::stoll(v);
     else if (k == "--dir") dir = v;
@@ -148,14 +152,28 @@ int main(int argc, char** argv) {
     std::printf("  1 rank           %7.0f tokens/s %6.0f ms/step                              per rank: "
                 "optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
                 one.tokens_per_s, one.step_ms, one.optimizer_mb, one.param_mb, one.grad_mb);
-    for (int stage : stages) {
-      cfg["distributed"]["zero_stage"] = stage;
-      const Figures f = RunJob(cfg, dir, "zero" + std::to_string(stage), ranks, std::max(1, cores / ranks));
-      if (!f.ok) return 1;
-      std::printf("  %d ranks, ZeRO-%d %7.0f tokens/s %6.0f ms/step x%.2f, communication %3.0f%%  per rank: "
-                  "optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
-                  ranks, stage, f.tokens_per_s, f.step_ms, f.tokens_per_s / one.tokens_per_s,
-                  100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb, f.grad_mb);
+    for (int tp : tps) {
+      for (int ep : eps) {
+        if (ranks % tp != 0 || (ranks / tp) % ep != 0) continue;
+        cfg["distributed"]["tensor_parallel_size"] = tp;
+        cfg["distributed"]["expert_parallel_size"] = ep;
+        // The micro-batch count per data-parallel rank must stay whole.
+        const int64_t dp = ranks / tp;
+        if (global % (cfg["training"]["micro_batch_size"].get<int64_t>() * dp) != 0) {
+          cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, global / dp);
+        }
+        for (int stage : stages) {
+          cfg["distributed"]["zero_stage"] = stage;
+          const std::string name = "tp" + std::to_string(tp) + "ep" + std::to_string(ep) + "zero" + std::to_string(stage);
+          const Figures f = RunJob(cfg, dir, name, ranks, std::max(1, cores / ranks));
+          if (!f.ok) return 1;
+          std::printf("  %d ranks (dp %lld x tp %d, ep %d), ZeRO-%d %7.0f tokens/s %6.0f ms/step x%.2f, communication "
+                      "%3.0f%%  per rank: optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
+                      ranks, static_cast<long long>(dp), tp, ep, stage, f.tokens_per_s, f.step_ms,
+                      f.tokens_per_s / one.tokens_per_s, 100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb,
+                      f.grad_mb);
+        }
+      }
     }
   }
   fs::remove_all(dir);
