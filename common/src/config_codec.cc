@@ -285,6 +285,16 @@ class Reader {
     return true;
   }
 
+  bool Parse(const json& v, const std::string& path, const Rule& rule, std::vector<int64_t>& out) {
+    if (!v.is_array()) return TypeError(v, path, "a list of integers");
+    std::vector<int64_t> items(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!Parse(v[i], path + "/" + std::to_string(i), rule, items[i])) return false;
+    }
+    out = std::move(items);
+    return true;
+  }
+
   template <class T>
   bool Parse(const json& v, const std::string& path, const Rule& rule, std::optional<T>& out) {
     if (v.is_null()) {

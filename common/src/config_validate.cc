@@ -182,10 +182,24 @@ void CheckParallelism(Config& c, const LoadOptions& options, Checker& ck) {
                   m.moe.num_shared_experts * m.moe.shared_intermediate_size);
     }
   }
-  if (d.pipeline_parallel_size > c.model.num_layers && ck.Clean({"/model/num_layers"})) {
+  if (!d.pipeline_layout.empty() && ck.Clean({"/model/num_layers", "/distributed/pipeline_layout"})) {
+    int64_t sum = 0;
+    for (int64_t n : d.pipeline_layout) sum += n;
+    if (static_cast<int64_t>(d.pipeline_layout.size()) != d.pipeline_parallel_size || sum != c.model.num_layers) {
+      ck.Error("/distributed/pipeline_layout", "lists " + Num(static_cast<int64_t>(d.pipeline_layout.size())) +
+                                                   " stages of " + Num(sum) + " layers; it needs pipeline_parallel_size (" +
+                                                   Num(d.pipeline_parallel_size) + ") entries summing to " +
+                                                   "model.num_layers (" + Num(c.model.num_layers) + ")");
+    }
+  } else if (d.pipeline_parallel_size > c.model.num_layers && ck.Clean({"/model/num_layers"})) {
     ck.Error("/distributed/pipeline_parallel_size", Num(d.pipeline_parallel_size) + " stages for " +
                                                         Num(c.model.num_layers) +
                                                         " layers (model.num_layers): every stage needs a layer");
+  }
+  if (d.virtual_pipeline_stages > 1 && d.pipeline_schedule != "interleaved_1f1b") {
+    ck.Error("/distributed/virtual_pipeline_stages",
+             Num(d.virtual_pipeline_stages) + " model chunks per rank need pipeline_schedule \"interleaved_1f1b\" (it is \"" +
+                 d.pipeline_schedule + "\")");
   }
   if (ck.Clean({"/distributed/expert_parallel_size", "/model/moe/num_experts"})) {
     const int64_t ep = d.expert_parallel_size;
@@ -443,6 +457,12 @@ void ValidateAndDerive(Config& c, const std::set<std::string>& present, const Lo
   CheckModel(c, ck);
   CheckParallelism(c, options, ck);
   CheckDeepSpeed(c, ck);
+  if (c.distributed.pipeline_parallel_size > 1 && c.derived.effective_zero_stage == 3) {
+    ck.Error(c.deepspeed.enabled ? "/deepspeed/zero_optimization/stage" : "/distributed/zero_stage",
+             "3 with pipeline_parallel_size " + Num(c.distributed.pipeline_parallel_size) +
+                 ": ZeRO-3 would gather every layer again for each micro-batch in flight; use ZeRO-1 or 2 inside "
+                 "the stages (as DeepSeek-V3 and Megatron do)");
+  }
   // Chinchilla tokens need the parameter count; only a sound model section has one.
   std::optional<Estimate> estimate;
   bool model_ok = true;

@@ -1,5 +1,6 @@
 #include "dsv3/common/parallel_layout.h"
 
+#include <algorithm>
 #include <sstream>
 #include <stdexcept>
 
@@ -9,7 +10,7 @@ const std::vector<GroupKind>& AllGroupKinds() {
   static const std::vector<GroupKind> kinds = {GroupKind::kTensor,          GroupKind::kData,
                                                GroupKind::kPipeline,        GroupKind::kExpert,
                                                GroupKind::kExpertReplicas,  GroupKind::kReplicated,
-                                               GroupKind::kModel};
+                                               GroupKind::kModel,           GroupKind::kEmbedding};
   return kinds;
 }
 
@@ -22,6 +23,7 @@ std::string GroupKindName(GroupKind kind) {
     case GroupKind::kExpertReplicas: return "experts";
     case GroupKind::kReplicated: return "replicated";
     case GroupKind::kModel: return "model";
+    case GroupKind::kEmbedding: return "embedding";
   }
   return "?";
 }
@@ -70,6 +72,12 @@ std::vector<int64_t> ParallelGrid::Members(GroupKind kind, int64_t rank) const {
           case GroupKind::kExpertReplicas: member = p == me.pp && d % ep == me.ep; break;
           case GroupKind::kReplicated: member = p == me.pp; break;
           case GroupKind::kModel: member = d == me.dp; break;
+          case GroupKind::kEmbedding: {
+            // Only first- and last-stage ranks have one; a middle stage's rank is alone.
+            const bool ends = me.pp == 0 || me.pp == pp - 1;
+            member = ends ? t == me.tp && (p == 0 || p == pp - 1) : p == me.pp && d == me.dp && t == me.tp;
+            break;
+          }
         }
         if (member) out.push_back(RankOf(p, d, t));
       }
@@ -83,17 +91,30 @@ std::string ParallelGrid::Tag(GroupKind kind, int64_t rank) const {
   return GroupKindName(kind) + std::to_string(Members(kind, rank).front());
 }
 
+std::vector<int64_t> StageLayers(const Config& c) {
+  const int64_t pp = std::max<int64_t>(1, c.distributed.pipeline_parallel_size), L = c.model.num_layers;
+  if (!c.distributed.pipeline_layout.empty()) return c.distributed.pipeline_layout;
+  std::vector<int64_t> out(static_cast<size_t>(pp), L / pp);
+  for (int64_t s = 0; s < L % pp; ++s) ++out[static_cast<size_t>(s)];
+  return out;
+}
+
 std::vector<std::string> DescribeGrid(const Config& c) {
   const ParallelGrid g = ParallelGrid::FromConfig(c);
   const ModelConfig& m = c.model;
   const int64_t heads = m.mla.num_heads / g.tp, vocab = m.vocab_size / g.tp, experts = m.moe.num_experts / g.ep;
-  const int64_t layers = m.num_layers / g.pp;
+  const std::vector<int64_t> stage_layers = StageLayers(c);
   std::vector<std::string> out;
   for (int64_t r = 0; r < g.world(); ++r) {
     const GridCoord at = g.Coord(r);
+    int64_t first = 0;
+    for (int64_t s = 0; s < at.pp; ++s) first += stage_layers[static_cast<size_t>(s)];
+    const int64_t count = stage_layers[static_cast<size_t>(at.pp)];
     std::ostringstream line;
-    line << "rank " << r << ": pp " << at.pp << " dp " << at.dp << " tp " << at.tp << " ep " << at.ep << " | layers "
-         << at.pp * layers << "-" << (at.pp + 1 == g.pp ? m.num_layers : (at.pp + 1) * layers) - 1;
+    line << "rank " << r << ": pp " << at.pp << " dp " << at.dp << " tp " << at.tp << " ep " << at.ep << " | ";
+    if (at.pp == 0) line << "embedding, ";
+    line << "layers " << first << "-" << first + count - 1;
+    if (g.pp > 1 && at.pp == g.pp - 1) line << ", norm, head" << (c.training.use_mtp ? ", MTP" : "");
     if (g.tp > 1) {
       line << ", heads " << at.tp * heads << "-" << (at.tp + 1) * heads - 1 << " of " << m.mla.num_heads
            << ", vocabulary rows " << at.tp * vocab << "-" << (at.tp + 1) * vocab - 1;

@@ -121,6 +121,28 @@ TYPED_TEST(CommunicatorContract, BroadcastCopiesTheRootsTensor) {
   });
 }
 
+// A ring of sends (each rank to the next, from the previous), twice: the pairs match in
+// issue order, whichever side gets there first; bfloat16 arrives bit for bit.
+TYPED_TEST(CommunicatorContract, SendAndRecvPairUpInIssueOrder) {
+  TypeParam::Run([](dist::Communicator& c) {
+    const int r = c.rank(), n = c.size();
+    const auto dev = TypeParam::Device(r);
+    if (n == 1) {
+      EXPECT_THROW(c.Send(torch::ones({1}, dev), 0), std::logic_error);
+      return;
+    }
+    const int next = (r + 1) % n, prev = (r + n - 1) % n;
+    for (int round = 0; round < 2; ++round) {
+      const torch::Tensor out = torch::full({3}, 10.0f * r + round, dev).to(torch::kBFloat16);
+      torch::Tensor in = torch::empty({3}, torch::TensorOptions().dtype(torch::kBFloat16).device(dev));
+      dist::WorkHandle sent = c.Send(out, next);
+      c.Recv(in, prev)->Wait();
+      sent->Wait();
+      EXPECT_TRUE(torch::equal(Cpu(in).to(torch::kFloat), torch::full({3}, 10.0f * prev + round)));
+    }
+  });
+}
+
 TYPED_TEST(CommunicatorContract, UnevenAllToAllDeliversRowsInRankOrder) {
   TypeParam::Run([](dist::Communicator& c) {
     const int r = c.rank(), n = c.size();

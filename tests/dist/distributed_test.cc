@@ -246,7 +246,9 @@ class DistributedTest : public ::testing::Test {
   }
 
   static void ExpectSucceeded(const JobResult& r) {
-    for (size_t i = 0; i < r.exits.size(); ++i) ASSERT_EQ(r.exits[i], 0) << "rank " << i << ":\n" << r.logs[i];
+    std::string logs;  // every rank's: the failing one is not always the first to say so
+    for (size_t i = 0; i < r.logs.size(); ++i) logs += "rank " + std::to_string(i) + ":\n" + r.logs[i] + "\n";
+    for (size_t i = 0; i < r.exits.size(); ++i) ASSERT_EQ(r.exits[i], 0) << "rank " << i << " failed; " << logs;
   }
 
   // Per-step losses equal within `rel` (fp32 sums in another order, then Adam).
@@ -428,10 +430,11 @@ TEST_F(DistributedTest, TensorParallelTwoByDataParallelTwoEqualsOneRank) {
   EXPECT_LT(MaxWeightDiff(ep, one, 4), kWeightAbs);
 }
 
-// A tp 2 checkpoint continued on one rank and a one-rank checkpoint continued on tp 2 x dp 2:
+// A tp 2 (and a pp 2 x tp 2) checkpoint continued on one rank and a one-rank checkpoint
+// continued on tp 2 x dp 2 (and pp 2 x tp 2):
 // the model file is whole and the optimizer state is re-sharded from whole-parameter runs;
 // and tp 2 x dp 2 resumed on its own layout is exact.
-TEST_F(DistributedTest, CheckpointsMoveBetweenTensorParallelLayouts) {
+TEST_F(DistributedTest, CheckpointsMoveBetweenLayouts) {
   const JobResult& one = Single();
   ExpectSucceeded(one);
   const json tp2 = {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 1}}}};
@@ -460,6 +463,64 @@ TEST_F(DistributedTest, CheckpointsMoveBetweenTensorParallelLayouts) {
   ExpectSucceeded(on_tp);
   ExpectSameLosses(on_tp.losses, {one.losses[2], one.losses[3]}, kLossRel);
   EXPECT_LT(MaxWeightDiff(on_tp, one, 4), kWeightAbs);
+
+  // pp 2 x tp 2: to one rank, and from one rank.
+  const json pp2tp2 = {{"distributed", {{"tensor_parallel_size", 2}, {"pipeline_parallel_size", 2}, {"zero_stage", 1}}}};
+  const JobResult grid_half = Run("pp2tp2half", pp2tp2, 4, Launcher::kTorchrun, {"--max-steps", "2"});
+  ExpectSucceeded(grid_half);
+  const JobResult grid_to_one = Run("pp2tp2to1", json::object(), 1, Launcher::kTorchrun,
+                                    {"--resume", (grid_half.out / "checkpoints" / "checkpoint_2").string()});
+  ExpectSucceeded(grid_to_one);
+  ExpectSameLosses(grid_to_one.losses, {one.losses[2], one.losses[3]}, kLossRel);
+  const JobResult one_to_grid = Run("1topp2tp2", pp2tp2, 4, Launcher::kTorchrun, {"--resume", from_one.string()});
+  ExpectSucceeded(one_to_grid);
+  ExpectSameLosses(one_to_grid.losses, {one.losses[2], one.losses[3]}, kLossRel);
+  EXPECT_LT(MaxWeightDiff(one_to_grid, one, 4), kWeightAbs);
+}
+
+// Pipeline parallelism: 2 stages (the dense layer and the embedding; the MoE layer, head,
+// loss and MTP with its copy of the embedding), each schedule, equal to one rank.
+TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
+  const JobResult& one = Single();
+  ExpectSucceeded(one);
+  for (const std::string schedule : {"1f1b", "gpipe"}) {
+    const JobResult pp2 = Run("pp2" + schedule,
+                              {{"distributed", {{"pipeline_parallel_size", 2}, {"pipeline_schedule", schedule}}}}, 2);
+    ExpectSucceeded(pp2);
+    ExpectSameLosses(pp2.losses, one.losses, kLossRel);
+    ExpectSameLosses(pp2.eval_losses, one.eval_losses, kLossRel);
+    EXPECT_LT(MaxWeightDiff(pp2, one, 4), kWeightAbs) << schedule;
+    EXPECT_NE(pp2.logs[1].find("pipeline-parallel 2"), std::string::npos) << pp2.logs[1];
+    // The two stages' copies of the embedding are one replica group: their optimizer state
+    // is split between them (272 x 32 elements).
+    EXPECT_EQ(Shard(pp2, 4, 0).at("embedding.exp_avg").numel() + Shard(pp2, 4, 1).at("embedding.exp_avg").numel(),
+              272 * 32);
+  }
+}
+
+// 4 and 8 ranks: pipeline with data, expert and tensor parallelism, ZeRO-1 and 2 in the stages.
+TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
+  const JobResult& one = Single();
+  ExpectSucceeded(one);
+  const JobResult dp = Run("pp2dp2", {{"distributed", {{"pipeline_parallel_size", 2}, {"zero_stage", 1}}}}, 4);
+  ExpectSucceeded(dp);
+  ExpectSameLosses(dp.losses, one.losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(dp, one, 4), kWeightAbs);
+  const JobResult ep = Run(
+      "pp2ep2", {{"distributed", {{"pipeline_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}, 4);
+  ExpectSucceeded(ep);
+  ExpectSameLosses(ep.losses, one.losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(ep, one, 4), kWeightAbs);
+  const JobResult all = Run("pp2tp2dp2ep2",
+                            {{"distributed",
+                              {{"pipeline_parallel_size", 2},
+                               {"tensor_parallel_size", 2},
+                               {"expert_parallel_size", 2},
+                               {"zero_stage", 1}}}},
+                            8);
+  ExpectSucceeded(all);
+  ExpectSameLosses(all.losses, one.losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(all, one, 4), kWeightAbs);
 }
 
 TEST_F(DistributedTest, TwoRankZeroOneResumeIsExactAndReshardsToOneRank) {

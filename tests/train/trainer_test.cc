@@ -14,6 +14,7 @@
 #include "dsv3/ckpt/checkpoint.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/data/synth.h"
+#include "dsv3/train/pipeline_schedule.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/tfevents.h"
 #include "dsv3/train/trainer.h"
@@ -196,10 +197,14 @@ TEST_F(TrainerTest, WhatTheBuildCannotDoIsAClearError) {
     }
   }
   try {
-    Train(Config(dir_.path() / "pp", {{"distributed", {{"pipeline_parallel_size", 2}}}}));
+    Train(Config(dir_.path() / "pp", {{"distributed",
+                                       {{"pipeline_parallel_size", 2},
+                                        {"pipeline_schedule", "interleaved_1f1b"},
+                                        {"virtual_pipeline_stages", 2}}}}));
     FAIL();
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("/distributed/pipeline_parallel_size: 2 is not supported yet", 0), 0u)
+    EXPECT_EQ(std::string(e.what()).rfind("/distributed/pipeline_schedule: \"interleaved_1f1b\" is not built yet", 0),
+              0u)
         << e.what();
   }
   try {  // a grid that is not the world the trainer was given
@@ -233,4 +238,35 @@ TEST_F(TrainerTest, NonFiniteLossStopsNamingTheStep) {
 }
 
 }  // namespace
+// 1F1B on 4 stages and 6 micro-batches: stage s runs p - s - 1 forwards ahead, then
+// alternates; every micro-batch once forward and once backward, backward in order, never
+// more than p - s in flight. GPipe: all forwards first.
+TEST(PipelineSchedule, OneForwardOneBackwardKeepsAtMostTheStagesAheadInFlight) {
+  const int64_t p = 4, m = 6;
+  for (int64_t stage = 0; stage < p; ++stage) {
+    const std::vector<PipelineAction> a = PipelineSchedule("1f1b", p, stage, m);
+    ASSERT_EQ(a.size(), static_cast<size_t>(2 * m));
+    int64_t warmup = 0;
+    while (a[static_cast<size_t>(warmup)].forward) ++warmup;
+    EXPECT_EQ(warmup, p - stage) << "stage " << stage;  // the warm-up forwards plus the first steady one
+    int64_t forwards = 0, backwards = 0, worst = 0;
+    for (const PipelineAction& x : a) {
+      if (x.forward) {
+        EXPECT_EQ(x.micro, forwards++);
+      } else {
+        EXPECT_EQ(x.micro, backwards++);
+        EXPECT_LT(x.micro, forwards);
+      }
+      worst = std::max(worst, forwards - backwards);
+    }
+    EXPECT_EQ(worst, p - stage);
+  }
+  const std::vector<PipelineAction> last = PipelineSchedule("1f1b", p, p - 1, 2);
+  EXPECT_EQ(last, (std::vector<PipelineAction>{{true, 0}, {false, 0}, {true, 1}, {false, 1}}));
+  const std::vector<PipelineAction> g = PipelineSchedule("gpipe", p, 0, 2);
+  EXPECT_EQ(g, (std::vector<PipelineAction>{{true, 0}, {true, 1}, {false, 0}, {false, 1}}));
+  EXPECT_THROW(PipelineSchedule("zero_bubble", p, 0, 2), std::runtime_error);
+  EXPECT_DOUBLE_EQ(IdealBubbleFraction(4, 6), 3.0 / 9.0);
+}
+
 }  // namespace dsv3::train

@@ -86,6 +86,8 @@ class SelfCommunicator final : public Communicator {
                       const std::vector<int64_t>&) override {
     return Copy(out, in);
   }
+  WorkHandle Send(torch::Tensor, int peer) override { throw NoPeer("send", peer); }
+  WorkHandle Recv(torch::Tensor, int peer) override { throw NoPeer("recv", peer); }
   void Barrier() override {}
   std::unique_ptr<Communicator> Subgroup(const std::vector<int>&, const std::string&) override {
     return std::make_unique<SelfCommunicator>();
@@ -96,6 +98,9 @@ class SelfCommunicator final : public Communicator {
   static WorkHandle Copy(torch::Tensor out, const torch::Tensor& in) {
     if (!out.is_same(in)) out.copy_(in.view_as(out));
     return Done();
+  }
+  static std::logic_error NoPeer(const char* op, int peer) {
+    return std::logic_error(std::string(op) + " to rank " + std::to_string(peer) + " of a one-rank group");
   }
   std::string name_ = "self";
 };

@@ -136,6 +136,19 @@ class NcclCommunicator final : public Communicator {
     Check(ncclGroupEnd(), "alltoall");
     return std::make_shared<NcclWork>(this, "alltoall");
   }
+  WorkHandle Send(torch::Tensor t, int peer) override {
+    Usable("send");
+    torch::Tensor src = t.contiguous();
+    Check(ncclSend(src.data_ptr(), static_cast<size_t>(src.numel()), ToNccl(src.scalar_type()), peer, comm_, stream()),
+          "send");
+    return std::make_shared<NcclWork>(this, "send");
+  }
+  WorkHandle Recv(torch::Tensor t, int peer) override {
+    Usable("recv");
+    Check(ncclRecv(t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), peer, comm_, stream()),
+          "recv");
+    return std::make_shared<NcclWork>(this, "recv");
+  }
   void Barrier() override {
     torch::Tensor one = torch::ones({1}, torch::TensorOptions().device(torch::kCUDA, spec_.options.device_index));
     AllReduce(one, ReduceOp::kSum)->Wait();

@@ -16,6 +16,7 @@ Communicator& ParallelGroups::Get(config::GroupKind kind) const {
     case GroupKind::kExpertReplicas: return *expert_replicas;
     case GroupKind::kReplicated: return *replicated;
     case GroupKind::kModel: return *model;
+    case GroupKind::kEmbedding: return *embedding;
   }
   throw std::logic_error("unknown group kind");
 }
@@ -54,6 +55,7 @@ ParallelGroups MakeParallelGroups(Communicator& world, const config::ParallelGri
       case config::GroupKind::kExpertReplicas: g.expert_replicas = std::move(comm); break;
       case config::GroupKind::kReplicated: g.replicated = std::move(comm); break;
       case config::GroupKind::kModel: g.model = std::move(comm); break;
+      case config::GroupKind::kEmbedding: g.embedding = std::move(comm); break;
     }
   }
   return g;

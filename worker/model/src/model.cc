@@ -60,6 +60,7 @@ DeepSeekV3Impl::DeepSeekV3Impl(const config::Config& cfg) : cfg_(cfg) {
     const bool moe = std::find(plan.begin(), plan.end(), true) != plan.end();
     for (int64_t d = 1; d < cfg_.training.num_predict_tokens; ++d) mtp->push_back(MtpModule(m, moe));
   }
+  stage_.end_layer = static_cast<int64_t>(layers->size());
   InitWeights();
 }
 
@@ -137,8 +138,8 @@ LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tenso
 
 torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance) {
   torch::Tensor h = x_BTD;
-  for (const auto& module : *layers) {
-    LayerOutput out = RunLayer(*module->as<DecoderLayerImpl>(), h, ctx);
+  for (int64_t i = stage_.first_layer; i < stage_.end_layer; ++i) {
+    LayerOutput out = RunLayer(*(*layers)[static_cast<size_t>(i)]->as<DecoderLayerImpl>(), h, ctx);
     h = out.h_BTD;
     if (balance != nullptr) *balance = *balance + out.balance_loss;
   }
@@ -146,6 +147,12 @@ torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionC
 }
 
 ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW) {
+  return ForwardStage(tokens_BW, segments_BW, torch::Tensor());
+}
+
+ModelOutput DeepSeekV3Impl::ForwardStage(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW,
+                                         const torch::Tensor& h_in_BTD) {
+  DSV3_CHECK(stage_.first || h_in_BTD.defined()) << "a stage after the first needs the previous stage's output";
   DSV3_CHECK(tokens_BW.dim() == 2 && tokens_BW.size(1) >= 2) << "expected B x (T+1) token windows, got "
                                                             << tokens_BW.sizes();
   const int64_t T = tokens_BW.size(1) - 1;
@@ -160,7 +167,14 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
   const AttentionContext ctx = MakeContext(T, tokens_BW.device(), segments_BW);
   ModelOutput out;
   out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
-  const torch::Tensor h_BTD = Trunk(Embed(inputs_BT), ctx, &out.balance_loss);
+  const torch::Tensor h_BTD = Trunk(stage_.first ? Embed(inputs_BT) : h_in_BTD, ctx, &out.balance_loss);
+  if (!stage_.last) {
+    out.h_BTD = h_BTD;
+    out.main_loss = torch::zeros_like(out.balance_loss);
+    out.mtp_loss = torch::zeros_like(out.balance_loss);
+    out.loss = out.balance_loss;
+    return out;
+  }
   out.main_loss = HeadLoss(norm(h_BTD), targets_BT, &out.logits_BTV);
   out.tokens = (targets_BT != kIgnoreIndex).sum().item<int64_t>();
 
@@ -201,6 +215,40 @@ AttentionContext DeepSeekV3Impl::MakeContext(int64_t T, const torch::Device& dev
     ctx.positions = index - std::get<0>(torch::cummax(index * starts.to(torch::kLong), 1));
   }
   return ctx;
+}
+
+torch::Tensor DeepSeekV3Impl::LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD) {
+  const torch::Tensor h = Trunk(stage_.first ? Embed(tokens_BT) : h_in_BTD,
+                                MakeContext(tokens_BT.size(1), tokens_BT.device(), torch::Tensor()), nullptr);
+  return stage_.last ? Head(norm(h)) : h;
+}
+
+bool DeepSeekV3Impl::Holds(const std::string& name) const {
+  if (name.rfind("layers.", 0) == 0) {
+    const int64_t i = std::stoll(name.substr(7, name.find('.', 7) - 7));
+    return i >= stage_.first_layer && i < stage_.end_layer;
+  }
+  if (name.rfind("embed_tokens.", 0) == 0) return stage_.first || (stage_.last && (!mtp->is_empty() || lm_head.is_empty()));
+  return stage_.last;  // norm, lm_head, mtp
+}
+
+torch::OrderedDict<std::string, torch::Tensor> DeepSeekV3Impl::HeldParameters() const {
+  torch::OrderedDict<std::string, torch::Tensor> out;
+  for (const auto& p : named_parameters()) {
+    if (Holds(p.key())) out.insert(p.key(), p.value());
+  }
+  return out;
+}
+
+void DeepSeekV3Impl::SetPipelineStage(const PipelineStage& stage) {
+  DSV3_CHECK(stage.first_layer >= 0 && stage.first_layer < stage.end_layer &&
+             stage.end_layer <= static_cast<int64_t>(layers->size()))
+      << "pipeline stage of layers [" << stage.first_layer << ", " << stage.end_layer << ") of " << layers->size();
+  stage_ = stage;
+  torch::NoGradGuard no_grad;
+  for (auto& p : named_parameters()) {
+    if (!Holds(p.key())) p.value().set_data(torch::empty({0}, p.value().options()));
+  }
 }
 
 torch::Tensor DeepSeekV3Impl::Logits(const torch::Tensor& tokens_BT, const torch::Tensor& segments_BT) {

@@ -22,10 +22,9 @@ void RefuseWhatThisBuildCannot(const config::Config& c, const TrainerOptions& op
     throw std::runtime_error("/model/mla/use_flash_mla: FlashMLA kernels are not in this build and fallback_to_dense "
                              "is false; set one of them");
   }
-  if (dc.pipeline_parallel_size != 1) {
-    throw std::runtime_error("/distributed/pipeline_parallel_size: " + std::to_string(dc.pipeline_parallel_size) +
-                             " is not supported yet: dsv3 trains data-parallel (ZeRO 0-3), tensor-parallel and "
-                             "expert-parallel; set pipeline_parallel_size to 1");
+  if (dc.pipeline_parallel_size > 1 && dc.pipeline_schedule == "interleaved_1f1b") {
+    throw std::runtime_error("/distributed/pipeline_schedule: \"interleaved_1f1b\" is not built yet (it needs "
+                             "virtual_pipeline_stages model chunks per rank); use \"1f1b\" or \"gpipe\"");
   }
   if (c.deepspeed.enabled && c.deepspeed.offload_param_device == "cpu" && torch::cuda::is_available()) {
     throw std::runtime_error("/deepspeed/zero_optimization/offload_param/device: \"cpu\" (parameter offload) is not "

@@ -28,8 +28,9 @@ EvalResult Trainer::State::Evaluate() {
     const bool counted = c < chunks;
     const int64_t r0 = std::min(c, chunks - 1) * chunk, n = std::min(chunk, w.rows - r0);
     const torch::Tensor tokens = Rows(w.tokens, r0, n, w.width, device);
-    const torch::Tensor logits = compute->Logits(tokens.narrow(1, 0, T));
-    if (!counted) continue;
+    const torch::Tensor logits =
+        groups.grid.pp > 1 ? PipelineLogits(tokens.narrow(1, 0, T)) : compute->Logits(tokens.narrow(1, 0, T));
+    if (!counted || !logits.defined()) continue;  // padding, or not the last stage
     const torch::Tensor losses =
         torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
                                              tokens.narrow(1, 1, T).reshape({-1}),
@@ -44,7 +45,8 @@ EvalResult Trainer::State::Evaluate() {
       count[s] += T;
     }
   }
-  if (dp > 1) {  // the tensor-parallel ranks of a replica scored the same chunks
+  if (world->size() > 1) {
+    // Only the last stage scored; each tensor-parallel rank of a replica the same chunks.
     const auto S = static_cast<int64_t>(names.size());
     torch::Tensor both = torch::zeros({2 * S}, torch::kDouble);
     for (int64_t s = 0; s < S; ++s) {
@@ -52,8 +54,8 @@ EvalResult Trainer::State::Evaluate() {
       both[S + s] = static_cast<double>(count[static_cast<size_t>(s)]);
     }
     both = both.to(device);
-    groups.dp->AllReduce(both)->Wait();
-    both = both.to(torch::kCPU);
+    world->AllReduce(both)->Wait();
+    both = both.to(torch::kCPU) / static_cast<double>(tp);
     for (int64_t s = 0; s < S; ++s) {
       sum[static_cast<size_t>(s)] = both[s].item<double>();
       count[static_cast<size_t>(s)] = static_cast<int64_t>(both[S + s].item<double>());
@@ -71,7 +73,9 @@ EvalResult Trainer::State::Evaluate() {
   result.loss = tokens > 0 ? total / static_cast<double>(tokens) : 0;
   result.perplexity = std::exp(result.loss);
   result.sample_prompt = cfg.validation.sample_prompt;
-  if (cfg.validation.sample_tokens > 0 && !cfg.validation.sample_prompt.empty()) {
+  if (cfg.validation.sample_tokens > 0 && !cfg.validation.sample_prompt.empty() && groups.grid.pp > 1) {
+    if (eval_step < 0) Message("validation.sample_tokens: no greedy sample under pipeline parallelism (not built yet)");
+  } else if (cfg.validation.sample_tokens > 0 && !cfg.validation.sample_prompt.empty()) {
     std::vector<int32_t> prompt32 = data.tokenizer->Encode(cfg.validation.sample_prompt);
     model::SamplingOptions greedy;
     greedy.eos_token = data.tokenizer->eos_id();
@@ -84,6 +88,21 @@ EvalResult Trainer::State::Evaluate() {
   eval_loss_at_step = result.loss;
   for (auto& r : reporters) r->OnEval(result);
   return result;
+}
+
+torch::Tensor Trainer::State::PipelineLogits(const torch::Tensor& tokens_BT) {
+  const model::PipelineStage& stage = compute->pipeline_stage();
+  const int stage_index = static_cast<int>(groups.coord.pp);
+  torch::Tensor h_in;
+  if (!stage.first) {
+    h_in = torch::empty({tokens_BT.size(0), tokens_BT.size(1), cfg.model.mla.d_model},
+                        torch::TensorOptions().dtype(compute_dtype).device(device));
+    groups.pp->Recv(h_in, stage_index - 1)->Wait();
+  }
+  torch::Tensor out = compute->LogitsStage(tokens_BT, h_in);
+  if (stage.last) return out;
+  groups.pp->Send(out.contiguous(), stage_index + 1)->Wait();
+  return torch::Tensor();
 }
 
 }  // namespace dsv3::train

@@ -16,6 +16,7 @@ void MetricWindow::Add(const StepFigures& f) {
   bwd_ += f.ms_backward;
   opt_ += f.ms_optimizer;
   comm_ += f.ms_communication;
+  pipe_ += f.ms_pipeline_wait;
   for (size_t i = 0; i < f.loads.size(); ++i) {
     if (load_sums_.size() <= i) load_sums_.push_back(torch::zeros_like(f.loads[i]));
     load_sums_[i] += f.loads[i];
@@ -64,7 +65,9 @@ StepMetrics MetricWindow::Emit(const WindowContext& ctx) {
               {"tokens_seen", static_cast<double>(ctx.tokens_seen)}};
   m.values.insert(m.values.end(), per_layer.begin(), per_layer.end());
   if (ctx.loss_scale) m.values.push_back({"loss_scale", *ctx.loss_scale});
-  loss_ = main_ = mtp_ = balance_ = norm_ = data_ = fwd_ = bwd_ = opt_ = comm_ = 0;
+  // The pipeline bubble as this stage saw it: blocked on the stages before and after.
+  if (ctx.pipeline) m.values.push_back({"time_pipeline_wait_ms", pipe_ / n});
+  loss_ = main_ = mtp_ = balance_ = norm_ = data_ = fwd_ = bwd_ = opt_ = comm_ = pipe_ = 0;
   steps_ = assignments_ = dropped_ = 0;
   start_ = std::chrono::steady_clock::now();
   return m;

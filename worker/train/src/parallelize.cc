@@ -37,19 +37,14 @@ class CommExchange final : public model::ExpertExchange {
   dist::Communicator* comm_;
 };
 
-// The model's TensorParallelGroup over the tensor-parallel communicator. Gloo sums bf16 and
-// fp16 activations in fp32 (it has no reduced-precision reductions); NCCL sums them as they are.
+// The model's TensorParallelGroup over the tensor-parallel communicator.
 class CommTensorParallel final : public model::TensorParallelGroup {
  public:
   explicit CommTensorParallel(dist::Communicator* comm) : comm_(comm) {}
   int rank() const override { return comm_->rank(); }
   int size() const override { return comm_->size(); }
   void AllReduce(torch::Tensor& t, bool max) override {
-    const dist::ReduceOp op = max ? dist::ReduceOp::kMax : dist::ReduceOp::kSum;
-    const bool widen = comm_->backend() == "gloo" && (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf);
-    torch::Tensor buffer = widen ? t.to(torch::kFloat) : t;
-    comm_->AllReduce(buffer, op)->Wait();
-    if (widen) t.copy_(buffer);
+    comm_->AllReduce(t, max ? dist::ReduceOp::kMax : dist::ReduceOp::kSum)->Wait();
   }
   torch::Tensor AllGather(const torch::Tensor& t) override {
     std::vector<int64_t> shape = t.sizes().vec();
@@ -101,6 +96,36 @@ void ShardTensorParallel(const dist::ParallelGroups& groups, model::DeepSeekV3Im
   if (&compute != &master) compute.ShardTensorParallel(tp);
 }
 
+namespace {
+
+// The pipeline stage that holds parameter `name` (the first, for the embedding).
+int64_t OwnerStage(const std::string& name, const std::vector<int64_t>& stage_layers) {
+  if (name.rfind("embed_tokens.", 0) == 0) return 0;
+  if (name.rfind("layers.", 0) != 0) return static_cast<int64_t>(stage_layers.size()) - 1;
+  const int64_t layer = std::stoll(name.substr(7, name.find('.', 7) - 7));
+  int64_t end = 0;
+  for (size_t s = 0; s < stage_layers.size(); ++s) {
+    end += stage_layers[s];
+    if (layer < end) return static_cast<int64_t>(s);
+  }
+  return static_cast<int64_t>(stage_layers.size()) - 1;
+}
+
+}  // namespace
+
+void ShardPipeline(const config::Config& cfg, const dist::ParallelGroups& groups, model::DeepSeekV3Impl& master,
+                   model::DeepSeekV3Impl& compute) {
+  const std::vector<int64_t> stage_layers = config::StageLayers(cfg);
+  const int64_t s = groups.coord.pp;
+  model::PipelineStage stage;
+  for (int64_t i = 0; i < s; ++i) stage.first_layer += stage_layers[static_cast<size_t>(i)];
+  stage.end_layer = stage.first_layer + stage_layers[static_cast<size_t>(s)];
+  stage.first = s == 0;
+  stage.last = s == groups.grid.pp - 1;
+  master.SetPipelineStage(stage);
+  if (&compute != &master) compute.SetPipelineStage(stage);
+}
+
 std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config& cfg,
                                                            const dist::ParallelGroups& groups,
                                                            model::DeepSeekV3Impl& master,
@@ -112,10 +137,14 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
   dist::ParamGroup dense{"dense", {}, groups.dp.get(), dp};
   dist::ParamGroup replicated{"replicated", {}, groups.replicated.get(), dp * tp};
   dist::ParamGroup experts{"expert", {}, groups.expert_replicas.get(), dp * tp};
+  dist::ParamGroup embedding{"embedding", {}, groups.embedding.get(), dp};
+  const model::PipelineStage& stage = master.pipeline_stage();
+  const bool two_embeddings = grid.pp > 1 && (stage.first || stage.last) && master.Holds("embed_tokens.weight") &&
+                              (!master.mtp->is_empty() || master.lm_head.is_empty());
   std::map<std::string, int64_t> split_dim;
   for (const auto& split : master.TensorParallelPlan()) split_dim[split.name] = split.dim;
   auto compute_params = compute.named_parameters();
-  for (const auto& p : master.named_parameters()) {
+  for (const auto& p : master.HeldParameters()) {
     dist::ParamEntry e;
     e.name = p.key();
     e.master = p.value();
@@ -137,11 +166,14 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
       e.full_shape[static_cast<size_t>(e.shard_dim)] *= grid.tp;
       e.shard_start = groups.coord.tp * e.master.size(e.shard_dim);
     }
-    dist::ParamGroup& group = expert ? experts : (tp_block || grid.tp == 1) ? dense : replicated;
+    dist::ParamGroup& group = expert                                       ? experts
+                              : two_embeddings && e.name == "embed_tokens.weight" ? embedding
+                              : (tp_block || grid.tp == 1)                  ? dense
+                                                                            : replicated;
     group.params.push_back(std::move(e));
   }
   std::vector<dist::ParamGroup> param_groups;
-  for (dist::ParamGroup* g : {&dense, &replicated, &experts}) {
+  for (dist::ParamGroup* g : {&dense, &replicated, &experts, &embedding}) {
     if (!g->params.empty()) param_groups.push_back(std::move(*g));
   }
   dist::OptimizerOptions o;
@@ -179,7 +211,7 @@ std::vector<std::pair<std::string, torch::Tensor>> GatherHfState(const dist::Par
   std::map<std::string, torch::Tensor> full;
   torch::NoGradGuard no_grad;
   // Every rank walks the parameters in the same order, so the gathers pair up.
-  for (const auto& p : master.named_parameters()) {
+  for (const auto& p : master.HeldParameters()) {
     const torch::Tensor& local = p.value();
     if (grid.ep > 1 && p.key().find(".mlp.experts.") != std::string::npos) {
       std::vector<int64_t> shape = local.sizes().vec();
@@ -194,6 +226,36 @@ std::vector<std::pair<std::string, torch::Tensor>> GatherHfState(const dist::Par
       torch::Tensor blocks = torch::empty(shape, local.options());
       groups.tp->AllGather(blocks, local.contiguous())->Wait();
       full[p.key()] = torch::cat(blocks.unbind(0), split->second);
+    }
+  }
+  if (grid.pp > 1 && groups.coord.dp == 0 && groups.coord.tp == 0) {
+    // The pipeline of rank 0: each later stage sends its (gathered) parameters to stage 0,
+    // a shape header first, in the order of the full model's parameters.
+    constexpr int64_t kMaxDims = 8;
+    const std::vector<int64_t> stage_layers = config::StageLayers(master.config());
+    const int64_t me = groups.coord.pp;
+    for (const auto& p : master.named_parameters()) {
+      const int64_t owner = OwnerStage(p.key(), stage_layers);
+      if (owner == 0 || (me != 0 && me != owner)) continue;
+      torch::Tensor header = torch::zeros({kMaxDims + 1}, torch::kLong);
+      if (me == owner) {
+        const auto it = full.find(p.key());
+        const torch::Tensor t = (it != full.end() ? it->second : p.value()).contiguous();
+        header[0] = t.dim();
+        for (int64_t d = 0; d < t.dim(); ++d) header[d + 1] = t.size(d);
+        groups.pp->Send(header.to(t.device()), 0)->Wait();
+        groups.pp->Send(t, 0)->Wait();
+      } else {
+        const torch::Device device = p.value().device();
+        torch::Tensor h = header.to(device);
+        groups.pp->Recv(h, static_cast<int>(owner))->Wait();
+        h = h.to(torch::kCPU);
+        std::vector<int64_t> shape;
+        for (int64_t d = 0; d < h[0].item<int64_t>(); ++d) shape.push_back(h[d + 1].item<int64_t>());
+        torch::Tensor t = torch::empty(shape, p.value().options());
+        groups.pp->Recv(t, static_cast<int>(owner))->Wait();
+        full[p.key()] = t;
+      }
     }
   }
   return model::ToHfStateDict(master, full);

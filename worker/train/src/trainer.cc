@@ -103,6 +103,7 @@ void Trainer::State::Parallelize() {
   const config::Config& c = cfg;
   if (tp > 1) ShardTensorParallel(groups, *master, *compute);
   if (ep > 1) ShardExperts(groups, *master, *compute);
+  if (groups.grid.pp > 1) ShardPipeline(c, groups, *master, *compute);
   optimizer = BuildOptimizer(c, groups, *master, *compute, device);
   LoadOptimizerState();
   if (!device.is_cuda() && (c.derived.optimizer_offload || c.deepspeed.offload_param_device == "cpu")) {
@@ -111,8 +112,9 @@ void Trainer::State::Parallelize() {
   if (opt.world_size > 1) {
     std::ostringstream m;
     m << "rank " << opt.rank << " of " << opt.world_size << " (" << world->backend() << "): data-parallel " << dp
-      << ", tensor-parallel " << tp << ", expert-parallel " << ep << " (at dp " << groups.coord.dp << ", tp "
-      << groups.coord.tp << "), ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
+      << ", tensor-parallel " << tp << ", pipeline-parallel " << groups.grid.pp << ", expert-parallel " << ep
+      << " (at dp " << groups.coord.dp << ", tp " << groups.coord.tp << ", stage " << groups.coord.pp << ", layers "
+      << compute->pipeline_stage().first_layer << "-" << compute->pipeline_stage().end_layer - 1 << "), ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
       << optimizer->param_bytes() / 1048576.0 << " MiB, optimizer state " << optimizer->state_bytes() / 1048576.0
       << " MiB, gradient buffers " << optimizer->grad_bytes() / 1048576.0 << " MiB";
     Message(m.str());
@@ -223,6 +225,7 @@ TrainResult Trainer::Run() {
       ctx.gradient_bytes = s.optimizer->grad_bytes();
       ctx.tokens_seen = s.tokens_seen;
       if (t.use_fp16) ctx.loss_scale = s.scaler.scale;
+      ctx.pipeline = s.groups.grid.pp > 1;
       const StepMetrics m = window.Emit(ctx);
       for (auto& r : s.reporters) r->OnMetrics(m);
     }

@@ -1,6 +1,7 @@
 // The trainer's state, shared by the files that make up Trainer (private to dsv3_train):
 //   trainer.cc             construction (what to build) and the step loop;
-//   trainer_step.cc        one optimizer step: micro-steps, the ranks' agreement, the update;
+//   trainer_step.cc        one optimizer step: micro-steps (or the pipeline schedule of
+//                          pipeline_schedule.cc), the ranks' agreement, the update;
 //   capabilities.cc        what this build cannot do, refused up front;
 //   parallelize.cc         tensor and expert parallelism, replica groups, the sharded optimizer;
 //   trainer_checkpoint.cc  resume and save;
@@ -102,6 +103,8 @@ struct Trainer::State {
   // this rank's loss parts, adding their times to `f`; Agree all-reduces what the ranks must
   // share; Update applies (or skips) the step and returns whether it did.
   LossParts MicroSteps(const data::Batch& batch, StepFigures& f);
+  // The same through the pipeline stages (pp > 1), in the configured schedule.
+  LossParts PipelineMicroSteps(const data::Batch& batch, StepFigures& f);
   StepAgreement Agree(const LossParts& mine, bool stop, bool checkpoint);
   bool Update(double step_loss, double lr, double& grad_norm);
 
@@ -112,8 +115,10 @@ struct Trainer::State {
   void Resume(const std::string& requested);
   std::string SaveCheckpoint(const std::string& reason);
 
-  // evaluation.cc: a collective over the data-parallel ranks (every rank calls).
+  // evaluation.cc: a collective over every rank.
   EvalResult Evaluate();
+  // Main-head logits of tokens_BT through the pipeline stages: defined on the last stage only.
+  torch::Tensor PipelineLogits(const torch::Tensor& tokens_BT);
 };
 
 }  // namespace dsv3::train

@@ -2,14 +2,17 @@
 // reductions), the one all-reduce the ranks agree through, and the update with non-finite
 // checks, fp16 loss scaling and gradient clipping.
 #include <cmath>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 
+#include "dsv3/train/pipeline_schedule.h"
 #include "trainer_state.h"
 
 namespace dsv3::train {
 
 LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
+  if (groups.grid.pp > 1) return PipelineMicroSteps(batch, f);
   const config::TrainingConfig& t = cfg.training;
   const int64_t gas = cfg.derived.gradient_accumulation_steps, micro = t.micro_batch_size;
   LossParts sum;
@@ -38,6 +41,83 @@ LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
     sum.mtp += v[1] / static_cast<double>(gas);
     sum.balance += v[2] / static_cast<double>(gas);
   }
+  return sum;
+}
+
+LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigures& f) {
+  const config::TrainingConfig& t = cfg.training;
+  const int64_t gas = cfg.derived.gradient_accumulation_steps, micro = t.micro_batch_size;
+  const model::PipelineStage& stage = compute->pipeline_stage();
+  dist::Communicator& pp = *groups.pp;
+  const int prev = static_cast<int>(groups.coord.pp) - 1, next = static_cast<int>(groups.coord.pp) + 1;
+  const auto activation = torch::TensorOptions().dtype(compute_dtype).device(device);
+  const std::vector<int64_t> shape = {micro, t.seq_length, cfg.model.mla.d_model};
+  // A micro-batch between its forward and its backward: the input from the previous stage
+  // (whose gradient goes back), the output to the next stage, and the loss to backpropagate.
+  struct InFlight {
+    torch::Tensor h_in, h_out, loss;
+  };
+  std::map<int64_t, InFlight> in_flight;
+  // Sends complete in the background; their tensors stay alive until the step's end.
+  std::vector<std::pair<dist::WorkHandle, torch::Tensor>> sends;
+  const auto send = [&](torch::Tensor x, int peer) {
+    x = x.contiguous();
+    sends.emplace_back(pp.Send(x, peer), x);
+  };
+  const double wait_before = pp.blocked_seconds();
+  LossParts sum;
+  for (const PipelineAction& a : PipelineSchedule(cfg.distributed.pipeline_schedule, groups.grid.pp, groups.coord.pp, gas)) {
+    const auto t0 = Clock::now();
+    if (a.forward) {
+      const torch::Tensor tokens = Rows(batch.tokens, a.micro * micro, micro, batch.width, device);
+      torch::Tensor segments;
+      if (!batch.segments.empty()) segments = Rows(batch.segments, a.micro * micro, micro, batch.width, device);
+      InFlight x;
+      if (!stage.first) {
+        x.h_in = torch::empty(shape, activation);
+        pp.Recv(x.h_in, prev)->Wait();
+        x.h_in.requires_grad_(true);
+      }
+      const model::ModelOutput out = compute->ForwardStage(tokens, segments, x.h_in);
+      x.h_out = out.h_BTD;
+      x.loss = out.loss / static_cast<double>(gas);
+      if (t.use_fp16) x.loss = x.loss * scaler.scale;
+      if (!stage.last) send(out.h_BTD.detach(), next);
+      const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
+                                                out.mtp_loss.detach().to(torch::kDouble),
+                                                out.balance_loss.detach().to(torch::kDouble)})
+                                      .to(torch::kCPU);
+      const double* v = parts.data_ptr<double>();
+      sum.main += v[0] / static_cast<double>(gas);
+      sum.mtp += v[1] / static_cast<double>(gas);
+      sum.balance += v[2] / static_cast<double>(gas);
+      in_flight[a.micro] = std::move(x);
+      f.ms_forward += Ms(t0, Clock::now());
+    } else {
+      InFlight x = std::move(in_flight.at(a.micro));
+      in_flight.erase(a.micro);
+      optimizer->BeginMicroStep(a.micro == gas - 1);
+      if (stage.last) {
+        x.loss.backward();
+      } else {
+        torch::Tensor grad = torch::empty(shape, activation);
+        pp.Recv(grad, next)->Wait();
+        std::vector<torch::Tensor> outputs = {x.h_out}, grads = {grad};
+        if (x.loss.requires_grad()) {  // the stage's MoE balance losses
+          outputs.push_back(x.loss);
+          grads.push_back(torch::ones_like(x.loss));
+        }
+        torch::autograd::backward(outputs, grads);
+      }
+      // The input's gradient goes back before this stage waits for its reductions: the
+      // embedding's two copies reduce together, so the first stage must get to its backward.
+      if (!stage.first) send(x.h_in.grad(), prev);
+      optimizer->FinishBackward();
+      f.ms_backward += Ms(t0, Clock::now());
+    }
+  }
+  for (auto& [work, tensor] : sends) work->Wait();
+  f.ms_pipeline_wait += 1000.0 * (pp.blocked_seconds() - wait_before);
   return sum;
 }
 

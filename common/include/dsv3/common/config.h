@@ -167,6 +167,12 @@ struct DistributedConfig {
   bool zero_offload = false;
   bool overlap_grad_reduce = true;
   bool overlap_param_gather = true;
+  // (dsv3) Pipeline parallelism: the schedule of micro-batches over the stages (gpipe |
+  // 1f1b | interleaved_1f1b), the model chunks per rank for interleaved_1f1b, and the decoder
+  // layers of each stage (empty: split evenly, earlier stages taking the remainder).
+  std::string pipeline_schedule = "1f1b";
+  int64_t virtual_pipeline_stages = 1;
+  std::vector<int64_t> pipeline_layout;
 };
 
 struct DeepSpeedConfig {

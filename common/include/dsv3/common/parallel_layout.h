@@ -34,6 +34,8 @@ enum class GroupKind {
   kExpertReplicas,  // same pp, ep index: replicas of one block of experts (all tp ranks too)
   kReplicated,      // same pp: replicas of a weight no tensor-parallel rank shards (dp x tp)
   kModel,           // same dp: one whole model replica (pp x tp), for losses and flags
+  kEmbedding,       // same tp, first or last stage: the two copies of the embedding (MTP and
+                    // tied heads use it on the last stage), reduced together
 };
 const std::vector<GroupKind>& AllGroupKinds();
 std::string GroupKindName(GroupKind kind);  // "tp", "dp", "pp", "ep", "experts", "replicated", "model"
@@ -50,6 +52,11 @@ struct ParallelGrid {
   std::vector<int64_t> Members(GroupKind kind, int64_t rank) const;
   std::string Tag(GroupKind kind, int64_t rank) const;
 };
+
+// Decoder layers per pipeline stage: distributed.pipeline_layout when given, else an even
+// split with the first num_layers % pp stages taking one more. The embedding is on the
+// first stage; the final norm, head, loss and MTP modules are on the last.
+std::vector<int64_t> StageLayers(const Config& c);
 
 // What rank `rank` holds of the model: its stage's layers, its heads and vocabulary rows,
 // its routed experts. One line per rank, for `config show` and `submit --dry-run`.

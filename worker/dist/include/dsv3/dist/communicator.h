@@ -50,6 +50,11 @@ class Communicator {
   // out_rows[r] rows from rank r, in rank order.
   virtual WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
                               const std::vector<int64_t>& in_rows) = 0;
+  // Point to point (pipeline stages): `t` to rank `peer` of this communicator, or into `t`
+  // (contiguous, of the sender's shape and dtype) from `peer`. Between two ranks, sends and
+  // receives pair up in the order they are issued.
+  virtual WorkHandle Send(torch::Tensor t, int peer) = 0;
+  virtual WorkHandle Recv(torch::Tensor t, int peer) = 0;
   virtual void Barrier() = 0;
 
   // A communicator over `members` (ranks of this one, ascending), made by each member with

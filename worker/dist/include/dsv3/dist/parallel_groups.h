@@ -21,6 +21,7 @@ struct ParallelGroups {
   std::unique_ptr<Communicator> expert_replicas;  // hold the same routed experts
   std::unique_ptr<Communicator> replicated;       // hold the same weights not split by tp
   std::unique_ptr<Communicator> model;            // one whole model replica (pp x tp)
+  std::unique_ptr<Communicator> embedding;        // the first and last stages' embedding copies
 
   Communicator& Get(config::GroupKind kind) const;
   // Seconds blocked in communication over every group (each counted once).

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -19,7 +20,15 @@
 
 namespace dsv3::model {
 
+// Pipeline parallelism: the part of the model one stage runs.
+struct PipelineStage {
+  int64_t first_layer = 0, end_layer = 0;  // decoder layers [first_layer, end_layer)
+  bool first = true;                       // the embedding of the input tokens
+  bool last = true;                        // the final norm, the head, the losses and the MTP modules
+};
+
 struct ModelOutput {
+  torch::Tensor h_BTD;         // a stage's hidden output for the next stage (not the last stage)
   torch::Tensor logits_BTV;    // main head; undefined with fused_kernels (the chunked loss never
                                // materialises them: use Logits())
   torch::Tensor loss;          // main + mtp_loss_weight * mtp + balance (what to backprop)
@@ -46,6 +55,25 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // segments_BW (optional, int64): document ids per token from the data loader; with them,
   // positions restart and attention stays inside each document (data.reset_attention_mask).
   ModelOutput forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW = {});
+
+  // forward() of this rank's pipeline stage: from the embeddings (first stage) or h_in_BTD
+  // (the previous stage's output) through the stage's layers; the last stage adds the losses
+  // and MTP, the others return h_BTD and their layers' balance loss as `loss`.
+  ModelOutput ForwardStage(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW,
+                           const torch::Tensor& h_in_BTD);
+  // Logits() of this rank's stage: the stage's hidden output, or the logits on the last stage.
+  torch::Tensor LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD);
+
+  // Pipeline parallelism: keeps only what `stage` runs. The parameters of the other decoder
+  // layers, of the embedding (unless the stage is first, or last with MTP or a tied head,
+  // which use it too) and of the final norm, head and MTP modules (unless last) become empty
+  // tensors, left out of HeldParameters(). Call after the full weights are in place.
+  void SetPipelineStage(const PipelineStage& stage);
+  const PipelineStage& pipeline_stage() const { return stage_; }
+  // Whether this rank's stage holds parameter `name` (as named by named_parameters()).
+  bool Holds(const std::string& name) const;
+  // named_parameters() of what this rank holds.
+  torch::OrderedDict<std::string, torch::Tensor> HeldParameters() const;
 
   // Main-head logits for tokens_BT (no losses, no MTP): x -> logits_BTV. segments_BT as in
   // forward() (document ids of the tokens).
@@ -113,6 +141,7 @@ class DeepSeekV3Impl : public torch::nn::Module {
   config::Config cfg_;
   std::shared_ptr<LayerParameters> layer_params_;
   std::shared_ptr<TensorParallelGroup> tp_;  // null: the whole model here
+  PipelineStage stage_;                      // every layer until SetPipelineStage
 };
 TORCH_MODULE(DeepSeekV3);
 
