@@ -5,8 +5,11 @@
 // state each rank holds. Asserts nothing.
 //
 //   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
-//              [--stages 0,1,2,3] [--tp 1,2] [--ep 1,2] [--batch GLOBAL] [--seq T]
-//              [--dir /tmp/dsv3_dist_bench]
+//              [--stages 0,1,2,3] [--tp 1,2] [--pp 1,2] [--ep 1,2] [--schedule 1f1b]
+//              [--batch GLOBAL] [--micro M] [--seq T] [--dir /tmp/dsv3_dist_bench]
+//
+// With pipeline stages it also prints the bubble: the share of rank 0's step spent waiting
+// on the other stages, beside the ideal (p - 1) / (m + p - 1) of m micro-batches.
 //
 // Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
 // each. The data is replaced by a synthetic corpus (byte tokenizer).
@@ -37,7 +40,7 @@ using nlohmann::json;
 struct Figures {
   bool ok = false;
   double tokens_per_s = 0;  // the job's, every rank together
-  double step_ms = 0, comm_ms = 0, optimizer_mb = 0, param_mb = 0, grad_mb = 0;
+  double step_ms = 0, comm_ms = 0, pipeline_wait_ms = 0, optimizer_mb = 0, param_mb = 0, grad_mb = 0;
 };
 
 // One job: `ranks` processes, the last logged window (the steps after the first).
@@ -80,6 +83,7 @@ Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, in
   f.tokens_per_s = m["tokens_per_s"].get<double>() * ranks;  // the metric is per rank
   f.step_ms = m["step_ms"];
   f.comm_ms = m["time_communication_ms"];
+  f.pipeline_wait_ms = m.value("time_pipeline_wait_ms", 0.0);
   f.optimizer_mb = m["optimizer_state_bytes"].get<double>() / 1048576.0;
   f.param_mb = m["parameter_bytes"].get<double>() / 1048576.0;
   f.grad_mb = m["gradient_bytes"].get<double>() / 1048576.0;
@@ -101,7 +105,9 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/dsv3_dist_bench";
   int steps = 12, ranks = 2;
   int64_t batch = 0, seq = 0;
-  std::vector<int> stages = {0, 1, 2, 3}, tps = {1}, eps = {1};
+  std::vector<int> stages = {0, 1, 2, 3}, tps = {1}, pps = {1}, eps = {1};
+  std::string schedule = "1f1b";
+  int64_t micro_override = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") configs.push_back(v);
@@ -109,6 +115,9 @@ int main(int argc, char** argv) {
     else if (k == "--ranks") ranks = std::stoi(v);
     else if (k == "--stages") stages = ParseList(v);
     else if (k == "--tp") tps = ParseList(v);
+    else if (k == "--pp") pps = ParseList(v);
+    else if (k == "--schedule") schedule = v;
+    else if (k == "--micro") micro_override = std::stoll(v);
     else if (k == "--ep") eps = ParseList(v);
     else if (k == "--batch") batch = std::stoll(v);
     else if (k == "--seq") seq = std::stoll(v);
@@ -152,26 +161,40 @@ int main(int argc, char** argv) {
     std::printf("  1 rank           %7.0f tokens/s %6.0f ms/step                              per rank: "
                 "optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
                 one.tokens_per_s, one.step_ms, one.optimizer_mb, one.param_mb, one.grad_mb);
-    for (int tp : tps) {
-      for (int ep : eps) {
-        if (ranks % tp != 0 || (ranks / tp) % ep != 0) continue;
-        cfg["distributed"]["tensor_parallel_size"] = tp;
-        cfg["distributed"]["expert_parallel_size"] = ep;
-        // The micro-batch count per data-parallel rank must stay whole.
-        const int64_t dp = ranks / tp;
-        if (global % (cfg["training"]["micro_batch_size"].get<int64_t>() * dp) != 0) {
-          cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, global / dp);
-        }
-        for (int stage : stages) {
-          cfg["distributed"]["zero_stage"] = stage;
-          const std::string name = "tp" + std::to_string(tp) + "ep" + std::to_string(ep) + "zero" + std::to_string(stage);
-          const Figures f = RunJob(cfg, dir, name, ranks, std::max(1, cores / ranks));
-          if (!f.ok) return 1;
-          std::printf("  %d ranks (dp %lld x tp %d, ep %d), ZeRO-%d %7.0f tokens/s %6.0f ms/step x%.2f, communication "
-                      "%3.0f%%  per rank: optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
-                      ranks, static_cast<long long>(dp), tp, ep, stage, f.tokens_per_s, f.step_ms,
-                      f.tokens_per_s / one.tokens_per_s, 100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb,
-                      f.grad_mb);
+    if (micro_override > 0) cfg["training"]["micro_batch_size"] = micro_override;
+    const int64_t micro_base = cfg["training"]["micro_batch_size"];
+    for (int pp : pps) {
+      for (int tp : tps) {
+        for (int ep : eps) {
+          if (ranks % (tp * pp) != 0 || (ranks / (tp * pp)) % ep != 0) continue;
+          cfg["distributed"]["tensor_parallel_size"] = tp;
+          cfg["distributed"]["pipeline_parallel_size"] = pp;
+          cfg["distributed"]["pipeline_schedule"] = schedule;
+          cfg["distributed"]["expert_parallel_size"] = ep;
+          // The micro-batch count per data-parallel rank must stay whole.
+          const int64_t dp = ranks / (tp * pp);
+          cfg["training"]["micro_batch_size"] = micro_base;
+          if (global % (micro_base * dp) != 0) cfg["training"]["micro_batch_size"] = std::max<int64_t>(1, global / dp);
+          const int64_t m = global / (cfg["training"]["micro_batch_size"].get<int64_t>() * dp);
+          for (int stage : stages) {
+            if (pp > 1 && stage == 3) continue;  // refused: ZeRO-3 inside pipeline stages
+            cfg["distributed"]["zero_stage"] = stage;
+            const std::string name = "pp" + std::to_string(pp) + "tp" + std::to_string(tp) + "ep" + std::to_string(ep) +
+                                     "zero" + std::to_string(stage);
+            const Figures f = RunJob(cfg, dir, name, ranks, std::max(1, cores / ranks));
+            if (!f.ok) return 1;
+            std::printf("  %d ranks (pp %d x dp %lld x tp %d, ep %d), ZeRO-%d %7.0f tokens/s %6.0f ms/step x%.2f, "
+                        "communication %3.0f%%  per rank: optimizer %6.2f, params %6.2f, grads %6.2f MiB\n",
+                        ranks, pp, static_cast<long long>(dp), tp, ep, stage, f.tokens_per_s, f.step_ms,
+                        f.tokens_per_s / one.tokens_per_s, 100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb,
+                        f.grad_mb);
+            if (pp > 1) {
+              std::printf("      %s, %lld micro-batches: rank 0 waits on the other stages %.0f%% of its step (ideal "
+                          "bubble %.0f%%)\n",
+                          schedule.c_str(), static_cast<long long>(m), 100 * f.pipeline_wait_ms / f.step_ms,
+                          100.0 * (pp - 1) / static_cast<double>(m + pp - 1));
+            }
+          }
         }
       }
     }

@@ -484,8 +484,10 @@ TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
   const JobResult& one = Single();
   ExpectSucceeded(one);
   for (const std::string schedule : {"1f1b", "gpipe"}) {
+    // The gpipe run is started as srun starts ranks.
     const JobResult pp2 = Run("pp2" + schedule,
-                              {{"distributed", {{"pipeline_parallel_size", 2}, {"pipeline_schedule", schedule}}}}, 2);
+                              {{"distributed", {{"pipeline_parallel_size", 2}, {"pipeline_schedule", schedule}}}}, 2,
+                              schedule == "gpipe" ? Launcher::kSlurm : Launcher::kTorchrun);
     ExpectSucceeded(pp2);
     ExpectSameLosses(pp2.losses, one.losses, kLossRel);
     ExpectSameLosses(pp2.eval_losses, one.eval_losses, kLossRel);
