@@ -241,7 +241,9 @@ std::string EstimateText(const config::Config& c, const config::Estimate& e, boo
       {"  forward only (main model)", HumanFlops(e.flops.forward), ""},
       {"Memory per GPU (" + precision + ", " + t.optimizer + ", ZeRO-" + std::to_string(c.derived.effective_zero_stage) +
            ", dp " + std::to_string(d.data_parallel_size) + ", ep " + std::to_string(d.expert_parallel_size) +
-           ", tp " + std::to_string(d.tensor_parallel_size) + ", pp " + std::to_string(d.pipeline_parallel_size) + ")",
+           ", tp " + std::to_string(d.tensor_parallel_size) + ", pp " + std::to_string(d.pipeline_parallel_size) +
+           (d.pipeline_parallel_size > 1 ? "; stage " + std::to_string(e.memory.pipeline_stage) + ", the largest" : "") +
+           ")",
        "", ""},
       {"  weights (" + std::to_string(e.memory.weight_bytes) + " B/param)", HumanBytes(e.memory.weights), ""},
       {"  gradients", HumanBytes(e.memory.gradients), ""},

@@ -1,4 +1,5 @@
 #include "dsv3/common/estimator.h"
+#include "dsv3/common/parallel_layout.h"
 
 #include <algorithm>
 
@@ -272,27 +273,64 @@ Estimate EstimateConfig(const Config& c) {
                                   ? p.mtp_modules * m.moe.num_experts * p.one_routed_expert
                                   : 0;
   // Per rank, as dsv3 lays the model out (train/parallelize): tensor parallelism splits heads,
-  // the dense and shared FFN columns and the vocabulary; routed experts are split by expert
-  // parallelism only; the rest (MLA's down-projections, norms, routers) is whole on every
-  // tensor-parallel rank. Pipeline stages divide everything (an even-split approximation).
-  const double tp = static_cast<double>(dist.tensor_parallel_size), pp = static_cast<double>(dist.pipeline_parallel_size);
-  const double attention_layers = static_cast<double>(m.num_layers + p.mtp_modules);
-  const int64_t shared_per_layer = m.moe.num_shared_experts * SwigluParams(m.mla.d_model, m.moe.shared_intermediate_size);
-  const double split_all = static_cast<double>(p.embedding + p.lm_head + p.dense_ffn + p.shared_experts) +
-                           static_cast<double>(p.mtp_modules > 0 && mtp_experts > 0 ? p.mtp_modules * shared_per_layer : 0) +
-                           attention_layers * static_cast<double>(HeadSplitAttentionParams(m));
-  const double experts = static_cast<double>(p.routed_experts + mtp_experts) / ep / pp;
-  const double split = split_all / tp / pp;
-  const double whole = std::max(0.0, static_cast<double>(p.total - p.routed_experts - mtp_experts) - split_all) / pp;
-  const double others = split + whole;
-  mem.params_on_gpu = static_cast<int64_t>(experts + others);
+  // the dense and shared FFN columns and the vocabulary ("split"); routed experts are split
+  // by expert parallelism only; the rest (MLA's down-projections, norms, routers: "whole") is
+  // on every tensor-parallel rank. Pipeline stages hold their layers (config::StageLayers),
+  // the first the embedding, the last the norm, head and MTP (and the embedding again when
+  // MTP or a tied head needs it): the figures are those of the largest stage.
+  const double tp = static_cast<double>(dist.tensor_parallel_size);
+  const int64_t d = m.mla.d_model;
+  const int64_t shared_per_layer = m.moe.num_shared_experts * SwigluParams(d, m.moe.shared_intermediate_size);
+  const int64_t head_split = HeadSplitAttentionParams(m);
+  struct Share {
+    double split = 0, whole = 0, experts = 0;
+  };
+  const auto add_layer = [&](Share& sh, int64_t total, bool moe) {
+    const int64_t experts = moe ? m.moe.num_experts * p.one_routed_expert : 0;
+    const int64_t split = head_split + (moe ? shared_per_layer : SwigluParams(d, m.dense_intermediate_size));
+    sh.experts += static_cast<double>(experts);
+    sh.split += static_cast<double>(split);
+    sh.whole += static_cast<double>(std::max<int64_t>(0, total - experts - split));
+  };
+  const std::vector<int64_t> stage_layers = StageLayers(c);
+  std::vector<Share> shares(stage_layers.size());
+  size_t layer = 0;
+  for (size_t s = 0; s < stage_layers.size(); ++s) {
+    for (int64_t i = 0; i < stage_layers[s] && layer < p.layers.size(); ++i, ++layer) {
+      add_layer(shares[s], p.layers[layer].total, p.layers[layer].moe);
+    }
+  }
+  shares.front().split += static_cast<double>(p.embedding);
+  Share& last = shares.back();
+  last.split += static_cast<double>(p.lm_head);
+  last.whole += static_cast<double>(p.final_norm);
+  if (p.mtp_modules > 0) {
+    // Each MTP module: a decoder block (MoE when the model has MoE layers) plus eh_proj and norms.
+    const int64_t per_module = p.mtp_total / p.mtp_modules;
+    const bool moe_block = mtp_experts > 0;
+    for (int64_t k = 0; k < p.mtp_modules; ++k) add_layer(last, per_module, moe_block);
+  }
+  if (shares.size() > 1 && (p.mtp_modules > 0 || m.tie_word_embeddings)) last.split += static_cast<double>(p.embedding);
   const int stage = static_cast<int>(c.derived.effective_zero_stage);
   // ZeRO shards each kind over its replicas: blocks over dp, whole weights over dp x tp,
   // experts over their dp / ep replicas x tp.
-  const auto sharded = [&](double bytes_per_param, bool shard) {
-    return shard ? bytes_per_param * (split / dp + whole / (dp * tp) + experts / (expert_dp * tp))
-                 : bytes_per_param * (others + experts);
+  const auto per_rank = [&](const Share& sh, double bytes_per_param, bool shard) {
+    const double split = sh.split / tp, experts = sh.experts / ep;
+    return shard ? bytes_per_param * (split / dp + sh.whole / (dp * tp) + experts / (expert_dp * tp))
+                 : bytes_per_param * (split + sh.whole + experts);
   };
+  const auto state_bytes = [&](const Share& sh) {
+    return per_rank(sh, mem.weight_bytes, stage >= 3) + per_rank(sh, mem.weight_bytes, stage >= 2) +
+           per_rank(sh, mem.optimizer_bytes, stage >= 1);
+  };
+  size_t largest = 0;
+  for (size_t s = 1; s < shares.size(); ++s) {
+    if (state_bytes(shares[s]) > state_bytes(shares[largest])) largest = s;
+  }
+  const Share& mine = shares[largest];
+  mem.pipeline_stage = static_cast<int64_t>(largest);
+  mem.params_on_gpu = static_cast<int64_t>(mine.split / tp + mine.whole + mine.experts / ep);
+  const auto sharded = [&](double bytes_per_param, bool shard) { return per_rank(mine, bytes_per_param, shard); };
   mem.weights = sharded(mem.weight_bytes, stage >= 3);
   mem.gradients = sharded(mem.weight_bytes, stage >= 2);
   const double optimizer = sharded(mem.optimizer_bytes, stage >= 1);

@@ -90,6 +90,16 @@ const BadConfig kBadConfigs[] = {
       "evenly"}},
     {"more_stages_than_layers", R"({"distributed": {"pipeline_parallel_size": 16}})",
      {"/distributed/pipeline_parallel_size: 16 stages for 12 layers (model.num_layers): every stage needs a layer"}},
+    {"layout_not_matching_layers",
+     R"({"distributed": {"pipeline_parallel_size": 2, "pipeline_layout": [6, 5]}, "training": {"global_batch_size": 64}})",
+     {"/distributed/pipeline_layout: lists 2 stages of 11 layers; it needs pipeline_parallel_size (2) entries summing "
+      "to model.num_layers (12)"}},
+    {"zero3_with_pipeline", R"({"distributed": {"pipeline_parallel_size": 2, "zero_stage": 3}})",
+     {"/distributed/zero_stage: 3 with pipeline_parallel_size 2: ZeRO-3 would gather every layer again for each "
+      "micro-batch in flight; use ZeRO-1 or 2 inside the stages (as DeepSeek-V3 and Megatron do)"}},
+    {"virtual_stages_without_interleaving", R"({"distributed": {"virtual_pipeline_stages": 2}})",
+     {"/distributed/virtual_pipeline_stages: 2 model chunks per rank need pipeline_schedule \"interleaved_1f1b\" (it "
+      "is \"1f1b\")"}},
     {"min_lr_above_lr", R"({"training": {"learning_rate": 1e-4, "min_learning_rate": 1e-3}})",
      {"/training/min_learning_rate: 0.001 exceeds learning_rate (0.0001)"}},
     {"seq_beyond_context", R"({"training": {"seq_length": 8192}})",

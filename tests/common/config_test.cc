@@ -138,8 +138,26 @@ TEST(ParallelGrid, EveryGroupFromOneLayout) {
   }
   const std::vector<std::string> lines = DescribeGrid(r.config);
   ASSERT_EQ(lines.size(), 8u);
-  EXPECT_EQ(lines[5], "rank 5: pp 1 dp 0 tp 1 ep 0 | layers 6-11, heads 8-15 of 16, vocabulary rows 64000-127999, "
-                      "routed experts 0-3");
+  EXPECT_EQ(lines[5], "rank 5: pp 1 dp 0 tp 1 ep 0 | layers 6-11, norm, head, MTP, heads 8-15 of 16, vocabulary "
+                      "rows 64000-127999, routed experts 0-3");
+  EXPECT_EQ(lines[0].substr(0, 51), "rank 0: pp 0 dp 0 tp 0 ep 0 | embedding, layers 0-5");
+  // The embedding's copies on the first and last stages (MTP uses it there).
+  EXPECT_EQ(g.Members(GroupKind::kEmbedding, 5), (V{1, 3, 5, 7}));
+  // The estimator's memory is the largest stage's: the last (head, MTP and the embedding copy).
+  const Estimate e = EstimateConfig(r.config);
+  EXPECT_EQ(e.memory.pipeline_stage, 1);
+  LoadOptions o1;
+  o1.world_size = 1;
+  const LoadResult whole = LoadConfigText(R"({"model": {"moe": {"num_experts": 8}}})", o1);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_LT(e.memory.total, EstimateConfig(whole.config).memory.total / 2);
+  // An explicit layout moves the boundary.
+  LoadOptions o2;
+  o2.world_size = 2;
+  const LoadResult layout = LoadConfigText(
+      R"({"distributed": {"pipeline_parallel_size": 2, "pipeline_layout": [8, 4]}, "model": {"num_layers": 12}})", o2);
+  ASSERT_TRUE(layout.ok()) << layout.errors[0].ToString();
+  EXPECT_EQ(DescribeGrid(layout.config)[1].substr(0, 46), "rank 1: pp 1 dp 0 tp 0 ep 0 | layers 8-11, nor");
 }
 
 TEST(Parsing, CommentsAndCommentKeysAreAllowed) {

@@ -66,6 +66,7 @@ struct FlopsEstimate {
 // the model saves, which depends on model.fused_kernels and gradient_checkpointing).
 struct MemoryEstimate {
   int64_t params_on_gpu = 0;  // parameters this GPU holds before ZeRO-3 sharding
+  int64_t pipeline_stage = 0; // the stage these figures are for: the one with the most state
   double weights = 0;         // compute-precision weights
   double gradients = 0;
   double optimizer = 0;       // fp32 master copy (mixed precision) + optimizer moments
