@@ -523,6 +523,14 @@ TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
   ExpectSucceeded(all);
   ExpectSameLosses(all.losses, one.losses, kLossRel);
   EXPECT_LT(MaxWeightDiff(all, one, 4), kWeightAbs);
+  // bf16 compute through the stages and the tensor-parallel reductions: bf16 activations and
+  // gradients on the wire, near fp32 one rank (4 steps of rounding, as ZeRO-3's bf16 test).
+  const JobResult bf16 = Run("pp2tp2bf16",
+                             {{"training", {{"use_bf16", true}}},
+                              {"distributed", {{"pipeline_parallel_size", 2}, {"tensor_parallel_size", 2}, {"zero_stage", 1}}}},
+                             4);
+  ExpectSucceeded(bf16);
+  ExpectSameLosses(bf16.losses, one.losses, 1e-3);
 }
 
 TEST_F(DistributedTest, TwoRankZeroOneResumeIsExactAndReshardsToOneRank) {
