@@ -378,6 +378,9 @@ TEST_F(JobManagerTest, SubmitValidatesAndDryRunWritesNothing) {
   o = m->Submit(r);
   ASSERT_TRUE(o.status.ok()) << o.status;
   EXPECT_NE(o.plan.find("rank 1: RANK=1 WORLD_SIZE=2"), std::string::npos) << o.plan;
+  // The parallel grid: what each rank holds.
+  EXPECT_NE(o.plan.find("parallel grid"), std::string::npos) << o.plan;
+  EXPECT_NE(o.plan.find("rank 1: pp 0 dp 1 tp 0 ep 0 | embedding, layers 0-"), std::string::npos) << o.plan;
   // Input paths are absolute against the submitter's folder in what the ranks read.
   const auto resolved = nlohmann::json::parse(o.resolved_json);
   EXPECT_EQ(resolved["data"]["sources"][0]["paths"][0], dir_.path().string() + "/data/sample/dolma_v1_6_cc/*.json.gz");
