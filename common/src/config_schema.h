@@ -166,6 +166,7 @@ template <class V> void Visit(V& v, DistributedConfig& c) {
   v.Field("zero_offload", c.zero_offload, None());
   v.Field("overlap_grad_reduce", c.overlap_grad_reduce, None());
   v.Field("overlap_param_gather", c.overlap_param_gather, None());
+  v.Field("sequence_parallel", c.sequence_parallel, None());
   v.Field("pipeline_schedule", c.pipeline_schedule, OneOf({"gpipe", "1f1b", "interleaved_1f1b"}));
   v.Field("virtual_pipeline_stages", c.virtual_pipeline_stages, AtLeast(1));
   v.Field("pipeline_layout", c.pipeline_layout, AtLeast(1));

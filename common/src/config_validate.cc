@@ -196,6 +196,10 @@ void CheckParallelism(Config& c, const LoadOptions& options, Checker& ck) {
                                                         Num(c.model.num_layers) +
                                                         " layers (model.num_layers): every stage needs a layer");
   }
+  if (d.sequence_parallel && tp > 1 && c.training.seq_length % tp != 0 && ck.Clean({"/training/seq_length"})) {
+    ck.Error("/distributed/sequence_parallel", "true needs seq_length (" + Num(c.training.seq_length) +
+                                                   ") divisible by tensor_parallel_size (" + Num(tp) + ")");
+  }
   if (d.virtual_pipeline_stages > 1 && d.pipeline_schedule != "interleaved_1f1b") {
     ck.Error("/distributed/virtual_pipeline_stages",
              Num(d.virtual_pipeline_stages) + " model chunks per rank need pipeline_schedule \"interleaved_1f1b\" (it is \"" +

@@ -406,6 +406,14 @@ TEST_F(DistributedTest, TensorParallelTwoEqualsOneRank) {
   const int64_t together =
       2 * blocks + s0.at("replicated.exp_avg").numel() + s1.at("replicated.exp_avg").numel();
   EXPECT_NEAR(static_cast<double>(together), static_cast<double>(s.at("dense.exp_avg").numel()), 64.0);
+  // Sequence parallelism: norms and residuals on half the positions each; the norms'
+  // partial gradients summed over the two ranks.
+  const JobResult sp = Run("tp2sp", {{"distributed", {{"tensor_parallel_size", 2}, {"sequence_parallel", true}}}}, 2);
+  ExpectSucceeded(sp);
+  ExpectSameLosses(sp.losses, one.losses, kLossRel);
+  ExpectSameLosses(sp.eval_losses, one.eval_losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(sp, one, 4), kWeightAbs);
+  EXPECT_TRUE(Shard(sp, 4, 0).count("sequence_norms.exp_avg"));
   // ZeRO-3 on top: each layer's blocks and replicated weights gathered when it runs.
   const JobResult z3 = Run("tp2z3", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 3}}}}, 2);
   ExpectSucceeded(z3);

@@ -93,7 +93,9 @@ DecoderLayerImpl::DecoderLayerImpl(const config::ModelConfig& cfg, bool moe_laye
   }
 }
 
-void DecoderLayerImpl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp) {
+void DecoderLayerImpl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp, bool sequence_parallel) {
+  tp_ = tp;
+  sequence_parallel_ = sequence_parallel && tp->size() > 1;
   self_attn->ShardTensorParallel(tp);
   if (is_moe()) {
     if (!moe->shared_experts.is_empty()) moe->shared_experts->ShardTensorParallel(tp);
@@ -125,8 +127,14 @@ torch::Tensor DecoderLayerImpl::Mlp(const torch::Tensor& x_BTD, torch::Tensor* b
 
 LayerOutput DecoderLayerImpl::forward(const torch::Tensor& x_BTD, const AttentionContext& ctx) {
   // Pre-norm residual blocks: h = x + Attn(norm(x)); out = h + FFN(norm(h)).
-  const torch::Tensor h = x_BTD + self_attn(input_layernorm(x_BTD), ctx);
   LayerOutput out;
+  if (sequence_parallel_) {  // x and h are this rank's slices of the sequence
+    TensorParallelGroup* tp = tp_.get();
+    const torch::Tensor h = x_BTD + ScatterSequence(self_attn(GatherSequence(input_layernorm(x_BTD), tp), ctx), tp);
+    out.h_BTD = h + ScatterSequence(Mlp(GatherSequence(post_attention_layernorm(h), tp), &out.balance_loss), tp);
+    return out;
+  }
+  const torch::Tensor h = x_BTD + self_attn(input_layernorm(x_BTD), ctx);
   out.h_BTD = h + Mlp(post_attention_layernorm(h), &out.balance_loss);
   return out;
 }

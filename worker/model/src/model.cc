@@ -137,13 +137,15 @@ LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tenso
 }
 
 torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance) {
-  torch::Tensor h = x_BTD;
+  // Sequence parallelism: the layers pass this rank's slice of the sequence along.
+  TensorParallelGroup* sp = sequence_parallel_ ? tp_.get() : nullptr;
+  torch::Tensor h = ScatterSequence(x_BTD, sp);
   for (int64_t i = stage_.first_layer; i < stage_.end_layer; ++i) {
     LayerOutput out = RunLayer(*(*layers)[static_cast<size_t>(i)]->as<DecoderLayerImpl>(), h, ctx);
     h = out.h_BTD;
     if (balance != nullptr) *balance = *balance + out.balance_loss;
   }
-  return h;
+  return GatherSequence(h, sp);
 }
 
 ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW) {
@@ -310,7 +312,7 @@ std::vector<MoE> DeepSeekV3Impl::MoeLayers() const {
   return out;
 }
 
-void DeepSeekV3Impl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp) {
+void DeepSeekV3Impl::ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp, bool sequence_parallel) {
   if (tp->size() == 1) return;
   {
     torch::NoGradGuard no_grad;
@@ -321,7 +323,8 @@ void DeepSeekV3Impl::ShardTensorParallel(const std::shared_ptr<TensorParallelGro
       w.set_data(TensorParallelBlock(w, split.dim, *tp));
     }
   }
-  for (const auto& module : *layers) module->as<DecoderLayerImpl>()->ShardTensorParallel(tp);
+  for (const auto& module : *layers) module->as<DecoderLayerImpl>()->ShardTensorParallel(tp, sequence_parallel);
+  sequence_parallel_ = sequence_parallel;
   for (const auto& module : *mtp) module->as<MtpModuleImpl>()->block->ShardTensorParallel(tp);
   tp_ = tp;
 }

@@ -2,6 +2,7 @@
 // cross_entropy.py): f, g, the vocabulary-parallel embedding and cross entropy.
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "dsv3/common/check.h"
 #include "dsv3/model/layers.h"
@@ -80,7 +81,50 @@ struct VocabCrossEntropy : public torch::autograd::Function<VocabCrossEntropy> {
   }
 };
 
+// [B, T/tp, ...] from every rank -> [B, T, ...] in rank order along dim 1.
+torch::Tensor AllGatherDim1(const torch::Tensor& x, TensorParallelGroup* tp) {
+  const torch::Tensor blocks = tp->AllGather(x.contiguous());  // tp x B x T/tp x ...
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[1] *= tp->size();
+  return blocks.transpose(0, 1).reshape(shape);
+}
+
+torch::Tensor SliceDim1(const torch::Tensor& x, TensorParallelGroup* tp) {
+  DSV3_CHECK(x.size(1) % tp->size() == 0) << "a sequence of " << x.size(1) << " positions does not split over "
+                                          << tp->size() << " tensor-parallel ranks";
+  const int64_t n = x.size(1) / tp->size();
+  return x.narrow(1, tp->rank() * n, n).contiguous();
+}
+
+struct GatherSeq : public torch::autograd::Function<GatherSeq> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+    ctx->saved_data["tp"] = tp;
+    return AllGatherDim1(x, reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp)));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    return {SliceDim1(grad[0], Unpack(ctx)), torch::Tensor()};
+  }
+};
+
+struct ScatterSeq : public torch::autograd::Function<ScatterSeq> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+    ctx->saved_data["tp"] = tp;
+    return SliceDim1(x, reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp)));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    return {AllGatherDim1(grad[0], Unpack(ctx)), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor GatherSequence(const torch::Tensor& x_BtD, TensorParallelGroup* tp) {
+  return tp == nullptr || tp->size() == 1 ? x_BtD : GatherSeq::apply(x_BtD, Pack(tp));
+}
+
+torch::Tensor ScatterSequence(const torch::Tensor& x_BTD, TensorParallelGroup* tp) {
+  return tp == nullptr || tp->size() == 1 ? x_BTD : ScatterSeq::apply(x_BTD, Pack(tp));
+}
 
 torch::Tensor EnterParallel(const torch::Tensor& x, TensorParallelGroup* tp) {
   return tp == nullptr || tp->size() == 1 ? x : Enter::apply(x, Pack(tp));

@@ -92,8 +92,9 @@ void ShardExperts(const dist::ParallelGroups& groups, model::DeepSeekV3Impl& mas
 void ShardTensorParallel(const dist::ParallelGroups& groups, model::DeepSeekV3Impl& master,
                          model::DeepSeekV3Impl& compute) {
   const auto tp = std::make_shared<CommTensorParallel>(groups.tp.get());
-  master.ShardTensorParallel(tp);
-  if (&compute != &master) compute.ShardTensorParallel(tp);
+  const bool sequence_parallel = master.config().distributed.sequence_parallel;
+  master.ShardTensorParallel(tp, sequence_parallel);
+  if (&compute != &master) compute.ShardTensorParallel(tp, sequence_parallel);
 }
 
 namespace {
@@ -138,6 +139,10 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
   dist::ParamGroup replicated{"replicated", {}, groups.replicated.get(), dp * tp};
   dist::ParamGroup experts{"expert", {}, groups.expert_replicas.get(), dp * tp};
   dist::ParamGroup embedding{"embedding", {}, groups.embedding.get(), dp};
+  // Sequence parallelism: the decoder layers' norms see T/tp positions per rank, so their
+  // gradients are partial sums over the tensor-parallel ranks (summed, not averaged).
+  dist::ParamGroup sequence_norms{"sequence_norms", {}, groups.replicated.get(), dp};
+  const bool sequence_parallel = grid.tp > 1 && cfg.distributed.sequence_parallel;
   const model::PipelineStage& stage = master.pipeline_stage();
   const bool two_embeddings = grid.pp > 1 && (stage.first || stage.last) && master.Holds("embed_tokens.weight") &&
                               (!master.mtp->is_empty() || master.lm_head.is_empty());
@@ -166,14 +171,18 @@ std::unique_ptr<dist::DistributedOptimizer> BuildOptimizer(const config::Config&
       e.full_shape[static_cast<size_t>(e.shard_dim)] *= grid.tp;
       e.shard_start = groups.coord.tp * e.master.size(e.shard_dim);
     }
+    const bool sequence_norm = sequence_parallel && e.name.rfind("layers.", 0) == 0 &&
+                               (e.name.find(".input_layernorm.") != std::string::npos ||
+                                e.name.find(".post_attention_layernorm.") != std::string::npos);
     dist::ParamGroup& group = expert                                       ? experts
                               : two_embeddings && e.name == "embed_tokens.weight" ? embedding
+                              : sequence_norm                               ? sequence_norms
                               : (tp_block || grid.tp == 1)                  ? dense
                                                                             : replicated;
     group.params.push_back(std::move(e));
   }
   std::vector<dist::ParamGroup> param_groups;
-  for (dist::ParamGroup* g : {&dense, &replicated, &experts, &embedding}) {
+  for (dist::ParamGroup* g : {&dense, &replicated, &experts, &embedding, &sequence_norms}) {
     if (!g->params.empty()) param_groups.push_back(std::move(*g));
   }
   dist::OptimizerOptions o;

@@ -170,6 +170,9 @@ struct DistributedConfig {
   // (dsv3) Pipeline parallelism: the schedule of micro-batches over the stages (gpipe |
   // 1f1b | interleaved_1f1b), the model chunks per rank for interleaved_1f1b, and the decoder
   // layers of each stage (empty: split evenly, earlier stages taking the remainder).
+  // (dsv3) Megatron's sequence parallelism under tensor parallelism: norms and residual adds
+  // of the decoder layers on T/tp positions per rank.
+  bool sequence_parallel = false;
   std::string pipeline_schedule = "1f1b";
   int64_t virtual_pipeline_stages = 1;
   std::vector<int64_t> pipeline_layout;

@@ -58,6 +58,15 @@ class TensorParallelGroup {
 torch::Tensor EnterParallel(const torch::Tensor& x, TensorParallelGroup* tp);
 torch::Tensor LeaveParallel(const torch::Tensor& x, TensorParallelGroup* tp);
 
+// Sequence parallelism (Megatron's): the residual stream between the parallel regions is
+// split by sequence over the group. GatherSequence: x_BtD (this rank's T/tp positions) ->
+// x_BTD by all-gather; its gradient is this rank's slice, because every consumer of the
+// gathered activation (the f of each parallel region, the replicated router and experts)
+// hands back the whole, equal gradient on every rank. ScatterSequence: this rank's slice of
+// a whole, equal x_BTD; its gradient is all-gathered.
+torch::Tensor GatherSequence(const torch::Tensor& x_BtD, TensorParallelGroup* tp);
+torch::Tensor ScatterSequence(const torch::Tensor& x_BTD, TensorParallelGroup* tp);
+
 // A parameter split over the tensor-parallel group: rank r holds block r of `dim`.
 struct TensorParallelSplit {
   std::string name;  // as in named_parameters() of the module that reports it
@@ -310,7 +319,11 @@ class DecoderLayerImpl : public torch::nn::Module {
   bool is_moe() const { return !moe.is_empty(); }
   // Tensor parallelism: attention heads, the dense FFN or the shared experts are split; the
   // router and the routed experts stay whole (experts split by expert parallelism instead).
-  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp);
+  // With sequence_parallel, forward() takes and returns this rank's slice of the sequence:
+  // the norms and the residual adds run on T/tp positions, gathered for attention and the
+  // MLP and scattered after them.
+  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp, bool sequence_parallel = false);
+  bool sequence_parallel() const { return sequence_parallel_; }
   std::vector<TensorParallelSplit> TensorParallelPlan() const;  // names relative to the layer
 
   Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -320,6 +333,8 @@ class DecoderLayerImpl : public torch::nn::Module {
 
  private:
   torch::Tensor Mlp(const torch::Tensor& x_BTD, torch::Tensor* balance_loss);
+  std::shared_ptr<TensorParallelGroup> tp_;
+  bool sequence_parallel_ = false;
 };
 TORCH_MODULE(DecoderLayer);
 

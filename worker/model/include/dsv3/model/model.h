@@ -103,7 +103,10 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // output head, split over `tp`; the loss is vocabulary-parallel, logits (Logits(),
   // generation) are gathered. Call with the full weights in place, before anything else is
   // built on the parameters.
-  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp);
+  // With sequence_parallel, the decoder layers run on sequence slices (DecoderLayerImpl), the
+  // stream scattered after the embedding and gathered before the final norm (the MTP blocks
+  // run on whole sequences: their lengths T - d need not divide).
+  void ShardTensorParallel(const std::shared_ptr<TensorParallelGroup>& tp, bool sequence_parallel = false);
   // The parameters split over the tensor-parallel group (named as in named_parameters()),
   // whether sharded yet or not; the rest is replicated on every tensor-parallel rank.
   std::vector<TensorParallelSplit> TensorParallelPlan() const;
@@ -142,6 +145,7 @@ class DeepSeekV3Impl : public torch::nn::Module {
   std::shared_ptr<LayerParameters> layer_params_;
   std::shared_ptr<TensorParallelGroup> tp_;  // null: the whole model here
   PipelineStage stage_;                      // every layer until SetPipelineStage
+  bool sequence_parallel_ = false;
 };
 TORCH_MODULE(DeepSeekV3);
 
