@@ -182,19 +182,23 @@ void CheckParallelism(Config& c, const LoadOptions& options, Checker& ck) {
                   m.moe.num_shared_experts * m.moe.shared_intermediate_size);
     }
   }
+  const int64_t virtual_stages = d.pipeline_parallel_size * d.virtual_pipeline_stages;
   if (!d.pipeline_layout.empty() && ck.Clean({"/model/num_layers", "/distributed/pipeline_layout"})) {
     int64_t sum = 0;
     for (int64_t n : d.pipeline_layout) sum += n;
-    if (static_cast<int64_t>(d.pipeline_layout.size()) != d.pipeline_parallel_size || sum != c.model.num_layers) {
-      ck.Error("/distributed/pipeline_layout", "lists " + Num(static_cast<int64_t>(d.pipeline_layout.size())) +
-                                                   " stages of " + Num(sum) + " layers; it needs pipeline_parallel_size (" +
-                                                   Num(d.pipeline_parallel_size) + ") entries summing to " +
-                                                   "model.num_layers (" + Num(c.model.num_layers) + ")");
+    if (static_cast<int64_t>(d.pipeline_layout.size()) != virtual_stages || sum != c.model.num_layers) {
+      ck.Error("/distributed/pipeline_layout",
+               "lists " + Num(static_cast<int64_t>(d.pipeline_layout.size())) + " stages of " + Num(sum) +
+                   " layers; it needs pipeline_parallel_size (" + Num(d.pipeline_parallel_size) +
+                   (d.virtual_pipeline_stages > 1 ? ") x virtual_pipeline_stages (" + Num(d.virtual_pipeline_stages)
+                                                  : std::string()) +
+                   ") entries summing to model.num_layers (" + Num(c.model.num_layers) + ")");
     }
-  } else if (d.pipeline_parallel_size > c.model.num_layers && ck.Clean({"/model/num_layers"})) {
-    ck.Error("/distributed/pipeline_parallel_size", Num(d.pipeline_parallel_size) + " stages for " +
-                                                        Num(c.model.num_layers) +
-                                                        " layers (model.num_layers): every stage needs a layer");
+  } else if (virtual_stages > c.model.num_layers && ck.Clean({"/model/num_layers"})) {
+    ck.Error("/distributed/pipeline_parallel_size",
+             Num(virtual_stages) + " stages" +
+                 (d.virtual_pipeline_stages > 1 ? " (x virtual_pipeline_stages)" : std::string()) + " for " +
+                 Num(c.model.num_layers) + " layers (model.num_layers): every stage needs a layer");
   }
   if (d.sequence_parallel && tp > 1 && c.training.seq_length % tp != 0 && ck.Clean({"/training/seq_length"})) {
     ck.Error("/distributed/sequence_parallel", "true needs seq_length (" + Num(c.training.seq_length) +
@@ -473,6 +477,16 @@ void ValidateAndDerive(Config& c, const std::set<std::string>& present, const Lo
   for (const auto& e : errors) model_ok = model_ok && e.path.rfind("/model", 0) != 0;
   if (model_ok) estimate = EstimateConfig(c);
   CheckTraining(c, estimate ? &*estimate : nullptr, ck);
+  const DistributedConfig& dc = c.distributed;
+  if (dc.pipeline_parallel_size > 1 && dc.pipeline_schedule == "interleaved_1f1b" &&
+      c.derived.gradient_accumulation_steps % dc.pipeline_parallel_size != 0 &&
+      ck.Clean({"/training/global_batch_size", "/training/micro_batch_size"})) {
+    ck.Error("/distributed/pipeline_schedule",
+             "\"interleaved_1f1b\" runs the micro-batches in groups of pipeline_parallel_size (" +
+                 Num(dc.pipeline_parallel_size) + "); " + Num(c.derived.gradient_accumulation_steps) +
+                 " micro-batches per data-parallel rank (global_batch_size / (micro_batch_size x data_parallel_size)) "
+                 "is not a multiple");
+  }
   CheckData(c, ck);
   CheckSlurm(c, ck);
   if (c.logging.wandb.enabled) {

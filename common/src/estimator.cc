@@ -293,11 +293,12 @@ Estimate EstimateConfig(const Config& c) {
     sh.whole += static_cast<double>(std::max<int64_t>(0, total - experts - split));
   };
   const std::vector<int64_t> stage_layers = StageLayers(c);
-  std::vector<Share> shares(stage_layers.size());
+  const size_t stages = static_cast<size_t>(std::max<int64_t>(1, dist.pipeline_parallel_size));
+  std::vector<Share> shares(stages);
   size_t layer = 0;
-  for (size_t s = 0; s < stage_layers.size(); ++s) {
-    for (int64_t i = 0; i < stage_layers[s] && layer < p.layers.size(); ++i, ++layer) {
-      add_layer(shares[s], p.layers[layer].total, p.layers[layer].moe);
+  for (size_t k = 0; k < stage_layers.size(); ++k) {  // virtual stage k runs on stage k % pp
+    for (int64_t i = 0; i < stage_layers[k] && layer < p.layers.size(); ++i, ++layer) {
+      add_layer(shares[k % stages], p.layers[layer].total, p.layers[layer].moe);
     }
   }
   shares.front().split += static_cast<double>(p.embedding);

@@ -91,11 +91,16 @@ std::string ParallelGrid::Tag(GroupKind kind, int64_t rank) const {
   return GroupKindName(kind) + std::to_string(Members(kind, rank).front());
 }
 
+int64_t VirtualStages(const Config& c) {
+  return std::max<int64_t>(1, c.distributed.pipeline_parallel_size) *
+         std::max<int64_t>(1, c.distributed.virtual_pipeline_stages);
+}
+
 std::vector<int64_t> StageLayers(const Config& c) {
-  const int64_t pp = std::max<int64_t>(1, c.distributed.pipeline_parallel_size), L = c.model.num_layers;
+  const int64_t n = VirtualStages(c), L = c.model.num_layers;
   if (!c.distributed.pipeline_layout.empty()) return c.distributed.pipeline_layout;
-  std::vector<int64_t> out(static_cast<size_t>(pp), L / pp);
-  for (int64_t s = 0; s < L % pp; ++s) ++out[static_cast<size_t>(s)];
+  std::vector<int64_t> out(static_cast<size_t>(n), L / n);
+  for (int64_t s = 0; s < L % n; ++s) ++out[static_cast<size_t>(s)];
   return out;
 }
 
@@ -107,13 +112,19 @@ std::vector<std::string> DescribeGrid(const Config& c) {
   std::vector<std::string> out;
   for (int64_t r = 0; r < g.world(); ++r) {
     const GridCoord at = g.Coord(r);
-    int64_t first = 0;
-    for (int64_t s = 0; s < at.pp; ++s) first += stage_layers[static_cast<size_t>(s)];
-    const int64_t count = stage_layers[static_cast<size_t>(at.pp)];
     std::ostringstream line;
     line << "rank " << r << ": pp " << at.pp << " dp " << at.dp << " tp " << at.tp << " ep " << at.ep << " | ";
     if (at.pp == 0) line << "embedding, ";
-    line << "layers " << first << "-" << first + count - 1;
+    line << "layers ";
+    int64_t first = 0;
+    bool listed = false;
+    for (size_t k = 0; k < stage_layers.size(); ++k) {  // this stage's model chunks
+      if (static_cast<int64_t>(k) % g.pp == at.pp) {
+        line << (listed ? ", " : "") << first << "-" << first + stage_layers[k] - 1;
+        listed = true;
+      }
+      first += stage_layers[k];
+    }
     if (g.pp > 1 && at.pp == g.pp - 1) line << ", norm, head" << (c.training.use_mtp ? ", MTP" : "");
     if (g.tp > 1) {
       line << ", heads " << at.tp * heads << "-" << (at.tp + 1) * heads - 1 << " of " << m.mla.num_heads

@@ -508,6 +508,25 @@ TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
   }
 }
 
+// Interleaved 1F1B: a 4-layer model in 2 chunks on each of 2 stages (layers 0 and 2 on the
+// first, 1 and 3 on the last), 4 micro-batches in groups of 2, equal to one rank.
+TEST_F(DistributedTest, InterleavedPipelineEqualsOneRank) {
+  const json four_layers = {{"model", {{"num_layers", 4}}}};
+  const JobResult one = Run("single4", four_layers, 1);
+  ExpectSucceeded(one);
+  json interleaved = four_layers;
+  interleaved["distributed"] = {{"pipeline_parallel_size", 2},
+                                {"pipeline_schedule", "interleaved_1f1b"},
+                                {"virtual_pipeline_stages", 2},
+                                {"zero_stage", 1}};
+  const JobResult pp = Run("pp2v2", interleaved, 2);
+  ExpectSucceeded(pp);
+  ExpectSameLosses(pp.losses, one.losses, kLossRel);
+  ExpectSameLosses(pp.eval_losses, one.eval_losses, kLossRel);
+  EXPECT_LT(MaxWeightDiff(pp, one, 4), kWeightAbs);
+  EXPECT_NE(pp.logs[0].find("layers 0-0 2-2"), std::string::npos) << pp.logs[0];
+}
+
 // 4 and 8 ranks: pipeline with data, expert and tensor parallelism, ZeRO-1 and 2 in the stages.
 TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
   const JobResult& one = Single();

@@ -86,8 +86,8 @@ class SelfCommunicator final : public Communicator {
                       const std::vector<int64_t>&) override {
     return Copy(out, in);
   }
-  WorkHandle Send(torch::Tensor, int peer) override { throw NoPeer("send", peer); }
-  WorkHandle Recv(torch::Tensor, int peer) override { throw NoPeer("recv", peer); }
+  WorkHandle Send(torch::Tensor, int peer, int) override { throw NoPeer("send", peer); }
+  WorkHandle Recv(torch::Tensor, int peer, int) override { throw NoPeer("recv", peer); }
   void Barrier() override {}
   std::unique_ptr<Communicator> Subgroup(const std::vector<int>&, const std::string&) override {
     return std::make_unique<SelfCommunicator>();

@@ -135,15 +135,15 @@ class GlooCommunicator final : public Communicator {
     return Wrap(Call("alltoall", [&] { return pg_->alltoall_base(dst, src, o, i); }), "alltoall");
   }
 
-  WorkHandle Send(torch::Tensor t, int peer) override {
+  WorkHandle Send(torch::Tensor t, int peer, int tag) override {
     // Gloo moves bytes: bfloat16 travels as it is.
     std::vector<at::Tensor> v{t.contiguous()};
-    return Wrap(Call("send", [&] { return pg_->send(v, peer, /*tag=*/0); }), "send");
+    return Wrap(Call("send", [&] { return pg_->send(v, peer, tag); }), "send");
   }
-  WorkHandle Recv(torch::Tensor t, int peer) override {
+  WorkHandle Recv(torch::Tensor t, int peer, int tag) override {
     TORCH_CHECK(t.is_contiguous(), "Recv: the destination must be contiguous");
     std::vector<at::Tensor> v{t};
-    return Wrap(Call("recv", [&] { return pg_->recv(v, peer, /*tag=*/0); }), "recv");
+    return Wrap(Call("recv", [&] { return pg_->recv(v, peer, tag); }), "recv");
   }
 
   void Barrier() override {

@@ -136,14 +136,14 @@ class NcclCommunicator final : public Communicator {
     Check(ncclGroupEnd(), "alltoall");
     return std::make_shared<NcclWork>(this, "alltoall");
   }
-  WorkHandle Send(torch::Tensor t, int peer) override {
+  WorkHandle Send(torch::Tensor t, int peer, int /*tag: NCCL has none*/) override {
     Usable("send");
     torch::Tensor src = t.contiguous();
     Check(ncclSend(src.data_ptr(), static_cast<size_t>(src.numel()), ToNccl(src.scalar_type()), peer, comm_, stream()),
           "send");
     return std::make_shared<NcclWork>(this, "send");
   }
-  WorkHandle Recv(torch::Tensor t, int peer) override {
+  WorkHandle Recv(torch::Tensor t, int peer, int /*tag: NCCL has none*/) override {
     Usable("recv");
     Check(ncclRecv(t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), peer, comm_, stream()),
           "recv");

@@ -60,7 +60,7 @@ DeepSeekV3Impl::DeepSeekV3Impl(const config::Config& cfg) : cfg_(cfg) {
     const bool moe = std::find(plan.begin(), plan.end(), true) != plan.end();
     for (int64_t d = 1; d < cfg_.training.num_predict_tokens; ++d) mtp->push_back(MtpModule(m, moe));
   }
-  stage_.end_layer = static_cast<int64_t>(layers->size());
+  stage_.chunks = {{0, static_cast<int64_t>(layers->size())}};
   InitWeights();
 }
 
@@ -136,11 +136,13 @@ LayerOutput DeepSeekV3Impl::RunLayer(DecoderLayerImpl& layer, const torch::Tenso
   return layer.forward(x_BTD, ctx);
 }
 
-torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance) {
+torch::Tensor DeepSeekV3Impl::Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance,
+                                    int64_t chunk) {
+  const LayerRange range = stage_.chunks.at(static_cast<size_t>(chunk));
   // Sequence parallelism: the layers pass this rank's slice of the sequence along.
   TensorParallelGroup* sp = sequence_parallel_ ? tp_.get() : nullptr;
   torch::Tensor h = ScatterSequence(x_BTD, sp);
-  for (int64_t i = stage_.first_layer; i < stage_.end_layer; ++i) {
+  for (int64_t i = range.first; i < range.end; ++i) {
     LayerOutput out = RunLayer(*(*layers)[static_cast<size_t>(i)]->as<DecoderLayerImpl>(), h, ctx);
     h = out.h_BTD;
     if (balance != nullptr) *balance = *balance + out.balance_loss;
@@ -153,8 +155,8 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& tokens_BW, const torch:
 }
 
 ModelOutput DeepSeekV3Impl::ForwardStage(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW,
-                                         const torch::Tensor& h_in_BTD) {
-  DSV3_CHECK(stage_.first || h_in_BTD.defined()) << "a stage after the first needs the previous stage's output";
+                                         const torch::Tensor& h_in_BTD, int64_t chunk) {
+  DSV3_CHECK(FirstChunk(chunk) || h_in_BTD.defined()) << "a stage after the first needs the previous stage's output";
   DSV3_CHECK(tokens_BW.dim() == 2 && tokens_BW.size(1) >= 2) << "expected B x (T+1) token windows, got "
                                                             << tokens_BW.sizes();
   const int64_t T = tokens_BW.size(1) - 1;
@@ -169,8 +171,8 @@ ModelOutput DeepSeekV3Impl::ForwardStage(const torch::Tensor& tokens_BW, const t
   const AttentionContext ctx = MakeContext(T, tokens_BW.device(), segments_BW);
   ModelOutput out;
   out.balance_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(tokens_BW.device()));
-  const torch::Tensor h_BTD = Trunk(stage_.first ? Embed(inputs_BT) : h_in_BTD, ctx, &out.balance_loss);
-  if (!stage_.last) {
+  const torch::Tensor h_BTD = Trunk(FirstChunk(chunk) ? Embed(inputs_BT) : h_in_BTD, ctx, &out.balance_loss, chunk);
+  if (!LastChunk(chunk)) {
     out.h_BTD = h_BTD;
     out.main_loss = torch::zeros_like(out.balance_loss);
     out.mtp_loss = torch::zeros_like(out.balance_loss);
@@ -219,16 +221,20 @@ AttentionContext DeepSeekV3Impl::MakeContext(int64_t T, const torch::Device& dev
   return ctx;
 }
 
-torch::Tensor DeepSeekV3Impl::LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD) {
-  const torch::Tensor h = Trunk(stage_.first ? Embed(tokens_BT) : h_in_BTD,
-                                MakeContext(tokens_BT.size(1), tokens_BT.device(), torch::Tensor()), nullptr);
-  return stage_.last ? Head(norm(h)) : h;
+torch::Tensor DeepSeekV3Impl::LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD,
+                                          int64_t chunk) {
+  const torch::Tensor h = Trunk(FirstChunk(chunk) ? Embed(tokens_BT) : h_in_BTD,
+                                MakeContext(tokens_BT.size(1), tokens_BT.device(), torch::Tensor()), nullptr, chunk);
+  return LastChunk(chunk) ? Head(norm(h)) : h;
 }
 
 bool DeepSeekV3Impl::Holds(const std::string& name) const {
   if (name.rfind("layers.", 0) == 0) {
     const int64_t i = std::stoll(name.substr(7, name.find('.', 7) - 7));
-    return i >= stage_.first_layer && i < stage_.end_layer;
+    for (const LayerRange& r : stage_.chunks) {
+      if (i >= r.first && i < r.end) return true;
+    }
+    return false;
   }
   if (name.rfind("embed_tokens.", 0) == 0) return stage_.first || (stage_.last && (!mtp->is_empty() || lm_head.is_empty()));
   return stage_.last;  // norm, lm_head, mtp
@@ -243,9 +249,11 @@ torch::OrderedDict<std::string, torch::Tensor> DeepSeekV3Impl::HeldParameters() 
 }
 
 void DeepSeekV3Impl::SetPipelineStage(const PipelineStage& stage) {
-  DSV3_CHECK(stage.first_layer >= 0 && stage.first_layer < stage.end_layer &&
-             stage.end_layer <= static_cast<int64_t>(layers->size()))
-      << "pipeline stage of layers [" << stage.first_layer << ", " << stage.end_layer << ") of " << layers->size();
+  DSV3_CHECK(!stage.chunks.empty()) << "a pipeline stage without layers";
+  for (const LayerRange& r : stage.chunks) {
+    DSV3_CHECK(r.first >= 0 && r.first < r.end && r.end <= static_cast<int64_t>(layers->size()))
+        << "pipeline stage of layers [" << r.first << ", " << r.end << ") of " << layers->size();
+  }
   stage_ = stage;
   torch::NoGradGuard no_grad;
   for (auto& p : named_parameters()) {

@@ -22,9 +22,12 @@ void RefuseWhatThisBuildCannot(const config::Config& c, const TrainerOptions& op
     throw std::runtime_error("/model/mla/use_flash_mla: FlashMLA kernels are not in this build and fallback_to_dense "
                              "is false; set one of them");
   }
-  if (dc.pipeline_parallel_size > 1 && dc.pipeline_schedule == "interleaved_1f1b") {
-    throw std::runtime_error("/distributed/pipeline_schedule: \"interleaved_1f1b\" is not built yet (it needs "
-                             "virtual_pipeline_stages model chunks per rank); use \"1f1b\" or \"gpipe\"");
+  if (dc.pipeline_parallel_size == 2 && dc.pipeline_schedule == "interleaved_1f1b" &&
+      dist::ResolveBackend(dc.backend, torch::cuda::is_available()) == "nccl") {
+    // With two stages both directions carry activations and gradients; NCCL's point-to-point
+    // messages have no tags to tell them apart (Gloo's do).
+    throw std::runtime_error("/distributed/pipeline_schedule: \"interleaved_1f1b\" with pipeline_parallel_size 2 "
+                             "is not supported on nccl; use \"1f1b\", or 3 or more stages");
   }
   if (c.deepspeed.enabled && c.deepspeed.offload_param_device == "cpu" && torch::cuda::is_available()) {
     throw std::runtime_error("/deepspeed/zero_optimization/offload_param/device: \"cpu\" (parameter offload) is not "

@@ -91,17 +91,20 @@ EvalResult Trainer::State::Evaluate() {
 }
 
 torch::Tensor Trainer::State::PipelineLogits(const torch::Tensor& tokens_BT) {
-  const model::PipelineStage& stage = compute->pipeline_stage();
-  const int stage_index = static_cast<int>(groups.coord.pp);
-  torch::Tensor h_in;
-  if (!stage.first) {
-    h_in = torch::empty({tokens_BT.size(0), tokens_BT.size(1), cfg.model.mla.d_model},
-                        torch::TensorOptions().dtype(compute_dtype).device(device));
-    groups.pp->Recv(h_in, stage_index - 1)->Wait();
+  const int p = static_cast<int>(groups.grid.pp), s = static_cast<int>(groups.coord.pp);
+  const int64_t chunks = static_cast<int64_t>(compute->pipeline_stage().chunks.size());
+  torch::Tensor out;
+  for (int64_t c = 0; c < chunks; ++c) {  // through this stage's model chunks, in order
+    torch::Tensor h_in;
+    if (!(s == 0 && c == 0)) {
+      h_in = torch::empty({tokens_BT.size(0), tokens_BT.size(1), cfg.model.mla.d_model},
+                          torch::TensorOptions().dtype(compute_dtype).device(device));
+      groups.pp->Recv(h_in, (s + p - 1) % p)->Wait();
+    }
+    out = compute->LogitsStage(tokens_BT, h_in, c);
+    if (s == p - 1 && c == chunks - 1) return out;  // the logits
+    groups.pp->Send(out.contiguous(), (s + 1) % p)->Wait();
   }
-  torch::Tensor out = compute->LogitsStage(tokens_BT, h_in);
-  if (stage.last) return out;
-  groups.pp->Send(out.contiguous(), stage_index + 1)->Wait();
   return torch::Tensor();
 }
 

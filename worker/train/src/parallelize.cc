@@ -99,17 +99,18 @@ void ShardTensorParallel(const dist::ParallelGroups& groups, model::DeepSeekV3Im
 
 namespace {
 
-// The pipeline stage that holds parameter `name` (the first, for the embedding).
-int64_t OwnerStage(const std::string& name, const std::vector<int64_t>& stage_layers) {
+// The pipeline stage that holds parameter `name` (the first, for the embedding), with
+// virtual stage k on stage k % pp.
+int64_t OwnerStage(const std::string& name, const std::vector<int64_t>& stage_layers, int64_t pp) {
   if (name.rfind("embed_tokens.", 0) == 0) return 0;
-  if (name.rfind("layers.", 0) != 0) return static_cast<int64_t>(stage_layers.size()) - 1;
+  if (name.rfind("layers.", 0) != 0) return pp - 1;
   const int64_t layer = std::stoll(name.substr(7, name.find('.', 7) - 7));
   int64_t end = 0;
-  for (size_t s = 0; s < stage_layers.size(); ++s) {
-    end += stage_layers[s];
-    if (layer < end) return static_cast<int64_t>(s);
+  for (size_t k = 0; k < stage_layers.size(); ++k) {
+    end += stage_layers[k];
+    if (layer < end) return static_cast<int64_t>(k) % pp;
   }
-  return static_cast<int64_t>(stage_layers.size()) - 1;
+  return pp - 1;
 }
 
 }  // namespace
@@ -117,12 +118,15 @@ int64_t OwnerStage(const std::string& name, const std::vector<int64_t>& stage_la
 void ShardPipeline(const config::Config& cfg, const dist::ParallelGroups& groups, model::DeepSeekV3Impl& master,
                    model::DeepSeekV3Impl& compute) {
   const std::vector<int64_t> stage_layers = config::StageLayers(cfg);
-  const int64_t s = groups.coord.pp;
+  const int64_t s = groups.coord.pp, pp = groups.grid.pp;
   model::PipelineStage stage;
-  for (int64_t i = 0; i < s; ++i) stage.first_layer += stage_layers[static_cast<size_t>(i)];
-  stage.end_layer = stage.first_layer + stage_layers[static_cast<size_t>(s)];
+  int64_t first = 0;
+  for (size_t k = 0; k < stage_layers.size(); ++k) {  // this stage's model chunks, in order
+    if (static_cast<int64_t>(k) % pp == s) stage.chunks.push_back({first, first + stage_layers[k]});
+    first += stage_layers[k];
+  }
   stage.first = s == 0;
-  stage.last = s == groups.grid.pp - 1;
+  stage.last = s == pp - 1;
   master.SetPipelineStage(stage);
   if (&compute != &master) compute.SetPipelineStage(stage);
 }
@@ -244,7 +248,7 @@ std::vector<std::pair<std::string, torch::Tensor>> GatherHfState(const dist::Par
     const std::vector<int64_t> stage_layers = config::StageLayers(master.config());
     const int64_t me = groups.coord.pp;
     for (const auto& p : master.named_parameters()) {
-      const int64_t owner = OwnerStage(p.key(), stage_layers);
+      const int64_t owner = OwnerStage(p.key(), stage_layers, grid.pp);
       if (owner == 0 || (me != 0 && me != owner)) continue;
       torch::Tensor header = torch::zeros({kMaxDims + 1}, torch::kLong);
       if (me == owner) {

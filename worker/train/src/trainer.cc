@@ -113,8 +113,9 @@ void Trainer::State::Parallelize() {
     std::ostringstream m;
     m << "rank " << opt.rank << " of " << opt.world_size << " (" << world->backend() << "): data-parallel " << dp
       << ", tensor-parallel " << tp << ", pipeline-parallel " << groups.grid.pp << ", expert-parallel " << ep
-      << " (at dp " << groups.coord.dp << ", tp " << groups.coord.tp << ", stage " << groups.coord.pp << ", layers "
-      << compute->pipeline_stage().first_layer << "-" << compute->pipeline_stage().end_layer - 1 << "), ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
+      << " (at dp " << groups.coord.dp << ", tp " << groups.coord.tp << ", stage " << groups.coord.pp << ", layers";
+    for (const model::LayerRange& r : compute->pipeline_stage().chunks) m << " " << r.first << "-" << r.end - 1;
+    m << "), ZeRO-" << c.derived.effective_zero_stage << "; on this rank: parameters "
       << optimizer->param_bytes() / 1048576.0 << " MiB, optimizer state " << optimizer->state_bytes() / 1048576.0
       << " MiB, gradient buffers " << optimizer->grad_bytes() / 1048576.0 << " MiB";
     Message(m.str());

@@ -47,42 +47,56 @@ LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
 LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigures& f) {
   const config::TrainingConfig& t = cfg.training;
   const int64_t gas = cfg.derived.gradient_accumulation_steps, micro = t.micro_batch_size;
-  const model::PipelineStage& stage = compute->pipeline_stage();
   dist::Communicator& pp = *groups.pp;
-  const int prev = static_cast<int>(groups.coord.pp) - 1, next = static_cast<int>(groups.coord.pp) + 1;
+  const int p = static_cast<int>(groups.grid.pp), s = static_cast<int>(groups.coord.pp);
+  // Neighbours in the ring of virtual stages: the interleaved schedule wraps from the last
+  // stage to the first (the other schedules never use the wrap).
+  const int prev = (s + p - 1) % p, next = (s + 1) % p;
+  constexpr int kActivation = 0, kGradient = 1;  // tags: with two stages both go both ways
   const auto activation = torch::TensorOptions().dtype(compute_dtype).device(device);
   const std::vector<int64_t> shape = {micro, t.seq_length, cfg.model.mla.d_model};
-  // A micro-batch between its forward and its backward: the input from the previous stage
-  // (whose gradient goes back), the output to the next stage, and the loss to backpropagate.
+  const int64_t chunks = static_cast<int64_t>(compute->pipeline_stage().chunks.size());
+  const auto first_chunk = [&](int64_t c) { return s == 0 && c == 0; };
+  const auto last_chunk = [&](int64_t c) { return s == p - 1 && c == chunks - 1; };
+  // A micro-batch in one chunk between its forward and its backward: the input from the
+  // previous stage (whose gradient goes back), the output to the next, the loss to backprop.
   struct InFlight {
     torch::Tensor h_in, h_out, loss;
   };
-  std::map<int64_t, InFlight> in_flight;
+  std::map<std::pair<int64_t, int64_t>, InFlight> in_flight;
   // Sends complete in the background; their tensors stay alive until the step's end.
   std::vector<std::pair<dist::WorkHandle, torch::Tensor>> sends;
-  const auto send = [&](torch::Tensor x, int peer) {
+  const auto send = [&](torch::Tensor x, int peer, int tag) {
     x = x.contiguous();
-    sends.emplace_back(pp.Send(x, peer), x);
+    sends.emplace_back(pp.Send(x, peer, tag), x);
   };
+  const std::vector<PipelineAction> actions =
+      PipelineSchedule(cfg.distributed.pipeline_schedule, p, s, gas, chunks);
+  size_t last_backward = 0;
+  for (size_t i = 0; i < actions.size(); ++i) {
+    if (!actions[i].forward) last_backward = i;
+  }
   const double wait_before = pp.blocked_seconds();
   LossParts sum;
-  for (const PipelineAction& a : PipelineSchedule(cfg.distributed.pipeline_schedule, groups.grid.pp, groups.coord.pp, gas)) {
+  for (size_t i = 0; i < actions.size(); ++i) {
+    const PipelineAction& a = actions[i];
+    const auto key = std::make_pair(a.micro, a.chunk);
     const auto t0 = Clock::now();
     if (a.forward) {
       const torch::Tensor tokens = Rows(batch.tokens, a.micro * micro, micro, batch.width, device);
       torch::Tensor segments;
       if (!batch.segments.empty()) segments = Rows(batch.segments, a.micro * micro, micro, batch.width, device);
       InFlight x;
-      if (!stage.first) {
+      if (!first_chunk(a.chunk)) {
         x.h_in = torch::empty(shape, activation);
-        pp.Recv(x.h_in, prev)->Wait();
+        pp.Recv(x.h_in, prev, kActivation)->Wait();
         x.h_in.requires_grad_(true);
       }
-      const model::ModelOutput out = compute->ForwardStage(tokens, segments, x.h_in);
+      const model::ModelOutput out = compute->ForwardStage(tokens, segments, x.h_in, a.chunk);
       x.h_out = out.h_BTD;
       x.loss = out.loss / static_cast<double>(gas);
       if (t.use_fp16) x.loss = x.loss * scaler.scale;
-      if (!stage.last) send(out.h_BTD.detach(), next);
+      if (!last_chunk(a.chunk)) send(out.h_BTD.detach(), next, kActivation);
       const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
                                                 out.mtp_loss.detach().to(torch::kDouble),
                                                 out.balance_loss.detach().to(torch::kDouble)})
@@ -91,19 +105,21 @@ LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigur
       sum.main += v[0] / static_cast<double>(gas);
       sum.mtp += v[1] / static_cast<double>(gas);
       sum.balance += v[2] / static_cast<double>(gas);
-      in_flight[a.micro] = std::move(x);
+      in_flight[key] = std::move(x);
       f.ms_forward += Ms(t0, Clock::now());
     } else {
-      InFlight x = std::move(in_flight.at(a.micro));
-      in_flight.erase(a.micro);
-      optimizer->BeginMicroStep(a.micro == gas - 1);
-      if (stage.last) {
+      InFlight x = std::move(in_flight.at(key));
+      in_flight.erase(key);
+      // Gradients are complete (and reduced, ZeRO 0/1) after the schedule's last backward:
+      // with model chunks, a micro-batch's index alone does not say that.
+      optimizer->BeginMicroStep(i == last_backward);
+      if (last_chunk(a.chunk)) {
         x.loss.backward();
       } else {
         torch::Tensor grad = torch::empty(shape, activation);
-        pp.Recv(grad, next)->Wait();
+        pp.Recv(grad, next, kGradient)->Wait();
         std::vector<torch::Tensor> outputs = {x.h_out}, grads = {grad};
-        if (x.loss.requires_grad()) {  // the stage's MoE balance losses
+        if (x.loss.requires_grad()) {  // the chunk's MoE balance losses
           outputs.push_back(x.loss);
           grads.push_back(torch::ones_like(x.loss));
         }
@@ -111,7 +127,7 @@ LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigur
       }
       // The input's gradient goes back before this stage waits for its reductions: the
       // embedding's two copies reduce together, so the first stage must get to its backward.
-      if (!stage.first) send(x.h_in.grad(), prev);
+      if (!first_chunk(a.chunk)) send(x.h_in.grad(), prev, kGradient);
       optimizer->FinishBackward();
       f.ms_backward += Ms(t0, Clock::now());
     }

@@ -53,10 +53,12 @@ struct ParallelGrid {
   std::string Tag(GroupKind kind, int64_t rank) const;
 };
 
-// Decoder layers per pipeline stage: distributed.pipeline_layout when given, else an even
-// split with the first num_layers % pp stages taking one more. The embedding is on the
-// first stage; the final norm, head, loss and MTP modules are on the last.
+// Decoder layers per virtual pipeline stage (pp x virtual_pipeline_stages of them; virtual
+// stage k runs on stage k % pp, as its (k / pp)-th model chunk): distributed.pipeline_layout
+// when given, else an even split with the first num_layers % (pp x v) taking one more. The
+// embedding is on the first; the final norm, head, loss and MTP modules are on the last.
 std::vector<int64_t> StageLayers(const Config& c);
+int64_t VirtualStages(const Config& c);  // pp x virtual_pipeline_stages
 
 // What rank `rank` holds of the model: its stage's layers, its heads and vocabulary rows,
 // its routed experts. One line per rank, for `config show` and `submit --dry-run`.

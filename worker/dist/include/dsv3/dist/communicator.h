@@ -52,9 +52,10 @@ class Communicator {
                               const std::vector<int64_t>& in_rows) = 0;
   // Point to point (pipeline stages): `t` to rank `peer` of this communicator, or into `t`
   // (contiguous, of the sender's shape and dtype) from `peer`. Between two ranks, sends and
-  // receives pair up in the order they are issued.
-  virtual WorkHandle Send(torch::Tensor t, int peer) = 0;
-  virtual WorkHandle Recv(torch::Tensor t, int peer) = 0;
+  // receives of one tag pair up in the order they are issued (Gloo keeps tags apart; NCCL
+  // has none: there every message between two ranks pairs up in issue order).
+  virtual WorkHandle Send(torch::Tensor t, int peer, int tag = 0) = 0;
+  virtual WorkHandle Recv(torch::Tensor t, int peer, int tag = 0) = 0;
   virtual void Barrier() = 0;
 
   // A communicator over `members` (ranks of this one, ascending), made by each member with

@@ -20,11 +20,15 @@
 
 namespace dsv3::model {
 
-// Pipeline parallelism: the part of the model one stage runs.
+// Pipeline parallelism: the part of the model one stage runs, in one model chunk or (the
+// interleaved schedule) several.
+struct LayerRange {
+  int64_t first = 0, end = 0;  // decoder layers [first, end)
+};
 struct PipelineStage {
-  int64_t first_layer = 0, end_layer = 0;  // decoder layers [first_layer, end_layer)
-  bool first = true;                       // the embedding of the input tokens
-  bool last = true;                        // the final norm, the head, the losses and the MTP modules
+  std::vector<LayerRange> chunks;  // in order; empty: every layer
+  bool first = true;               // the first chunk starts with the embedding of the input tokens
+  bool last = true;                // the last chunk ends with the final norm, head, losses and MTP
 };
 
 struct ModelOutput {
@@ -59,10 +63,11 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // forward() of this rank's pipeline stage: from the embeddings (first stage) or h_in_BTD
   // (the previous stage's output) through the stage's layers; the last stage adds the losses
   // and MTP, the others return h_BTD and their layers' balance loss as `loss`.
+  // `chunk` picks the model chunk (interleaved schedule).
   ModelOutput ForwardStage(const torch::Tensor& tokens_BW, const torch::Tensor& segments_BW,
-                           const torch::Tensor& h_in_BTD);
-  // Logits() of this rank's stage: the stage's hidden output, or the logits on the last stage.
-  torch::Tensor LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD);
+                           const torch::Tensor& h_in_BTD, int64_t chunk = 0);
+  // Logits() of this rank's stage: the chunk's hidden output, or the logits after the last.
+  torch::Tensor LogitsStage(const torch::Tensor& tokens_BT, const torch::Tensor& h_in_BTD, int64_t chunk = 0);
 
   // Pipeline parallelism: keeps only what `stage` runs. The parameters of the other decoder
   // layers, of the embedding (unless the stage is first, or last with MTP or a tied head,
@@ -137,7 +142,12 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // Positions (restarting per document when segments are given) and document ids.
   static AttentionContext MakeContext(int64_t T, const torch::Device& device, const torch::Tensor& segments);
   // Decoder stack over embeddings; adds the layers' balance losses to *balance.
-  torch::Tensor Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance);
+  torch::Tensor Trunk(const torch::Tensor& x_BTD, const AttentionContext& ctx, torch::Tensor* balance,
+                      int64_t chunk = 0);
+  bool FirstChunk(int64_t chunk) const { return stage_.first && chunk == 0; }
+  bool LastChunk(int64_t chunk) const {
+    return stage_.last && chunk + 1 == static_cast<int64_t>(stage_.chunks.size());
+  }
   LayerOutput RunLayer(DecoderLayerImpl& layer, const torch::Tensor& x_BTD, const AttentionContext& ctx);
   void InitWeights();
 
