@@ -100,6 +100,16 @@ const BadConfig kBadConfigs[] = {
     {"virtual_stages_without_interleaving", R"({"distributed": {"virtual_pipeline_stages": 2}})",
      {"/distributed/virtual_pipeline_stages: 2 model chunks per rank need pipeline_schedule \"interleaved_1f1b\" (it "
       "is \"1f1b\")"}},
+    {"interleaved_micro_batches_not_in_groups",
+     R"({"distributed": {"pipeline_parallel_size": 2, "pipeline_schedule": "interleaved_1f1b",
+                         "virtual_pipeline_stages": 2},
+         "training": {"global_batch_size": 6, "micro_batch_size": 2}})",
+     {"/distributed/pipeline_schedule: \"interleaved_1f1b\" runs the micro-batches in groups of "
+      "pipeline_parallel_size (2); 3 micro-batches per data-parallel rank (global_batch_size / (micro_batch_size x "
+      "data_parallel_size)) is not a multiple"}},
+    {"sequence_parallel_uneven", R"({"distributed": {"tensor_parallel_size": 2, "sequence_parallel": true},
+                                    "training": {"seq_length": 2047}})",
+     {"/distributed/sequence_parallel: true needs seq_length (2047) divisible by tensor_parallel_size (2)"}},
     {"min_lr_above_lr", R"({"training": {"learning_rate": 1e-4, "min_learning_rate": 1e-3}})",
      {"/training/min_learning_rate: 0.001 exceeds learning_rate (0.0001)"}},
     {"seq_beyond_context", R"({"training": {"seq_length": 8192}})",
