@@ -5,11 +5,12 @@
 // state each rank holds. Asserts nothing.
 //
 //   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
-//              [--stages 0,1,2,3] [--tp 1,2] [--pp 1,2] [--ep 1,2] [--schedule 1f1b]
+//              [--stages 0,1,2,3] [--tp 1,2] [--pp 1,2] [--ep 1,2] [--schedule 1f1b] [--virtual V]
 //              [--batch GLOBAL] [--micro M] [--seq T] [--dir /tmp/dsv3_dist_bench]
 //
 // With pipeline stages it also prints the bubble: the share of rank 0's step spent waiting
-// on the other stages, beside the ideal (p - 1) / (m + p - 1) of m micro-batches.
+// on the other stages, beside the ideal (p - 1) / (v m + p - 1) of m micro-batches and v
+// model chunks per stage (--virtual, with --schedule interleaved_1f1b).
 //
 // Cores are split evenly: 1 rank gets every core as intra-op threads, N ranks get cores / N
 // each. The data is replaced by a synthetic corpus (byte tokenizer).
@@ -107,7 +108,7 @@ int main(int argc, char** argv) {
   int64_t batch = 0, seq = 0;
   std::vector<int> stages = {0, 1, 2, 3}, tps = {1}, pps = {1}, eps = {1};
   std::string schedule = "1f1b";
-  int64_t micro_override = 0;
+  int64_t micro_override = 0, virtual_stages = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") configs.push_back(v);
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
     else if (k == "--tp") tps = ParseList(v);
     else if (k == "--pp") pps = ParseList(v);
     else if (k == "--schedule") schedule = v;
+    else if (k == "--virtual") virtual_stages = std::stoll(v);
     else if (k == "--micro") micro_override = std::stoll(v);
     else if (k == "--ep") eps = ParseList(v);
     else if (k == "--batch") batch = std::stoll(v);
@@ -170,6 +172,7 @@ int main(int argc, char** argv) {
           cfg["distributed"]["tensor_parallel_size"] = tp;
           cfg["distributed"]["pipeline_parallel_size"] = pp;
           cfg["distributed"]["pipeline_schedule"] = schedule;
+          cfg["distributed"]["virtual_pipeline_stages"] = pp > 1 ? virtual_stages : 1;
           cfg["distributed"]["expert_parallel_size"] = ep;
           // The micro-batch count per data-parallel rank must stay whole.
           const int64_t dp = ranks / (tp * pp);
@@ -192,7 +195,7 @@ int main(int argc, char** argv) {
               std::printf("      %s, %lld micro-batches: rank 0 waits on the other stages %.0f%% of its step (ideal "
                           "bubble %.0f%%)\n",
                           schedule.c_str(), static_cast<long long>(m), 100 * f.pipeline_wait_ms / f.step_ms,
-                          100.0 * (pp - 1) / static_cast<double>(m + pp - 1));
+                          100.0 * (pp - 1) / static_cast<double>(virtual_stages * m + pp - 1));
             }
           }
         }
