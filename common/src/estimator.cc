@@ -213,12 +213,13 @@ void EstimateActivations(const Config& c, const ParamCounts& p, MemoryEstimate& 
   // per head; the chunked kernel keeps one 1024-token chunk of fp32 logits and the gradients of
   // the hidden states and the head weight.
   const double V = static_cast<double>(m.vocab_size);
-  // Under tensor parallelism the vocabulary-parallel loss keeps each head's block of logits
-  // and its fp32 softmax (not chunked yet).
+  // Under tensor parallelism each rank scores its V / tp block of the vocabulary (fused: in
+  // chunks, as above; reference: the block's logits and fp32 softmax per head).
   const double tp = static_cast<double>(std::max<int64_t>(1, c.distributed.tensor_parallel_size));
-  const double loss = tp > 1  ? heads * tokens * (V / tp) * (act + f32)
-                      : fused ? f32 * std::min(tokens, 1024.0) * V + heads * act * tokens * D + f32 * V * D
-                              : heads * tokens * V * (act + 2 * f32);
+  const double Vr = V / tp;
+  const double loss = fused ? f32 * std::min(tokens, 1024.0) * Vr + heads * act * tokens * D + f32 * Vr * D
+                      : tp > 1 ? heads * tokens * Vr * (act + f32)
+                               : heads * tokens * V * (act + 2 * f32);
   // Tensor parallelism splits the layers' activations across its ranks (roughly: by heads and FFN width).
   const double tp_share = 1.0 / tp;
   mem.activations_attention = attention * tokens * tp_share;

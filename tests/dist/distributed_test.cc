@@ -414,6 +414,11 @@ TEST_F(DistributedTest, TensorParallelTwoEqualsOneRank) {
   ExpectSameLosses(sp.eval_losses, one.eval_losses, kLossRel);
   EXPECT_LT(MaxWeightDiff(sp, one, 4), kWeightAbs);
   EXPECT_TRUE(Shard(sp, 4, 0).count("sequence_norms.exp_avg"));
+  // The reference ops (the unchunked vocabulary-parallel loss) compute the same.
+  const JobResult reference =
+      Run("tp2reference", {{"model", {{"fused_kernels", false}}}, {"distributed", {{"tensor_parallel_size", 2}}}}, 2);
+  ExpectSucceeded(reference);
+  ExpectSameLosses(reference.losses, one.losses, kLossRel);
   // ZeRO-3 on top: each layer's blocks and replicated weights gathered when it runs.
   const JobResult z3 = Run("tp2z3", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 3}}}}, 2);
   ExpectSucceeded(z3);

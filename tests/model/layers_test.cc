@@ -364,5 +364,48 @@ TEST(GradCheck, MoEWithSharedExpertAndBalanceLoss) {
   });
 }
 
+// A tensor-parallel group of one rank: the vocabulary-parallel losses must then be the plain
+// cross entropy, with its gradients, whatever the chunking.
+class OneRankGroup final : public TensorParallelGroup {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void AllReduce(torch::Tensor&, bool) override {}
+  torch::Tensor AllGather(const torch::Tensor& t) override { return t.unsqueeze(0); }
+};
+
+TEST(TensorParallel, VocabParallelLossesAreCrossEntropyWithItsGradients) {
+  torch::manual_seed(3);
+  const auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+  const torch::Tensor h0 = torch::randn({10, 8}, f64), w0 = torch::randn({12, 8}, f64);
+  const torch::Tensor targets = torch::tensor({1, 5, -100, 11, 0, 3, 3, 7, 9, 2}, torch::kLong);
+  const auto reference = [&](torch::Tensor& gh, torch::Tensor& gw) {
+    torch::Tensor h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    torch::Tensor loss = torch::nn::functional::cross_entropy(
+        torch::matmul(h, w.t()), targets, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+    (loss * 1.5).backward();
+    gh = h.grad();
+    gw = w.grad();
+    return loss.item<double>();
+  };
+  torch::Tensor ref_h, ref_w;
+  const double ref = reference(ref_h, ref_w);
+  OneRankGroup tp;
+  for (int64_t chunk : {3, 4, 1024}) {  // uneven chunks, one chunk
+    torch::Tensor h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    torch::Tensor loss = VocabParallelLinearCrossEntropy(h, w, targets, -100, &tp, chunk);
+    (loss * 1.5).backward();
+    EXPECT_NEAR(loss.item<double>(), ref, 1e-12) << "chunk " << chunk;
+    EXPECT_TRUE(torch::allclose(h.grad(), ref_h, 1e-10, 1e-12)) << "chunk " << chunk;
+    EXPECT_TRUE(torch::allclose(w.grad(), ref_w, 1e-10, 1e-12)) << "chunk " << chunk;
+  }
+  torch::Tensor h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+  torch::Tensor loss = VocabParallelCrossEntropy(torch::matmul(h, w.t()), targets, -100, &tp);
+  (loss * 1.5).backward();
+  EXPECT_NEAR(loss.item<double>(), ref, 1e-12);
+  EXPECT_TRUE(torch::allclose(h.grad(), ref_h, 1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(w.grad(), ref_w, 1e-10, 1e-12));
+}
+
 }  // namespace
 }  // namespace dsv3::model

@@ -106,8 +106,13 @@ torch::Tensor DeepSeekV3Impl::HeadLoss(const torch::Tensor& h_BTD, const torch::
                                        torch::Tensor* logits_BTV) {
   if (tp_) {
     // The hidden state enters the vocabulary-parallel head; each rank scores its block of
-    // the vocabulary and the loss combines the blocks without gathering them.
+    // the vocabulary and the loss combines the blocks without gathering them (fused: a chunk
+    // of tokens at a time, never the whole block of logits).
     const torch::Tensor h = EnterParallel(h_BTD, tp_.get());
+    if (UseFused(cfg_.model.fused_kernels, h_BTD)) {
+      return VocabParallelLinearCrossEntropy(h.reshape({-1, h.size(-1)}), HeadWeight(), targets_BT.reshape({-1}),
+                                             kIgnoreIndex, tp_.get());
+    }
     return VocabParallelCrossEntropy(LocalHead(h).reshape({-1, HeadWeight().size(0)}), targets_BT.reshape({-1}),
                                      kIgnoreIndex, tp_.get());
   }

@@ -1,6 +1,7 @@
 // Tensor parallelism's autograd pieces (Megatron-LM's mappings.py and
 // cross_entropy.py): f, g, the vocabulary-parallel embedding and cross entropy.
 #include <cstdint>
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -81,6 +82,53 @@ struct VocabCrossEntropy : public torch::autograd::Function<VocabCrossEntropy> {
   }
 };
 
+// The chunked vocabulary-parallel loss: scored chunk by chunk in the forward, which also
+// computes both gradients (for the mean over valid targets); backward scales them.
+struct VocabLinearCrossEntropy : public torch::autograd::Function<VocabLinearCrossEntropy> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h_XD, const torch::Tensor& w_VD,
+                               const torch::Tensor& targets_X, int64_t ignore_index, int64_t tp_packed,
+                               int64_t chunk) {
+    auto* tp = reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp_packed));
+    const auto precision = h_XD.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+    const torch::Tensor w = w_VD.to(precision);
+    const int64_t X = h_XD.size(0), V = w.size(0), first = tp->rank() * V;
+    torch::Tensor grad_h = torch::zeros({X, h_XD.size(1)}, h_XD.options().dtype(precision));
+    torch::Tensor grad_w = torch::zeros_like(w);
+    const torch::Tensor valid_X = targets_X != ignore_index;
+    const torch::Tensor count = valid_X.sum().to(precision);
+    torch::Tensor total = torch::zeros({}, w.options());
+    for (int64_t at = 0; at < X; at += chunk) {
+      const int64_t n = std::min(chunk, X - at);
+      const torch::Tensor h = h_XD.narrow(0, at, n).to(precision), t = targets_X.narrow(0, at, n);
+      const torch::Tensor valid = valid_X.narrow(0, at, n);
+      const torch::Tensor l = torch::matmul(h, w.t());
+      torch::Tensor max_n = std::get<0>(l.max(1));
+      tp->AllReduce(max_n, /*max=*/true);
+      torch::Tensor probs = (l - max_n.unsqueeze(1)).exp();
+      const torch::Tensor mine = valid & (t >= first) & (t < first + V);
+      const torch::Tensor local = (t - first).masked_fill(mine.logical_not(), 0);
+      torch::Tensor both = torch::stack(
+          {probs.sum(1), l.gather(1, local.unsqueeze(1)).squeeze(1).masked_fill(mine.logical_not(), 0)});
+      tp->AllReduce(both);
+      total = total + ((both[0].log() + max_n - both[1]) * valid.to(precision)).sum();
+      // d(loss)/d(logits) = (softmax - onehot) for each valid target, before the mean.
+      probs.div_(both[0].unsqueeze(1));
+      probs.scatter_add_(1, local.unsqueeze(1), -mine.to(precision).unsqueeze(1));
+      probs.mul_(valid.to(precision).unsqueeze(1));
+      grad_h.narrow(0, at, n).copy_(torch::matmul(probs, w));
+      grad_w.add_(torch::matmul(probs.t(), h));
+    }
+    ctx->save_for_backward({(grad_h / count).to(h_XD.scalar_type()), (grad_w / count).to(w_VD.scalar_type())});
+    return total / count;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const variable_list s = ctx->get_saved_variables();
+    const torch::Tensor g = grad[0];
+    return {s[0] * g.to(s[0].scalar_type()), s[1] * g.to(s[1].scalar_type()), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
+  }
+};
+
 // [B, T/tp, ...] from every rank -> [B, T, ...] in rank order along dim 1.
 torch::Tensor AllGatherDim1(const torch::Tensor& x, TensorParallelGroup* tp) {
   const torch::Tensor blocks = tp->AllGather(x.contiguous());  // tp x B x T/tp x ...
@@ -157,6 +205,16 @@ torch::Tensor VocabParallelCrossEntropy(const torch::Tensor& logits_local_XV, co
       << "vocab-parallel cross entropy of " << logits_local_XV.sizes() << " logits for " << targets_X.sizes()
       << " targets";
   return VocabCrossEntropy::apply(logits_local_XV, targets_X, ignore_index, Pack(tp));
+}
+
+torch::Tensor VocabParallelLinearCrossEntropy(const torch::Tensor& h_XD, const torch::Tensor& weight_local_VD,
+                                              const torch::Tensor& targets_X, int64_t ignore_index,
+                                              TensorParallelGroup* tp, int64_t chunk) {
+  DSV3_CHECK(tp != nullptr && h_XD.dim() == 2 && weight_local_VD.dim() == 2 && targets_X.dim() == 1 &&
+             h_XD.size(0) == targets_X.size(0) && h_XD.size(1) == weight_local_VD.size(1) && chunk > 0)
+      << "vocab-parallel linear cross entropy of " << h_XD.sizes() << " hidden states, a " << weight_local_VD.sizes()
+      << " head and " << targets_X.sizes() << " targets";
+  return VocabLinearCrossEntropy::apply(h_XD, weight_local_VD, targets_X, ignore_index, Pack(tp), chunk);
 }
 
 }  // namespace dsv3::model

@@ -73,6 +73,15 @@ struct TensorParallelSplit {
   int64_t dim = 0;
 };
 
+// The same from the hidden states and this rank's vocabulary rows of the head (V/tp x D),
+// in chunks of `chunk` tokens: each chunk's logits live only while it is scored, and the
+// gradients of h and the head come out of the forward (the fused kernels' way, made
+// vocabulary-parallel). h's gradient is this rank's share: h must enter through
+// EnterParallel, which sums the shares.
+torch::Tensor VocabParallelLinearCrossEntropy(const torch::Tensor& h_XD, const torch::Tensor& weight_local_VD,
+                                              const torch::Tensor& targets_X, int64_t ignore_index,
+                                              TensorParallelGroup* tp, int64_t chunk = 1024);
+
 // Rank tp->rank()'s block of `dim` of `t` (a copy).
 torch::Tensor TensorParallelBlock(const torch::Tensor& t, int64_t dim, const TensorParallelGroup& tp);
 
