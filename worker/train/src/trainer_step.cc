@@ -10,6 +10,22 @@
 #include "trainer_state.h"
 
 namespace dsv3::train {
+namespace {
+
+// A micro-batch's loss parts into the step's sums, each divided by the micro-batch count:
+// one device-to-host copy for the three (each .item() is a sync on a GPU).
+void AddLossParts(const model::ModelOutput& out, int64_t micro_batches, LossParts& sum) {
+  const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
+                                            out.mtp_loss.detach().to(torch::kDouble),
+                                            out.balance_loss.detach().to(torch::kDouble)})
+                                  .to(torch::kCPU);
+  const double* v = parts.data_ptr<double>();
+  sum.main += v[0] / static_cast<double>(micro_batches);
+  sum.mtp += v[1] / static_cast<double>(micro_batches);
+  sum.balance += v[2] / static_cast<double>(micro_batches);
+}
+
+}  // namespace
 
 LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
   if (groups.grid.pp > 1) return PipelineMicroSteps(batch, f);
@@ -31,15 +47,7 @@ LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
     const auto f2 = Clock::now();
     f.ms_forward += Ms(f0, f1);
     f.ms_backward += Ms(f1, f2);
-    // One device-to-host copy for the three loss parts (each .item() is a sync on a GPU).
-    const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
-                                              out.mtp_loss.detach().to(torch::kDouble),
-                                              out.balance_loss.detach().to(torch::kDouble)})
-                                    .to(torch::kCPU);
-    const double* v = parts.data_ptr<double>();
-    sum.main += v[0] / static_cast<double>(gas);
-    sum.mtp += v[1] / static_cast<double>(gas);
-    sum.balance += v[2] / static_cast<double>(gas);
+    AddLossParts(out, gas, sum);
   }
   return sum;
 }
@@ -97,14 +105,7 @@ LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigur
       x.loss = out.loss / static_cast<double>(gas);
       if (t.use_fp16) x.loss = x.loss * scaler.scale;
       if (!last_chunk(a.chunk)) send(out.h_BTD.detach(), next, kActivation);
-      const torch::Tensor parts = torch::stack({out.main_loss.detach().to(torch::kDouble),
-                                                out.mtp_loss.detach().to(torch::kDouble),
-                                                out.balance_loss.detach().to(torch::kDouble)})
-                                      .to(torch::kCPU);
-      const double* v = parts.data_ptr<double>();
-      sum.main += v[0] / static_cast<double>(gas);
-      sum.mtp += v[1] / static_cast<double>(gas);
-      sum.balance += v[2] / static_cast<double>(gas);
+      AddLossParts(out, gas, sum);
       in_flight[key] = std::move(x);
       f.ms_forward += Ms(t0, Clock::now());
     } else {
