@@ -1,8 +1,9 @@
 // Parallel scaling on this machine: the same config and global batch trained by 1 rank and
 // by N dsv3-worker processes over Gloo on loopback (started as torchrun starts them), with
 // each ZeRO stage and each tensor-/expert-parallel size asked for (the rest of the ranks
-// data-parallel). Prints tokens/s, the step time spent blocked in communication, and the
-// state each rank holds. Asserts nothing.
+// data-parallel). Prints tokens/s, the step time spent blocked in communication, the bytes
+// rank 0 sends per step in each process group, and the state each rank holds. Asserts
+// nothing.
 //
 //   dist_bench [--config configs/train_config_nano.json]... [--steps 12] [--ranks 2]
 //              [--stages 0,1,2,3] [--tp 1,2] [--pp 1,2] [--ep 1,2] [--schedule 1f1b] [--virtual V]
@@ -42,6 +43,7 @@ struct Figures {
   bool ok = false;
   double tokens_per_s = 0;  // the job's, every rank together
   double step_ms = 0, comm_ms = 0, pipeline_wait_ms = 0, optimizer_mb = 0, param_mb = 0, grad_mb = 0;
+  std::string bytes_per_group;  // rank 0's bytes sent per step, by process group
 };
 
 // One job: `ranks` processes, the last logged window (the steps after the first).
@@ -85,6 +87,12 @@ Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, in
   f.step_ms = m["step_ms"];
   f.comm_ms = m["time_communication_ms"];
   f.pipeline_wait_ms = m.value("time_pipeline_wait_ms", 0.0);
+  for (const auto& [key, value] : m.items()) {
+    if (key.rfind("comm_bytes_", 0) != 0) continue;
+    char figure[64];
+    std::snprintf(figure, sizeof(figure), "%s %.2f MiB", key.substr(11).c_str(), value.get<double>() / 1048576.0);
+    f.bytes_per_group += (f.bytes_per_group.empty() ? "" : ", ") + std::string(figure);
+  }
   f.optimizer_mb = m["optimizer_state_bytes"].get<double>() / 1048576.0;
   f.param_mb = m["parameter_bytes"].get<double>() / 1048576.0;
   f.grad_mb = m["gradient_bytes"].get<double>() / 1048576.0;
@@ -191,6 +199,7 @@ int main(int argc, char** argv) {
                         ranks, pp, static_cast<long long>(dp), tp, ep, stage, f.tokens_per_s, f.step_ms,
                         f.tokens_per_s / one.tokens_per_s, 100 * f.comm_ms / f.step_ms, f.optimizer_mb, f.param_mb,
                         f.grad_mb);
+            if (!f.bytes_per_group.empty()) std::printf("      sent per step by rank 0: %s\n", f.bytes_per_group.c_str());
             if (pp > 1) {
               std::printf("      %s, %lld micro-batches: rank 0 waits on the other stages %.0f%% of its step (ideal "
                           "bubble %.0f%%)\n",

@@ -283,6 +283,27 @@ class DistributedTest : public ::testing::Test {
     static const JobResult r = Run("single", json::object(), 1);
     return r;
   }
+  // The tensor- and pipeline-parallel layouts are compared over 6 steps (routing stays
+  // within rounding of one rank that long; see the MoE note in the project's standards).
+  static json SixSteps(json overrides) {
+    overrides.merge_patch({{"training", {{"train_steps", 6}, {"eval_interval", 6}}}});
+    return overrides;
+  }
+  static const JobResult& SingleSixSteps() {
+    static const JobResult r = Run("single6", SixSteps(json::object()), 1);
+    return r;
+  }
+  // The last logged value of a metric on rank 0.
+  static double LastMetric(const JobResult& r, const std::string& name) {
+    const auto train = test::Events(r.out / "metrics.jsonl", "train");
+    return train.empty() ? -1.0 : train.back().value(name, -1.0);
+  }
+  static bool ReplicasAgreed(const JobResult& r) {
+    for (const auto& log : r.logs) {
+      if (log.find("the replicas of every replicated weight agree") == std::string::npos) return false;
+    }
+    return true;
+  }
 
   static test::TempDir* dir_;
 };
@@ -383,18 +404,20 @@ TEST_F(DistributedTest, FourRanksWithExpertParallelAndZeroTwoEqualOneRank) {
 // Tensor parallelism (Megatron's split of heads, FFN columns and vocabulary rows) computes the
 // one-rank function: the same losses, evaluation and (gathered) weights.
 TEST_F(DistributedTest, TensorParallelTwoEqualsOneRank) {
-  const JobResult& one = Single();
+  const JobResult& one = SingleSixSteps();
   ExpectSucceeded(one);
-  const JobResult tp2 = Run("tp2", {{"distributed", {{"tensor_parallel_size", 2}}}}, 2);
+  const JobResult tp2 = Run("tp2", SixSteps({{"distributed", {{"tensor_parallel_size", 2}}}}), 2);
   ExpectSucceeded(tp2);
   ExpectSameLosses(tp2.losses, one.losses, kLossRel);
   ExpectSameLosses(tp2.eval_losses, one.eval_losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(tp2, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(tp2, one, 6), kWeightAbs);
   EXPECT_NE(tp2.logs[0].find("tensor-parallel 2"), std::string::npos) << tp2.logs[0];
+  EXPECT_TRUE(ReplicasAgreed(tp2)) << tp2.logs[0];
+  EXPECT_GT(LastMetric(tp2, "comm_bytes_tp"), 0.0);  // the activations' all-reduces
   // The weights both ranks hold whole (norms, down-projections, router) are updated from
   // one reduced gradient: their optimizer state is sharded over both ranks, and the router
   // biases agree bit for bit.
-  const auto s0 = Shard(tp2, 4, 0), s1 = Shard(tp2, 4, 1), s = Shard(one, 4, 0);
+  const auto s0 = Shard(tp2, 6, 0), s1 = Shard(tp2, 6, 1), s = Shard(one, 6, 0);
   ASSERT_TRUE(s0.count("replicated.exp_avg") && s1.count("replicated.exp_avg"));
   EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s1.at("router_bias.0")));
   EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s.at("router_bias.0")));
@@ -408,39 +431,43 @@ TEST_F(DistributedTest, TensorParallelTwoEqualsOneRank) {
   EXPECT_NEAR(static_cast<double>(together), static_cast<double>(s.at("dense.exp_avg").numel()), 64.0);
   // Sequence parallelism: norms and residuals on half the positions each; the norms'
   // partial gradients summed over the two ranks.
-  const JobResult sp = Run("tp2sp", {{"distributed", {{"tensor_parallel_size", 2}, {"sequence_parallel", true}}}}, 2);
+  const JobResult sp =
+      Run("tp2sp", SixSteps({{"distributed", {{"tensor_parallel_size", 2}, {"sequence_parallel", true}}}}), 2);
   ExpectSucceeded(sp);
   ExpectSameLosses(sp.losses, one.losses, kLossRel);
   ExpectSameLosses(sp.eval_losses, one.eval_losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(sp, one, 4), kWeightAbs);
-  EXPECT_TRUE(Shard(sp, 4, 0).count("sequence_norms.exp_avg"));
+  EXPECT_LT(MaxWeightDiff(sp, one, 6), kWeightAbs);
+  EXPECT_TRUE(Shard(sp, 6, 0).count("sequence_norms.exp_avg"));
+  EXPECT_TRUE(ReplicasAgreed(sp)) << sp.logs[0];
   // The reference ops (the unchunked vocabulary-parallel loss) compute the same.
   const JobResult reference =
-      Run("tp2reference", {{"model", {{"fused_kernels", false}}}, {"distributed", {{"tensor_parallel_size", 2}}}}, 2);
+      Run("tp2reference",
+          SixSteps({{"model", {{"fused_kernels", false}}}, {"distributed", {{"tensor_parallel_size", 2}}}}), 2);
   ExpectSucceeded(reference);
   ExpectSameLosses(reference.losses, one.losses, kLossRel);
   // ZeRO-3 on top: each layer's blocks and replicated weights gathered when it runs.
-  const JobResult z3 = Run("tp2z3", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 3}}}}, 2);
+  const JobResult z3 = Run("tp2z3", SixSteps({{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 3}}}}), 2);
   ExpectSucceeded(z3);
   ExpectSameLosses(z3.losses, one.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(z3, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(z3, one, 6), kWeightAbs);
 }
 
 // 4 ranks: tp 2 inside, dp 2 outside, with ZeRO-1 over each group (and ZeRO-2 with expert
 // parallelism over the data-parallel ranks).
 TEST_F(DistributedTest, TensorParallelTwoByDataParallelTwoEqualsOneRank) {
-  const JobResult& one = Single();
+  const JobResult& one = SingleSixSteps();
   ExpectSucceeded(one);
-  const JobResult z1 = Run("tp2dp2", {{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 1}}}}, 4);
+  const JobResult z1 = Run("tp2dp2", SixSteps({{"distributed", {{"tensor_parallel_size", 2}, {"zero_stage", 1}}}}), 4);
   ExpectSucceeded(z1);
   ExpectSameLosses(z1.losses, one.losses, kLossRel);
   ExpectSameLosses(z1.eval_losses, one.eval_losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(z1, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(z1, one, 6), kWeightAbs);
   const JobResult ep = Run(
-      "tp2ep2", {{"distributed", {{"tensor_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}, 4);
+      "tp2ep2",
+      SixSteps({{"distributed", {{"tensor_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}), 4);
   ExpectSucceeded(ep);
   ExpectSameLosses(ep.losses, one.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(ep, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(ep, one, 6), kWeightAbs);
 }
 
 // A tp 2 (and a pp 2 x tp 2) checkpoint continued on one rank and a one-rank checkpoint
@@ -494,21 +521,25 @@ TEST_F(DistributedTest, CheckpointsMoveBetweenLayouts) {
 // Pipeline parallelism: 2 stages (the dense layer and the embedding; the MoE layer, head,
 // loss and MTP with its copy of the embedding), each schedule, equal to one rank.
 TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
-  const JobResult& one = Single();
+  const JobResult& one = SingleSixSteps();
   ExpectSucceeded(one);
   for (const std::string schedule : {"1f1b", "gpipe"}) {
     // The gpipe run is started as srun starts ranks.
     const JobResult pp2 = Run("pp2" + schedule,
-                              {{"distributed", {{"pipeline_parallel_size", 2}, {"pipeline_schedule", schedule}}}}, 2,
+                              SixSteps({{"distributed", {{"pipeline_parallel_size", 2}, {"pipeline_schedule", schedule}}}}),
+                              2,
                               schedule == "gpipe" ? Launcher::kSlurm : Launcher::kTorchrun);
     ExpectSucceeded(pp2);
     ExpectSameLosses(pp2.losses, one.losses, kLossRel);
     ExpectSameLosses(pp2.eval_losses, one.eval_losses, kLossRel);
-    EXPECT_LT(MaxWeightDiff(pp2, one, 4), kWeightAbs) << schedule;
+    EXPECT_LT(MaxWeightDiff(pp2, one, 6), kWeightAbs) << schedule;
     EXPECT_NE(pp2.logs[1].find("pipeline-parallel 2"), std::string::npos) << pp2.logs[1];
+    EXPECT_TRUE(ReplicasAgreed(pp2)) << pp2.logs[0];  // the embedding's two copies
+    EXPECT_GT(LastMetric(pp2, "comm_bytes_pp"), 0.0);
+    EXPECT_GE(LastMetric(pp2, "time_pipeline_wait_ms"), 0.0);
     // The two stages' copies of the embedding are one replica group: their optimizer state
     // is split between them (272 x 32 elements).
-    EXPECT_EQ(Shard(pp2, 4, 0).at("embedding.exp_avg").numel() + Shard(pp2, 4, 1).at("embedding.exp_avg").numel(),
+    EXPECT_EQ(Shard(pp2, 6, 0).at("embedding.exp_avg").numel() + Shard(pp2, 6, 1).at("embedding.exp_avg").numel(),
               272 * 32);
   }
 }
@@ -516,7 +547,7 @@ TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
 // Interleaved 1F1B: a 4-layer model in 2 chunks on each of 2 stages (layers 0 and 2 on the
 // first, 1 and 3 on the last), 4 micro-batches in groups of 2, equal to one rank.
 TEST_F(DistributedTest, InterleavedPipelineEqualsOneRank) {
-  const json four_layers = {{"model", {{"num_layers", 4}}}};
+  const json four_layers = SixSteps({{"model", {{"num_layers", 4}}}});
   const JobResult one = Run("single4", four_layers, 1);
   ExpectSucceeded(one);
   json interleaved = four_layers;
@@ -528,39 +559,45 @@ TEST_F(DistributedTest, InterleavedPipelineEqualsOneRank) {
   ExpectSucceeded(pp);
   ExpectSameLosses(pp.losses, one.losses, kLossRel);
   ExpectSameLosses(pp.eval_losses, one.eval_losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(pp, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(pp, one, 6), kWeightAbs);
   EXPECT_NE(pp.logs[0].find("layers 0-0 2-2"), std::string::npos) << pp.logs[0];
 }
 
 // 4 and 8 ranks: pipeline with data, expert and tensor parallelism, ZeRO-1 and 2 in the stages.
 TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
-  const JobResult& one = Single();
+  const JobResult& one = SingleSixSteps();
   ExpectSucceeded(one);
-  const JobResult dp = Run("pp2dp2", {{"distributed", {{"pipeline_parallel_size", 2}, {"zero_stage", 1}}}}, 4);
+  // With activation checkpointing inside the stages.
+  const JobResult dp = Run("pp2dp2",
+                           SixSteps({{"model", {{"gradient_checkpointing", true}}},
+                                     {"distributed", {{"pipeline_parallel_size", 2}, {"zero_stage", 1}}}}),
+                           4);
   ExpectSucceeded(dp);
   ExpectSameLosses(dp.losses, one.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(dp, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(dp, one, 6), kWeightAbs);
   const JobResult ep = Run(
-      "pp2ep2", {{"distributed", {{"pipeline_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}, 4);
+      "pp2ep2",
+      SixSteps({{"distributed", {{"pipeline_parallel_size", 2}, {"expert_parallel_size", 2}, {"zero_stage", 2}}}}), 4);
   ExpectSucceeded(ep);
   ExpectSameLosses(ep.losses, one.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(ep, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(ep, one, 6), kWeightAbs);
   const JobResult all = Run("pp2tp2dp2ep2",
-                            {{"distributed",
-                              {{"pipeline_parallel_size", 2},
-                               {"tensor_parallel_size", 2},
-                               {"expert_parallel_size", 2},
-                               {"zero_stage", 1}}}},
+                            SixSteps({{"distributed",
+                                       {{"pipeline_parallel_size", 2},
+                                        {"tensor_parallel_size", 2},
+                                        {"expert_parallel_size", 2},
+                                        {"zero_stage", 1}}}}),
                             8);
   ExpectSucceeded(all);
   ExpectSameLosses(all.losses, one.losses, kLossRel);
-  EXPECT_LT(MaxWeightDiff(all, one, 4), kWeightAbs);
+  EXPECT_LT(MaxWeightDiff(all, one, 6), kWeightAbs);
   // bf16 compute through the stages and the tensor-parallel reductions: bf16 activations and
   // gradients on the wire, near fp32 one rank (4 steps of rounding, as ZeRO-3's bf16 test).
-  const JobResult bf16 = Run("pp2tp2bf16",
-                             {{"training", {{"use_bf16", true}}},
-                              {"distributed", {{"pipeline_parallel_size", 2}, {"tensor_parallel_size", 2}, {"zero_stage", 1}}}},
-                             4);
+  const JobResult bf16 =
+      Run("pp2tp2bf16",
+          SixSteps({{"training", {{"use_bf16", true}}},
+                    {"distributed", {{"pipeline_parallel_size", 2}, {"tensor_parallel_size", 2}, {"zero_stage", 1}}}}),
+          4);
   ExpectSucceeded(bf16);
   ExpectSameLosses(bf16.losses, one.losses, 1e-3);
 }

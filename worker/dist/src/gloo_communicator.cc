@@ -90,6 +90,7 @@ class GlooCommunicator final : public Communicator {
   std::string backend() const override { return "gloo"; }
 
   WorkHandle AllReduce(torch::Tensor t, ReduceOp op) override {
+    CountBytes(t);
     const bool wide = NeedsWideReduce(t);
     torch::Tensor buf = wide ? t.to(torch::kFloat) : t;
     std::vector<at::Tensor> v{buf};
@@ -103,6 +104,7 @@ class GlooCommunicator final : public Communicator {
   WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override {
     TORCH_CHECK(in.numel() == out.numel() * size(), "ReduceScatter: input of ", in.numel(), " elements for ", size(),
                 " outputs of ", out.numel());
+    CountBytes(in);
     const auto type = NeedsWideReduce(in) ? torch::kFloat : in.scalar_type();
     torch::Tensor sum = in.reshape({-1}).to(type, /*non_blocking=*/false, /*copy=*/true);
     std::vector<at::Tensor> v{sum};
@@ -114,6 +116,7 @@ class GlooCommunicator final : public Communicator {
   WorkHandle AllGather(torch::Tensor out, torch::Tensor in) override {
     TORCH_CHECK(out.numel() == in.numel() * size(), "AllGather: output of ", out.numel(), " elements for ", size(),
                 " inputs of ", in.numel());
+    CountBytes(in);
     std::vector<std::vector<at::Tensor>> outs(1);
     const torch::Tensor src = AsMovable(in.contiguous()), flat = AsMovable(out).view({-1});
     for (int r = 0; r < size(); ++r) outs[0].push_back(flat.narrow(0, r * src.numel(), src.numel()).view_as(src));
@@ -122,6 +125,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   WorkHandle Broadcast(torch::Tensor t, int root) override {
+    if (rank() == root) CountBytes(t);
     std::vector<at::Tensor> v{AsMovable(t)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
@@ -131,12 +135,14 @@ class GlooCommunicator final : public Communicator {
   WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
                       const std::vector<int64_t>& in_rows) override {
     std::vector<int64_t> o = out_rows, i = in_rows;
+    CountBytes(in);
     torch::Tensor src = AsMovable(in.contiguous()), dst = AsMovable(out);
     return Wrap(Call("alltoall", [&] { return pg_->alltoall_base(dst, src, o, i); }), "alltoall");
   }
 
   WorkHandle Send(torch::Tensor t, int peer, int tag) override {
     // Gloo moves bytes: bfloat16 travels as it is.
+    CountBytes(t);
     std::vector<at::Tensor> v{t.contiguous()};
     return Wrap(Call("send", [&] { return pg_->send(v, peer, tag); }), "send");
   }

@@ -87,6 +87,7 @@ class NcclCommunicator final : public Communicator {
 
   WorkHandle AllReduce(torch::Tensor t, ReduceOp op) override {
     Usable("allreduce");
+    CountBytes(t);
     Check(ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), ToNccl(op),
                         comm_, stream()),
           "allreduce");
@@ -94,6 +95,7 @@ class NcclCommunicator final : public Communicator {
   }
   WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override {
     Usable("reduce_scatter");
+    CountBytes(in);
     torch::Tensor src = in.contiguous();
     Check(ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()),
                             ToNccl(in.scalar_type()), ncclSum, comm_, stream()),
@@ -102,6 +104,7 @@ class NcclCommunicator final : public Communicator {
   }
   WorkHandle AllGather(torch::Tensor out, torch::Tensor in) override {
     Usable("allgather");
+    CountBytes(in);
     torch::Tensor src = in.contiguous();
     Check(ncclAllGather(src.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), ToNccl(in.scalar_type()),
                         comm_, stream()),
@@ -110,6 +113,7 @@ class NcclCommunicator final : public Communicator {
   }
   WorkHandle Broadcast(torch::Tensor t, int root) override {
     Usable("broadcast");
+    if (rank() == root) CountBytes(t);
     Check(ncclBroadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), ToNccl(t.scalar_type()), root,
                         comm_, stream()),
           "broadcast");
@@ -118,6 +122,7 @@ class NcclCommunicator final : public Communicator {
   WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
                       const std::vector<int64_t>& in_rows) override {
     Usable("alltoall");
+    CountBytes(in);
     torch::Tensor src = in.contiguous();
     const int64_t row = src.dim() > 1 ? src.numel() / std::max<int64_t>(src.size(0), 1) : 1;
     const size_t bytes = static_cast<size_t>(row) * src.element_size();
@@ -138,6 +143,7 @@ class NcclCommunicator final : public Communicator {
   }
   WorkHandle Send(torch::Tensor t, int peer, int /*tag: NCCL has none*/) override {
     Usable("send");
+    CountBytes(t);
     torch::Tensor src = t.contiguous();
     Check(ncclSend(src.data_ptr(), static_cast<size_t>(src.numel()), ToNccl(src.scalar_type()), peer, comm_, stream()),
           "send");

@@ -4,7 +4,8 @@
 //   grad_reduction.cc  gradient hooks, bucket all-reduce / reduce-scatter, norm and scaling;
 //   optimizer_step.cc  the update of this rank's elements and the parameter gather after it;
 //   state_io.cc        optimizer state as checkpoint pieces, loadable into any sharding;
-//   zero3_gather.cc    stage 3: gathering and freeing a layer's parameters around its use.
+//   zero3_gather.cc    stage 3: gathering and freeing a layer's parameters around its use;
+//   replica_check.cc   whether every rank of a group holds the same master weights.
 #pragma once
 
 #include <cstdint>

@@ -27,6 +27,14 @@ double ParallelGroups::BlockedSeconds() const {
   return total;
 }
 
+std::vector<std::pair<std::string, double>> ParallelGroups::BytesSent() const {
+  std::vector<std::pair<std::string, double>> out = {{"world", world->bytes_sent()}};
+  for (config::GroupKind kind : config::AllGroupKinds()) {
+    out.emplace_back(config::GroupKindName(kind), Get(kind).bytes_sent());
+  }
+  return out;
+}
+
 ParallelGroups MakeParallelGroups(Communicator& world, const config::ParallelGrid& grid) {
   if (grid.world() != world.size()) {
     throw std::runtime_error("/distributed/data_parallel_size: pp " + std::to_string(grid.pp) + " x dp " +

@@ -17,6 +17,11 @@ void MetricWindow::Add(const StepFigures& f) {
   opt_ += f.ms_optimizer;
   comm_ += f.ms_communication;
   pipe_ += f.ms_pipeline_wait;
+  if (bytes_.size() != f.bytes_sent.size()) {
+    bytes_ = f.bytes_sent;  // the first step
+  } else {
+    for (size_t i = 0; i < bytes_.size(); ++i) bytes_[i].second += f.bytes_sent[i].second;
+  }
   for (size_t i = 0; i < f.loads.size(); ++i) {
     if (load_sums_.size() <= i) load_sums_.push_back(torch::zeros_like(f.loads[i]));
     load_sums_[i] += f.loads[i];
@@ -67,6 +72,11 @@ StepMetrics MetricWindow::Emit(const WindowContext& ctx) {
   if (ctx.loss_scale) m.values.push_back({"loss_scale", *ctx.loss_scale});
   // The pipeline bubble as this stage saw it: blocked on the stages before and after.
   if (ctx.pipeline) m.values.push_back({"time_pipeline_wait_ms", pipe_ / n});
+  // What this rank sent per step in each of its process groups (those with traffic).
+  for (auto& [group, bytes] : bytes_) {
+    if (bytes > 0) m.values.push_back({"comm_bytes_" + group, bytes / n});
+    bytes = 0;
+  }
   loss_ = main_ = mtp_ = balance_ = norm_ = data_ = fwd_ = bwd_ = opt_ = comm_ = pipe_ = 0;
   steps_ = assignments_ = dropped_ = 0;
   start_ = std::chrono::steady_clock::now();

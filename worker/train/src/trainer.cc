@@ -185,6 +185,7 @@ TrainResult Trainer::Run() {
     s.compute->SetTrainingProgress(static_cast<double>(s.step) / static_cast<double>(total));
     const double lr = LearningRate(t, s.step);
     const double comm_before = s.CommSeconds();
+    std::vector<std::pair<std::string, double>> bytes = s.groups.BytesSent();
     const LossParts mine = s.MicroSteps(batch, f);
     StepAgreement agreed = s.Agree(mine, stop_.load(), checkpoint_now_.exchange(false));
     const auto t2 = Clock::now();
@@ -208,6 +209,9 @@ TrainResult Trainer::Run() {
     f.ms_data = Ms(t0, t1);
     f.ms_optimizer = Ms(t2, t3);
     f.ms_communication = 1000.0 * (s.CommSeconds() - comm_before);
+    const std::vector<std::pair<std::string, double>> bytes_after = s.groups.BytesSent();
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i].second = bytes_after[i].second - bytes[i].second;
+    f.bytes_sent = std::move(bytes);
     f.loads = std::move(agreed.loads);
     f.assignments = agreed.assignments;
     f.dropped = agreed.dropped;

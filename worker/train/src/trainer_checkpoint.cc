@@ -89,6 +89,19 @@ void Trainer::State::Resume(const std::string& requested) {
 
 std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
   const auto start = Clock::now();
+  if (opt.world_size > 1 && optimizer->replica_groups() > 0) {
+    // Replicated weights must be bit-identical across their replicas; say so with the save.
+    const std::vector<std::string> diverged = optimizer->DivergedReplicaGroups();
+    if (diverged.empty()) {
+      Message("step " + std::to_string(step) + ": the replicas of every replicated weight agree (" +
+              std::to_string(optimizer->replica_groups()) + " groups checked)");
+    } else {
+      std::string names;
+      for (const auto& n : diverged) names += (names.empty() ? "" : ", ") + n;
+      Message("warning: step " + std::to_string(step) + ": replicated weights differ across the ranks of group(s) " +
+              names + " (a bug in their gradient reduction: please report it with the config)");
+    }
+  }
   ckpt::CheckpointData d;
   d.step = step;
   d.model = FullModelState();

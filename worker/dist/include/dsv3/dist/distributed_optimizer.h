@@ -114,6 +114,13 @@ class DistributedOptimizer {
   // checkpoint); other stages hold them whole anyway.
   void WithFullMaster(const std::function<void()>& fn);
 
+  // The groups whose replicas (the ranks of the group's communicator) hold master weights
+  // that are not bit-identical: a fingerprint of each group's weights is compared over its
+  // ranks (a collective on every group; every rank calls). Empty when all agree, and under
+  // ZeRO-3, where no rank holds a whole replica.
+  std::vector<std::string> DivergedReplicaGroups();
+  int64_t replica_groups() const;  // groups with more than one replica
+
   int64_t state_bytes() const;   // optimizer state held by this rank
   int64_t grad_bytes() const;    // gradient buffers held between micro-steps by this rank
   int64_t param_bytes() const;   // master and compute parameter storage held between layers

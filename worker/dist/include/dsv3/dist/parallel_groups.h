@@ -4,6 +4,9 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "dsv3/common/parallel_layout.h"
 #include "dsv3/dist/communicator.h"
@@ -26,6 +29,8 @@ struct ParallelGroups {
   Communicator& Get(config::GroupKind kind) const;
   // Seconds blocked in communication over every group (each counted once).
   double BlockedSeconds() const;
+  // Bytes sent so far per group, by name ("world", "tp", "dp", ...; see Communicator::bytes_sent).
+  std::vector<std::pair<std::string, double>> BytesSent() const;
 };
 
 // Collective over `world` (every rank calls). world->size() must equal grid.world().
