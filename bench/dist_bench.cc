@@ -44,6 +44,7 @@ struct Figures {
   double tokens_per_s = 0;  // the job's, every rank together
   double step_ms = 0, comm_ms = 0, pipeline_wait_ms = 0, optimizer_mb = 0, param_mb = 0, grad_mb = 0;
   std::string bytes_per_group;  // rank 0's bytes sent per step, by process group
+  std::string stage_ms;         // each pipeline stage's compute per step
 };
 
 // One job: `ranks` processes, the last logged window (the steps after the first).
@@ -88,6 +89,11 @@ Figures RunJob(const json& cfg, const fs::path& dir, const std::string& name, in
   f.comm_ms = m["time_communication_ms"];
   f.pipeline_wait_ms = m.value("time_pipeline_wait_ms", 0.0);
   for (const auto& [key, value] : m.items()) {
+    if (key.rfind("time_stage", 0) == 0) {
+      char figure[64];
+      std::snprintf(figure, sizeof(figure), "%s %.0f ms", key.substr(5, key.size() - 8).c_str(), value.get<double>());
+      f.stage_ms += (f.stage_ms.empty() ? "" : ", ") + std::string(figure);
+    }
     if (key.rfind("comm_bytes_", 0) != 0) continue;
     char figure[64];
     std::snprintf(figure, sizeof(figure), "%s %.2f MiB", key.substr(11).c_str(), value.get<double>() / 1048576.0);
@@ -205,6 +211,7 @@ int main(int argc, char** argv) {
                           "bubble %.0f%%)\n",
                           schedule.c_str(), static_cast<long long>(m), 100 * f.pipeline_wait_ms / f.step_ms,
                           100.0 * (pp - 1) / static_cast<double>(virtual_stages * m + pp - 1));
+              std::printf("      compute per step: %s\n", f.stage_ms.c_str());
             }
           }
         }

@@ -537,6 +537,8 @@ TEST_F(DistributedTest, PipelineParallelTwoEqualsOneRankInEachSchedule) {
     EXPECT_TRUE(ReplicasAgreed(pp2)) << pp2.logs[0];  // the embedding's two copies
     EXPECT_GT(LastMetric(pp2, "comm_bytes_pp"), 0.0);
     EXPECT_GE(LastMetric(pp2, "time_pipeline_wait_ms"), 0.0);
+    EXPECT_GT(LastMetric(pp2, "time_stage0_ms"), 0.0);  // both stages' compute, on rank 0
+    EXPECT_GT(LastMetric(pp2, "time_stage1_ms"), 0.0);
     // The two stages' copies of the embedding are one replica group: their optimizer state
     // is split between them (272 x 32 elements).
     EXPECT_EQ(Shard(pp2, 6, 0).at("embedding.exp_avg").numel() + Shard(pp2, 6, 1).at("embedding.exp_avg").numel(),

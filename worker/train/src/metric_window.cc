@@ -17,6 +17,8 @@ void MetricWindow::Add(const StepFigures& f) {
   opt_ += f.ms_optimizer;
   comm_ += f.ms_communication;
   pipe_ += f.ms_pipeline_wait;
+  if (stage_ms_.size() != f.stage_ms.size()) stage_ms_.assign(f.stage_ms.size(), 0.0);
+  for (size_t i = 0; i < stage_ms_.size(); ++i) stage_ms_[i] += f.stage_ms[i];
   if (bytes_.size() != f.bytes_sent.size()) {
     bytes_ = f.bytes_sent;  // the first step
   } else {
@@ -71,7 +73,12 @@ StepMetrics MetricWindow::Emit(const WindowContext& ctx) {
   m.values.insert(m.values.end(), per_layer.begin(), per_layer.end());
   if (ctx.loss_scale) m.values.push_back({"loss_scale", *ctx.loss_scale});
   // The pipeline bubble as this stage saw it: blocked on the stages before and after.
-  if (ctx.pipeline) m.values.push_back({"time_pipeline_wait_ms", pipe_ / n});
+  if (ctx.pipeline) {
+    m.values.push_back({"time_pipeline_wait_ms", pipe_ / n});
+    // Each stage's compute per step: the imbalance pipeline_layout can even out.
+    for (size_t i = 0; i < stage_ms_.size(); ++i) m.values.push_back({"time_stage" + std::to_string(i) + "_ms", stage_ms_[i] / n});
+  }
+  std::fill(stage_ms_.begin(), stage_ms_.end(), 0.0);
   // What this rank sent per step in each of its process groups (those with traffic).
   for (auto& [group, bytes] : bytes_) {
     if (bytes > 0) m.values.push_back({"comm_bytes_" + group, bytes / n});

@@ -19,6 +19,7 @@ struct StepFigures {
   double ms_data = 0, ms_forward = 0, ms_backward = 0, ms_optimizer = 0, ms_communication = 0;
   double ms_pipeline_wait = 0;  // blocked receiving from (or sending to) the other stages: the bubble
   std::vector<std::pair<std::string, double>> bytes_sent;  // per process group, this step
+  std::vector<double> stage_ms;  // per pipeline stage: compute time (mean over its replicas)
   // Global-batch expert loads of each MoE layer (tokens per expert, summed over ranks), and
   // the routing assignments and capacity drops of the step.
   std::vector<torch::Tensor> loads;
@@ -50,6 +51,7 @@ class MetricWindow {
   double loss_ = 0, main_ = 0, mtp_ = 0, balance_ = 0, norm_ = 0;
   double data_ = 0, fwd_ = 0, bwd_ = 0, opt_ = 0, comm_ = 0, pipe_ = 0;
   std::vector<std::pair<std::string, double>> bytes_;  // per group, summed over the window
+  std::vector<double> stage_ms_;                       // per stage, summed over the window
   int64_t steps_ = 0, assignments_ = 0, dropped_ = 0;
   std::vector<torch::Tensor> load_sums_;
   std::chrono::steady_clock::time_point start_;

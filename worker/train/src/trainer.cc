@@ -187,7 +187,8 @@ TrainResult Trainer::Run() {
     const double comm_before = s.CommSeconds();
     std::vector<std::pair<std::string, double>> bytes = s.groups.BytesSent();
     const LossParts mine = s.MicroSteps(batch, f);
-    StepAgreement agreed = s.Agree(mine, stop_.load(), checkpoint_now_.exchange(false));
+    const double busy_ms = std::max(0.0, f.ms_forward + f.ms_backward - f.ms_pipeline_wait);
+    StepAgreement agreed = s.Agree(mine, stop_.load(), checkpoint_now_.exchange(false), busy_ms);
     const auto t2 = Clock::now();
     const double step_loss = agreed.main + t.mtp_loss_weight * agreed.mtp + agreed.balance;
     const bool applied = s.Update(step_loss, lr, f.grad_norm);
@@ -215,6 +216,7 @@ TrainResult Trainer::Run() {
     f.loads = std::move(agreed.loads);
     f.assignments = agreed.assignments;
     f.dropped = agreed.dropped;
+    f.stage_ms = std::move(agreed.stage_ms);
     window.Add(f);
 
     if (s.step % t.log_interval == 0 || s.step == total) {

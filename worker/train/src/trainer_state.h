@@ -56,6 +56,7 @@ struct StepAgreement {
   bool stop = false, checkpoint = false;  // any rank asked
   std::vector<torch::Tensor> loads;       // per MoE layer: the global batch's tokens per expert
   int64_t assignments = 0, dropped = 0;
+  std::vector<double> stage_ms;           // per pipeline stage: forward + backward compute, not waiting
 };
 
 struct Trainer::State {
@@ -105,7 +106,7 @@ struct Trainer::State {
   LossParts MicroSteps(const data::Batch& batch, StepFigures& f);
   // The same through the pipeline stages (pp > 1), in the configured schedule.
   LossParts PipelineMicroSteps(const data::Batch& batch, StepFigures& f);
-  StepAgreement Agree(const LossParts& mine, bool stop, bool checkpoint);
+  StepAgreement Agree(const LossParts& mine, bool stop, bool checkpoint, double busy_ms);
   bool Update(double step_loss, double lr, double& grad_norm);
 
   // trainer_checkpoint.cc

@@ -141,8 +141,8 @@ LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigur
 // One all-reduce per step carries what the ranks must agree on: the loss parts (then
 // averaged), the stop / checkpoint requests of any rank, and the MoE expert loads of the
 // global batch (so every rank makes the same aux-loss-free bias update). Counts are exact
-// in double.
-StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool checkpoint) {
+// in double. Under pipeline parallelism it also carries each stage's compute time.
+StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool checkpoint, double busy_ms) {
   const std::vector<model::MoeStats> stats = compute->TakeMoeStats();
   std::vector<torch::Tensor> parts = {
       torch::tensor({mine.main, mine.mtp, mine.balance, stop ? 1.0 : 0.0, checkpoint ? 1.0 : 0.0}, torch::kDouble)};
@@ -153,6 +153,10 @@ StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool check
     dropped += static_cast<double>(st.dropped);
   }
   parts.push_back(torch::tensor({assignments, dropped}, torch::kDouble));
+  const int64_t pp = groups.grid.pp;
+  torch::Tensor stage_ms = torch::zeros({pp}, torch::kDouble);
+  stage_ms[groups.coord.pp] = busy_ms;
+  parts.push_back(stage_ms);
   torch::Tensor agreed = torch::cat(parts);
   if (world->size() > 1) {
     agreed = agreed.to(device);
@@ -163,6 +167,7 @@ StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool check
   // tp times in the world's sum.
   agreed.narrow(0, 0, 3).div_(static_cast<double>(dp) * tp);
   if (tp > 1) agreed.narrow(0, 5, agreed.numel() - 5).div_(static_cast<double>(tp));
+  agreed.narrow(0, agreed.numel() - pp, pp).div_(static_cast<double>(dp));  // the stages' mean over replicas
   const double* x = agreed.data_ptr<double>();
   StepAgreement a;
   a.main = x[0];
@@ -178,6 +183,7 @@ StepAgreement Trainer::State::Agree(const LossParts& mine, bool stop, bool check
   }
   a.assignments = static_cast<int64_t>(x[at]);
   a.dropped = static_cast<int64_t>(x[at + 1]);
+  a.stage_ms.assign(x + at + 2, x + at + 2 + pp);
   return a;
 }
 
