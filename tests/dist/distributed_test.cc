@@ -565,7 +565,8 @@ TEST_F(DistributedTest, InterleavedPipelineEqualsOneRank) {
   EXPECT_NE(pp.logs[0].find("layers 0-0 2-2"), std::string::npos) << pp.logs[0];
 }
 
-// 4 and 8 ranks: pipeline with data, expert and tensor parallelism, ZeRO-1 and 2 in the stages.
+// 4 and 8 ranks: pipeline with data, expert and tensor parallelism, ZeRO-1 and 2 in the stages
+// (the 8-rank job started as srun starts ranks).
 TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
   const JobResult& one = SingleSixSteps();
   ExpectSucceeded(one);
@@ -589,7 +590,7 @@ TEST_F(DistributedTest, PipelineWithDataExpertAndTensorParallelEqualsOneRank) {
                                         {"tensor_parallel_size", 2},
                                         {"expert_parallel_size", 2},
                                         {"zero_stage", 1}}}}),
-                            8);
+                            8, Launcher::kSlurm);  // as srun starts ranks
   ExpectSucceeded(all);
   ExpectSameLosses(all.losses, one.losses, kLossRel);
   EXPECT_LT(MaxWeightDiff(all, one, 6), kWeightAbs);

@@ -135,27 +135,29 @@ TEST_F(ControllerTest, TwoRankDeepSpeedJobCompletesWithShardedCheckpoints) {
   EXPECT_EQ(json::parse(ReadFile(ckpt / "manifest.json"))["world_size"], 2);
 }
 
-// A 4-rank grid under dsv3d: tensor parallel 2 x pipeline parallel 2 (1F1B), one whole
-// checkpoint of 4 shards.
+// An 8-rank grid under dsv3d: pipeline 2 x data 2 x tensor 2 with expert parallel 2 (1F1B),
+// one whole checkpoint of 8 shards.
 TEST_F(ControllerTest, GridJobWithTensorAndPipelineParallelCompletes) {
-  Dsv3d d(dir_.path() / "state", 4);
+  Dsv3d d(dir_.path() / "state", 8);
   d.Start();
   json c = QuickConfig(4, 4);
   c["distributed"]["tensor_parallel_size"] = 2;
   c["distributed"]["pipeline_parallel_size"] = 2;
-  c["training"]["micro_batch_size"] = 4;
+  c["distributed"]["expert_parallel_size"] = 2;
+  c["training"]["micro_batch_size"] = 2;
   const fs::path cfg = dir_.path() / "grid.json";
   std::ofstream(cfg) << c.dump(2);
   std::string out;
-  ASSERT_EQ(Cli({"submit", cfg.string(), "--gpus", "4", "--follow", "--controller", d.address()}, &out), 0) << out;
+  ASSERT_EQ(Cli({"submit", cfg.string(), "--gpus", "8", "--follow", "--controller", d.address()}, &out), 0) << out;
   const v1::Job job = GetJob(*d.Stub(), 1);
   EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
-  ASSERT_EQ(job.ranks_size(), 4);
-  for (int r = 0; r < 4; ++r) EXPECT_EQ(job.ranks(r).exit_code(), 0) << "rank " << r;
+  ASSERT_EQ(job.ranks_size(), 8);
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(job.ranks(r).exit_code(), 0) << "rank " << r;
   EXPECT_EQ(job.step(), 4);
-  EXPECT_NE(out.find("data-parallel 1, tensor-parallel 2, pipeline-parallel 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("data-parallel 2, tensor-parallel 2, pipeline-parallel 2, expert-parallel 2"), std::string::npos)
+      << out;
   const fs::path ckpt = job.last_checkpoint();
-  EXPECT_EQ(json::parse(ReadFile(ckpt / "manifest.json"))["world_size"], 4);
+  EXPECT_EQ(json::parse(ReadFile(ckpt / "manifest.json"))["world_size"], 8);
   EXPECT_TRUE(fs::exists(ckpt / "model.safetensors"));
 }
 
