@@ -17,9 +17,10 @@ using torch::autograd::variable_list;
 // The group travels in the autograd context as an integer: the context holds IValues, and
 // the group outlives every graph built while the model is sharded.
 int64_t Pack(TensorParallelGroup* tp) { return static_cast<int64_t>(reinterpret_cast<intptr_t>(tp)); }
-TensorParallelGroup* Unpack(AutogradContext* ctx) {
-  return reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(ctx->saved_data["tp"].toInt()));
+TensorParallelGroup* Unpack(int64_t packed) {
+  return reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(packed));
 }
+TensorParallelGroup* Unpack(AutogradContext* ctx) { return Unpack(ctx->saved_data["tp"].toInt()); }
 
 torch::Tensor SumOverGroup(const torch::Tensor& t, TensorParallelGroup* tp) {
   torch::Tensor out = t.contiguous().clone();
@@ -39,7 +40,7 @@ struct Enter : public torch::autograd::Function<Enter> {
 
 struct Leave : public torch::autograd::Function<Leave> {
   static torch::Tensor forward(AutogradContext* /*ctx*/, const torch::Tensor& x, int64_t tp) {
-    return SumOverGroup(x, reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp)));
+    return SumOverGroup(x, Unpack(tp));
   }
   static variable_list backward(AutogradContext* /*ctx*/, variable_list grad) { return {grad[0], torch::Tensor()}; }
 };
@@ -49,7 +50,7 @@ struct Leave : public torch::autograd::Function<Leave> {
 struct VocabCrossEntropy : public torch::autograd::Function<VocabCrossEntropy> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits_XV, const torch::Tensor& targets_X,
                                int64_t ignore_index, int64_t tp_packed) {
-    auto* tp = reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp_packed));
+    auto* tp = Unpack(tp_packed);
     const auto precision = logits_XV.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
     const torch::Tensor l = logits_XV.to(precision);
     const int64_t V = l.size(1), first = tp->rank() * V;
@@ -88,7 +89,7 @@ struct VocabLinearCrossEntropy : public torch::autograd::Function<VocabLinearCro
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h_XD, const torch::Tensor& w_VD,
                                const torch::Tensor& targets_X, int64_t ignore_index, int64_t tp_packed,
                                int64_t chunk) {
-    auto* tp = reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp_packed));
+    auto* tp = Unpack(tp_packed);
     const auto precision = h_XD.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
     const torch::Tensor w = w_VD.to(precision);
     const int64_t X = h_XD.size(0), V = w.size(0), first = tp->rank() * V;
@@ -147,7 +148,7 @@ torch::Tensor SliceDim1(const torch::Tensor& x, TensorParallelGroup* tp) {
 struct GatherSeq : public torch::autograd::Function<GatherSeq> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
     ctx->saved_data["tp"] = tp;
-    return AllGatherDim1(x, reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp)));
+    return AllGatherDim1(x, Unpack(tp));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     return {SliceDim1(grad[0], Unpack(ctx)), torch::Tensor()};
@@ -157,7 +158,7 @@ struct GatherSeq : public torch::autograd::Function<GatherSeq> {
 struct ScatterSeq : public torch::autograd::Function<ScatterSeq> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
     ctx->saved_data["tp"] = tp;
-    return SliceDim1(x, reinterpret_cast<TensorParallelGroup*>(static_cast<intptr_t>(tp)));
+    return SliceDim1(x, Unpack(tp));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     return {AllGatherDim1(grad[0], Unpack(ctx)), torch::Tensor()};
