@@ -25,6 +25,7 @@ namespace dsv3::cli {
 // The verbs that report on the cluster and the caller (job_report_commands.cc).
 void AddMetrics(CLI::App& app, CliContext& ctx);
 void AddCheckpoints(CLI::App& app, CliContext& ctx);
+void AddDiagnose(CLI::App& app, CliContext& ctx);
 void AddNodes(CLI::App& app, CliContext& ctx);
 void AddLoginAndWhoAmI(CLI::App& app, CliContext& ctx);
 
@@ -324,6 +325,7 @@ void AddJobCommands(CLI::App& app, CliContext& ctx) {
   AddCancel(app, ctx);
   AddMetrics(app, ctx);
   AddCheckpoints(app, ctx);
+  AddDiagnose(app, ctx);
 }
 
 }  // namespace dsv3::cli

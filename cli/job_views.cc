@@ -115,10 +115,18 @@ void PrintJobDetail(const v1::Job& j, std::ostream& os) {
   }
   if (j.has_val_loss()) os << "val loss:     " << Fixed(j.val_loss(), 4) << " (ppl " << Fixed(std::exp(j.val_loss()), 2) << ")\n";
   if (j.ranks_size() > 0) {
-    std::vector<std::vector<std::string>> rows = {{"RANK", "PID", "HOST", "STATE", "EXIT", "LOG"}};
+    std::vector<std::vector<std::string>> rows = {{"RANK", "PID", "HOST", "STATE", "EXIT", "PHASE", "STEP S", "LOG"}};
     for (const auto& r : j.ranks()) {
+      // The watchdog's view: the rank's phase, and its last step time (work, not waiting).
+      std::string step_s = "-";
+      if (r.step_seconds() > 0) {
+        step_s = Fixed(r.step_seconds(), 3) + " (" + Fixed(r.busy_seconds(), 3) + " busy";
+        if (r.busy_ratio() > 0) step_s += ", " + Fixed(r.busy_ratio(), 2) + "x median";
+        step_s += r.straggler() ? ", STRAGGLER)" : ")";
+      }
       rows.push_back({std::to_string(r.rank()), std::to_string(r.pid()), r.host(), r.state(),
-                      r.state() == "exited" ? std::to_string(r.exit_code()) : "-", r.log_path()});
+                      r.state() == "exited" ? std::to_string(r.exit_code()) : "-", r.phase().empty() ? "-" : r.phase(),
+                      step_s, r.log_path()});
     }
     os << "\n" << RenderTable(rows);
   }

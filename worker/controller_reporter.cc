@@ -19,8 +19,10 @@
 
 #include "dsv3/common/background_loop.h"
 #include "dsv3/common/env.h"
+#include "dsv3/dist/flight_recorder.h"
 #include "dsv3/procs/pem.h"
 #include "dsv3/v1/worker.grpc.pb.h"
+#include "stack_dump.h"
 
 namespace dsv3::worker {
 namespace {
@@ -31,6 +33,7 @@ constexpr auto kFlushInterval = std::chrono::milliseconds(1000);
 constexpr size_t kMaxBatch = 1000;
 constexpr size_t kMaxQueued = 20000;        // while the controller is away; oldest metrics go first
 constexpr int kStopAfterRejections = 3;      // "your attempt is over" this many times in a row
+constexpr size_t kMaxDumpBytes = 1 << 20;    // the proto's limit for ReportDiagnostics
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -63,6 +66,44 @@ std::shared_ptr<grpc::ChannelCredentials> ControllerCredentials() {
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = *pem;
   return grpc::SslCredentials(o);
+}
+
+// The training thread's progress for a heartbeat.
+void FillProgress(v1::RankProgress& out) {
+  const dist::ProgressSnapshot p = dist::FlightRecorder::Get().Snapshot();
+  out.set_step(p.step);
+  out.set_micro_step(p.micro_step);
+  out.set_phase(dist::TrainPhaseName(p.phase));
+  out.set_phase_since_unix_ms(p.phase_since_ms);
+  out.set_last_progress_unix_ms(p.last_progress_ms);
+  out.set_last_step_seconds(p.last_step_seconds);
+  out.set_last_busy_seconds(p.last_busy_seconds);
+  for (const dist::GroupProgress& g : p.groups) {
+    v1::GroupProgress* o = out.add_groups();
+    o->set_name(g.name);
+    o->set_size(g.size);
+    o->set_entered(g.entered);
+    o->set_completed(g.completed);
+    o->set_last_op(g.last_op);
+    o->set_waiting_seq(g.waiting_seq);
+    o->set_waiting_op(g.waiting_op);
+    o->set_waiting_since_unix_ms(g.waiting_since_ms);
+  }
+}
+
+// A rank's dump: who it is, the flight recorder, every thread's stack.
+std::string DiagnosticsText(const v1::RankRef& ref, int world_size) {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::ostringstream o;
+  o << "dsv3-worker diagnostics: job " << ref.job_id() << " attempt " << ref.attempt() << " rank " << ref.rank()
+    << " of " << world_size << ", pid " << getpid() << " on " << host << ", at unix ms " << dist::UnixMs() << "\n\n"
+    << "== flight recorder ==\n"
+    << dist::FlightRecorder::Get().Dump() << "\n== stacks ==\n"
+    << DumpAllThreadStacks();
+  std::string text = o.str();
+  if (text.size() > kMaxDumpBytes) text = text.substr(0, kMaxDumpBytes - 40) + "\n[cut at 1 MiB]\n";
+  return text;
 }
 
 using Op = std::variant<v1::ReportMetricsRequest, v1::ReportCheckpointRequest, v1::ReportEvaluationRequest>;
@@ -245,9 +286,19 @@ class GrpcControllerReporter final : public ControllerReporter {
         v1::HeartbeatRequest req;
         req.set_step(step_);
         lock.unlock();
+        FillProgress(*req.mutable_progress());
         v1::HeartbeatResponse resp;
         const grpc::Status s = Send(req, &resp, &v1::WorkerReports::Stub::Heartbeat);
         Judge(s);
+        if (s.ok() && resp.dump_request() > dumped_request_) {
+          // On this thread: the training thread may be the one that is stuck.
+          dumped_request_ = resp.dump_request();
+          v1::ReportDiagnosticsRequest d;
+          d.set_dump_request(resp.dump_request());
+          d.set_text(DiagnosticsText(ref_, world_size_));
+          v1::Ack ack;
+          Judge(Send(d, &ack, &v1::WorkerReports::Stub::ReportDiagnostics));
+        }
         if (s.ok() && resp.command() != v1::RANK_COMMAND_NONE) {
           std::function<void(ControllerCommand)> handler;
           {
@@ -293,6 +344,7 @@ class GrpcControllerReporter final : public ControllerReporter {
   bool unreachable_ = false, warned_ = false, have_start_ = false;
   int rejections_ = 0;
   int64_t step_ = 0;
+  int64_t dumped_request_ = 0;  // the reporter thread's own
   train::RunInfo start_;
   v1::ReportMetricsRequest pending_metrics_;
   std::deque<Op> queue_;

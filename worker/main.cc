@@ -19,11 +19,14 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
+#include "dsv3/common/exit_codes.h"
+#include "dsv3/dist/faults.h"
 #include "dsv3/common/threads.h"
 #include "dsv3/dist/communicator.h"
 #include "dsv3/dist/launch.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/trainer.h"
+#include "stack_dump.h"
 #ifdef DSV3_HAVE_GRPC
 #include "controller_reporter.h"
 #endif
@@ -129,7 +132,11 @@ int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::Trai
 std::unique_ptr<dsv3::dist::Communicator> ConnectWorld(const dsv3::dist::LaunchInfo& launch,
                                                        const dsv3::config::Config& config) {
   dsv3::dist::ConnectOptions connect;
-  connect.backend = dsv3::dist::ResolveBackend(config.distributed.backend, torch::cuda::is_available());
+  try {
+    connect.backend = dsv3::dist::ResolveBackend(config.distributed.backend, torch::cuda::is_available());
+  } catch (const std::exception& e) {
+    throw dsv3::PermanentError(dsv3::exit_status::kConfigRefused, e.what());
+  }
   connect.rendezvous_timeout = EnvSeconds(dsv3::env::kRendezvousTimeout, 300);
   connect.collective_timeout = EnvSeconds(dsv3::env::kCollectiveTimeout, 600);
   connect.device_index = launch.local_rank;
@@ -165,15 +172,14 @@ int main(int argc, char** argv) {
   options.rank = launch.rank;
   options.world_size = launch.world_size;
   options.local_rank = launch.local_rank;
-
-  dsv3::config::LoadOptions load;
-  load.world_size = options.world_size;
-  const dsv3::config::LoadResult cfg = dsv3::config::LoadConfigFile(config_path, load);
-  for (const auto& w : cfg.warnings) std::cerr << config_path << ": warning: " << w.ToString() << "\n";
-  if (!cfg.ok()) {
-    for (const auto& e : cfg.errors) std::cerr << config_path << ": " << e.ToString() << "\n";
-    return 1;
+  try {
+    dsv3::dist::Faults::Install(launch.rank);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker: " << e.what() << std::endl;
+    return dsv3::exit_status::kUsage;
   }
+  dsv3::worker::InstallStackDumpHandler();
+
 #ifdef DSV3_HAVE_GRPC
   std::unique_ptr<dsv3::worker::ControllerReporter> controller;
   try {
@@ -193,6 +199,23 @@ int main(int argc, char** argv) {
   }
   const auto finish = [](bool, bool, int64_t, const std::string&) {};
 #endif
+  // Errors a restart cannot fix end with their own status (common/exit_codes.h), reported
+  // to dsv3d first so the job fails at once with the reason.
+  const auto fail = [&](int status, const std::string& message) {
+    g_trainer.store(nullptr);
+    std::cerr << "dsv3-worker: error: " << message << std::endl;
+    finish(false, true, 0, message);
+    return status;
+  };
+  dsv3::config::LoadOptions load;
+  load.world_size = options.world_size;
+  const dsv3::config::LoadResult cfg = dsv3::config::LoadConfigFile(config_path, load);
+  for (const auto& w : cfg.warnings) std::cerr << config_path << ": warning: " << w.ToString() << "\n";
+  if (!cfg.ok()) {
+    std::string all;
+    for (const auto& e : cfg.errors) all += (all.empty() ? "" : "; ") + e.ToString();
+    return fail(dsv3::exit_status::kConfigRefused, "the config is invalid: " + all);
+  }
   try {
     std::vector<std::unique_ptr<dsv3::train::Reporter>> reporters;
     reporters.push_back(dsv3::train::MakeConsoleReporter());
@@ -233,10 +256,18 @@ int main(int argc, char** argv) {
     std::cout << "dsv3-worker: " << how << " at step " << r.step
               << (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint) << std::endl;
     return 0;
+  } catch (const dsv3::PermanentError& e) {
+    return fail(e.status(), e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(dsv3::exit_status::kOutOfMemory, "out of memory (an allocation failed)");
+  } catch (const c10::Error& e) {
+    // LibTorch's message without its 20-frame C++ backtrace.
+    const std::string what = e.what_without_backtrace();
+    if (what.find("out of memory") != std::string::npos || what.find("can't allocate memory") != std::string::npos) {
+      return fail(dsv3::exit_status::kOutOfMemory, "out of memory: " + what);
+    }
+    return fail(dsv3::exit_status::kFailed, what);
   } catch (const std::exception& e) {
-    g_trainer.store(nullptr);
-    std::cerr << "dsv3-worker: error: " << e.what() << std::endl;
-    finish(false, true, 0, e.what());
-    return 1;
+    return fail(dsv3::exit_status::kFailed, e.what());
   }
 }

@@ -394,24 +394,43 @@ json ToJson(const Config& config) {
 
 std::string ToJsonText(const Config& config, int indent) { return ToJson(config).dump(indent); }
 
-json SlurmToJson(const SlurmConfig& slurm) {
+
+namespace {
+
+template <class Section>
+json SectionToJson(const Section& section) {
   json out = json::object();
   internal::Writer writer(out);
-  schema::Visit(writer, const_cast<SlurmConfig&>(slurm));  // read only, as in ToJson
+  schema::Visit(writer, const_cast<Section&>(section));  // read only, as in ToJson
   return out;
 }
 
-SlurmConfig SlurmFromJson(const json& section, std::vector<Diagnostic>& errors) {
-  SlurmConfig slurm;
-  if (!section.is_object()) {
-    errors.push_back({"/slurm", "expected an object, got " + internal::Show(section)});
-    return slurm;
+template <class Section>
+Section SectionFromJson(const json& j, const std::string& where, std::vector<Diagnostic>& errors) {
+  Section section;
+  if (!j.is_object()) {
+    errors.push_back({where, "expected an object, got " + internal::Show(j)});
+    return section;
   }
   std::set<std::string> present;
-  internal::Reader reader(&section, "/slurm", errors, present);
-  schema::Visit(reader, slurm);
+  internal::Reader reader(&j, where, errors, present);
+  schema::Visit(reader, section);
   reader.Finish();
-  return slurm;
+  return section;
+}
+
+}  // namespace
+
+json SlurmToJson(const SlurmConfig& slurm) { return SectionToJson(slurm); }
+
+SlurmConfig SlurmFromJson(const json& section, std::vector<Diagnostic>& errors) {
+  return SectionFromJson<SlurmConfig>(section, "/slurm", errors);
+}
+
+json WatchdogToJson(const WatchdogConfig& watchdog) { return SectionToJson(watchdog); }
+
+WatchdogConfig WatchdogFromJson(const json& section, std::vector<Diagnostic>& errors) {
+  return SectionFromJson<WatchdogConfig>(section, "/watchdog", errors);
 }
 
 }  // namespace dsv3::config

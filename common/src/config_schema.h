@@ -244,6 +244,19 @@ template <class V> void Visit(V& v, ValidationConfig& c) {
   v.Field("sample_tokens", c.sample_tokens, AtLeast(0));
 }
 
+template <class V> void Visit(V& v, WatchdogConfig& c) {
+  v.Field("enabled", c.enabled, None());
+  v.Field("hang_timeout_s", c.hang_timeout_s, AtLeast(0));
+  v.Field("hang_timeout_floor_s", c.hang_timeout_floor_s, AtLeast(1));
+  v.Field("step_time_multiple", c.step_time_multiple, AtLeast(1));
+  v.Field("startup_timeout_s", c.startup_timeout_s, AtLeast(1));
+  v.Field("checkpoint_timeout_s", c.checkpoint_timeout_s, AtLeast(1));
+  v.Field("evaluation_timeout_s", c.evaluation_timeout_s, AtLeast(1));
+  v.Field("dump_timeout_s", c.dump_timeout_s, AtLeast(0));
+  v.Field("straggler_factor", c.straggler_factor, AtLeast(0));
+  v.Field("straggler_steps", c.straggler_steps, AtLeast(1));
+}
+
 template <class V> void Visit(V& v, Config& c) {
   v.Field("experiment_name", c.experiment_name, NonEmpty());
   v.Field("output_dir", c.output_dir, NonEmpty());
@@ -258,6 +271,7 @@ template <class V> void Visit(V& v, Config& c) {
   v.Section("checkpointing", [&](V& s) { Visit(s, c.checkpointing); });
   v.Section("logging", [&](V& s) { Visit(s, c.logging); });
   v.Section("validation", [&](V& s) { Visit(s, c.validation); });
+  v.Section("watchdog", [&](V& s) { Visit(s, c.watchdog); });
 }
 
 }  // namespace dsv3::config::schema

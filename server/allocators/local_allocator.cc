@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <fstream>
 #include <mutex>
 
 #include "dsv3/procs/host.h"
@@ -16,6 +17,16 @@ class LocalAllocator final : public Allocator {
 
   std::string Name() const override { return "local"; }
   int TotalSlots() const override { return slots_; }
+  std::optional<double> HostMemoryBytes() const override {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    double kib = 0;
+    while (in >> key >> kib) {
+      if (key == "MemTotal:") return kib * 1024.0;
+      in.ignore(256, '\n');
+    }
+    return std::nullopt;
+  }
   int FreeSlots() const override {
     std::lock_guard<std::mutex> lock(mu_);
     return slots_ - UsedLocked();

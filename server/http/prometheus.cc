@@ -58,6 +58,11 @@ std::string RenderMetrics(const JobStore& store, const JobManager& manager, cons
   Family ckpt_age{"dsv3_job_last_checkpoint_age_seconds", "gauge", "Seconds since the newest checkpoint.", {}};
   Family restarts{"dsv3_job_restarts", "gauge", "Restarts of the job so far.", {}};
   Family state{"dsv3_job_state", "gauge", "1 for the job's current state.", {}};
+  Family rank_step{"dsv3_rank_step_seconds", "gauge", "Wall time of the rank's last training step.", {}};
+  Family rank_busy{"dsv3_rank_busy_seconds", "gauge",
+                   "Of the rank's last step, the time not spent waiting for its peers.", {}};
+  Family straggler{"dsv3_rank_straggler", "gauge",
+                   "1 when the watchdog flagged the rank as slower than the median of the job's ranks.", {}};
   for (const JobRecord& j : store.ListJobs(filter)) {
     if (IsTerminal(j.state) && now - j.finished_ms > kRecentMs) continue;
     const std::string labels =
@@ -78,8 +83,18 @@ std::string RenderMetrics(const JobStore& store, const JobManager& manager, cons
     }
     restarts.samples.push_back(labels + "} " + std::to_string(j.restarts));
     state.samples.push_back(labels + ",state=\"" + JobStateName(j.state) + "\"} 1");
+    if (IsTerminal(j.state)) continue;
+    for (const RankView& r : p.ranks) {
+      if (r.step_seconds <= 0) continue;
+      const std::string rank = labels + ",rank=\"" + std::to_string(r.rank) + "\"} ";
+      rank_step.samples.push_back(rank + Number(r.step_seconds));
+      rank_busy.samples.push_back(rank + Number(r.busy_seconds));
+      straggler.samples.push_back(rank + (r.straggler ? "1" : "0"));
+    }
   }
-  for (Family* f : {&step, &total, &val, &ckpt_step, &ckpt_age, &restarts, &state}) job_families.push_back(*f);
+  for (Family* f : {&step, &total, &val, &ckpt_step, &ckpt_age, &restarts, &state, &rank_step, &rank_busy, &straggler}) {
+    job_families.push_back(*f);
+  }
 
   std::ostringstream os;
   for (const auto& f : job_families) {

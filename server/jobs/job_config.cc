@@ -1,10 +1,10 @@
 #include "jobs/job_config.h"
 
-#include "dsv3/common/parallel_layout.h"
-
+#include <cstdio>
 #include <filesystem>
 
 #include "dsv3/common/checkpoint_layout.h"
+#include "dsv3/common/estimator.h"
 #include "dsv3/common/parallel_layout.h"
 
 namespace dsv3::server {
@@ -169,6 +169,17 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   out.checkpoint_dir = config::CheckpointDir(c.checkpointing.dir, c.output_dir);
   out.tensorboard_dir = c.logging.tensorboard.enabled ? c.logging.tensorboard.log_dir : "";
   out.plan = PlanFromConfig(c);
+  {
+    // What one rank holds in memory by the estimator (on a CPU rank all of it is host
+    // memory): model state, optimizer state, activations of a micro-batch.
+    const config::MemoryEstimate m = config::EstimateConfig(c).memory;
+    out.memory_per_rank = m.total + m.host_optimizer + m.activations;
+    char text[200];
+    std::snprintf(text, sizeof(text), "weights %.1f GiB, gradients %.1f GiB, optimizer %.1f GiB, activations %.1f GiB",
+                  m.weights / 1073741824.0, m.gradients / 1073741824.0, (m.optimizer + m.host_optimizer) / 1073741824.0,
+                  m.activations / 1073741824.0);
+    out.memory_breakdown = text;
+  }
   if (out.world_size > 1) out.grid = config::DescribeGrid(c);
 
   nlohmann::json j = config::ToJson(c);

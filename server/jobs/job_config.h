@@ -30,6 +30,8 @@ struct PreparedConfig {
   int64_t max_restarts = 0;
   int64_t intra_op_threads = 0;
   int64_t world_size = 0;  // the ranks given, or (0 given) those the config implies
+  double memory_per_rank = 0;    // bytes one rank holds by the estimator (config/estimator.h)
+  std::string memory_breakdown;  // "weights 1.0 GiB, gradients ..."
   std::vector<std::string> grid;  // what each rank holds (config::DescribeGrid), when ranks > 1
   // As the config names them (relative ones are relative to the job folder).
   std::string output_dir, checkpoint_dir, tensorboard_dir;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -86,6 +87,18 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
     if (std::optional<FieldProblem> problem = allocator_.CanRun(probe)) {
       if (problem->code == kProblemExceedsCapacity) problem->message += "; submit with fewer ranks (--gpus)";
       out.errors.push_back(std::move(*problem));
+    }
+    // A job the host cannot hold by the estimator would die in its first allocation, every
+    // attempt: refuse it now with the numbers.
+    const std::optional<double> host = allocator_.HostMemoryBytes();
+    if (host && prepared.ok() && prepared.memory_per_rank * r.num_ranks > *host) {
+      char text[400];
+      std::snprintf(text, sizeof(text),
+                    "the estimator puts this job at %.1f GiB (%d rank(s) x %.1f GiB: %s) but this host has %.1f GiB "
+                    "of memory; make the model smaller (vocab_size, layers, widths) or run fewer ranks per host",
+                    prepared.memory_per_rank * r.num_ranks / 1073741824.0, r.num_ranks,
+                    prepared.memory_per_rank / 1073741824.0, prepared.memory_breakdown.c_str(), *host / 1073741824.0);
+      out.errors.push_back({"/model", text, kProblemExceedsCapacity});
     }
   }
   const bool control_chars =
@@ -297,7 +310,7 @@ absl::StatusOr<int> JobManager::RegisterRank(const RankRef& ref, int64_t pid, co
   return static_cast<int>(options_.heartbeat_interval.count());
 }
 
-absl::StatusOr<RankCommand> JobManager::Heartbeat(const RankRef& ref, int64_t step) {
+absl::StatusOr<HeartbeatReply> JobManager::Heartbeat(const RankRef& ref, int64_t step, const RankState* progress) {
   std::lock_guard<std::mutex> lock(mu_);
   auto live = CheckRefLocked(ref);
   if (!live.ok()) return live.status();
@@ -305,15 +318,73 @@ absl::StatusOr<RankCommand> JobManager::Heartbeat(const RankRef& ref, int64_t st
   MarkSeenLocked(l, ref.rank);
   RankLive& r = l.ranks[ref.rank];
   r.step = std::max(r.step, step);
+  if (progress != nullptr) {
+    if (Progressed(r.progress, *progress)) r.progressed_at = Clock::now();
+    // One step-time sample per step a rank completed (the hang timeout's p99).
+    if (progress->step != r.progress.step && progress->last_step_seconds > 0) {
+      l.step_seconds.push_back(progress->last_step_seconds);
+      if (l.step_seconds.size() > 512) l.step_seconds.pop_front();
+    }
+    r.progress = *progress;
+    r.progress.reported = true;
+  }
   // Between log intervals the heartbeat is the freshest word on progress.
   l.progress.step = std::max(l.progress.step, step);
   UpdateEtaLocked(l);
-  if (l.phase == Phase::kStopping || l.phase == Phase::kFailing) return RankCommand::kStop;
-  if (r.checkpoint_requested) {
-    r.checkpoint_requested = false;
-    return RankCommand::kCheckpointNow;
+  HeartbeatReply reply;
+  if (l.phase == Phase::kRunning && !l.dump_dirs.empty() && r.dumped_request < l.dump_dirs.rbegin()->first) {
+    reply.dump_request = l.dump_dirs.rbegin()->first;
   }
-  return RankCommand::kNone;
+  if (l.phase == Phase::kStopping || l.phase == Phase::kFailing) {
+    reply.command = RankCommand::kStop;
+  } else if (r.checkpoint_requested) {
+    r.checkpoint_requested = false;
+    reply.command = RankCommand::kCheckpointNow;
+  }
+  return reply;
+}
+
+absl::Status JobManager::ReportDiagnostics(const RankRef& ref, int64_t request, const std::string& text) {
+  std::string dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto live = CheckRefLocked(ref);
+    if (!live.ok()) return live.status();
+    Live& l = **live;
+    const auto it = l.dump_dirs.find(request);
+    if (it == l.dump_dirs.end()) {
+      return absl::InvalidArgumentError("dump_request: " + std::to_string(request) + " was not asked for");
+    }
+    dir = it->second;
+    RankLive& r = l.ranks[ref.rank];
+    r.dumped_request = std::max(r.dumped_request, request);
+    cv_.notify_all();  // a hang waits for the last dump
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const std::string path = dir + "/rank_" + std::to_string(ref.rank) + ".txt";
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> JobManager::RequestDump(int64_t job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = live_.find(job_id);
+  if (it == live_.end() || it->second->phase != Phase::kRunning || it->second->ranks.empty()) {
+    return absl::FailedPreconditionError("job " + std::to_string(job_id) + " has no running ranks to dump");
+  }
+  Live& l = *it->second;
+  // Request ids are unix ms: unique across dsv3d restarts, which ranks outlive.
+  int64_t request = NowMs();
+  if (!l.dump_dirs.empty()) request = std::max(request, l.dump_dirs.rbegin()->first + 1);
+  const std::string dir = DiagnosticsDir(l.job, l.job.attempt) + "/dump_" + std::to_string(request);
+  l.dump_dirs[request] = dir;
+  LogEvent("job " + std::to_string(job_id) + ": dumps requested from " + std::to_string(l.ranks.size()) +
+           " rank(s) into " + dir);
+  return dir;
 }
 
 absl::Status JobManager::ReportMetrics(const RankRef& ref, const std::vector<MetricRow>& rows) {
@@ -418,7 +489,14 @@ JobProgress JobManager::Progress(const JobRecord& job) const {
   const auto evals = store_.Evaluations(job.id);
   if (!evals.empty()) p.val_loss = evals.back().loss;
   for (const auto& r : store_.Ranks(job.id, job.attempt)) {
-    p.ranks.push_back({r.rank, r.pid, r.host, r.log_path, r.state, r.exit_code, 0});
+    RankView v;
+    v.rank = r.rank;
+    v.pid = r.pid;
+    v.host = r.host;
+    v.log_path = r.log_path;
+    v.state = r.state;
+    v.exit_code = r.exit_code;
+    p.ranks.push_back(std::move(v));
   }
   return p;
 }

@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "allocators/allocator.h"
+#include "jobs/watchdog.h"
 #include "store/job_store.h"
 
 namespace dsv3::server {
@@ -72,6 +73,16 @@ struct RankView {
   std::string host, log_path, state;
   int exit_code = 0;
   int64_t last_heartbeat_ms = 0;
+  // From the heartbeats' progress (jobs/watchdog.h).
+  std::string phase;
+  int64_t step = 0;
+  double step_seconds = 0, busy_seconds = 0, busy_ratio = 0;
+  bool straggler = false;
+};
+
+struct HeartbeatReply {
+  RankCommand command = RankCommand::kNone;
+  int64_t dump_request = 0;  // > 0: the rank should send its dump for this request
 };
 
 // What the store does not hold cheaply: the live progress of a job.
@@ -102,10 +113,16 @@ class JobManager {
   // QUEUED jobs end at once; running ones get SIGTERM, then SIGKILL after the grace period.
   absl::StatusOr<JobRecord> Cancel(int64_t job_id, const std::string& reason);
   absl::Status RequestCheckpoint(int64_t job_id);
+  // Asks every rank of a running job for its dump (stacks and flight recorder) without
+  // stopping it; returns the folder the dumps are written to.
+  absl::StatusOr<std::string> RequestDump(int64_t job_id);
 
   // Worker reports. Each checks the job, attempt and credential.
   absl::StatusOr<int> RegisterRank(const RankRef& ref, int64_t pid, const std::string& host);  // -> heartbeat ms
-  absl::StatusOr<RankCommand> Heartbeat(const RankRef& ref, int64_t step);
+  // `progress` is nullptr from a rank that sends none.
+  absl::StatusOr<HeartbeatReply> Heartbeat(const RankRef& ref, int64_t step, const RankState* progress);
+  // A rank's dump (stacks, flight recorder), written under the job's diagnostics folder.
+  absl::Status ReportDiagnostics(const RankRef& ref, int64_t request, const std::string& text);
   absl::Status ReportMetrics(const RankRef& ref, const std::vector<MetricRow>& rows);
   absl::Status ReportCheckpoint(const RankRef& ref, const CheckpointRecord& ckpt);
   absl::Status ReportEvaluation(const RankRef& ref, const EvaluationRecord& eval);
@@ -138,6 +155,7 @@ class JobManager {
   void EndJobLocked(Live& live, JobState state, const std::string& reason);
   void SetStateLocked(Live& live, JobState state, const std::string& reason);
   void RecordNewestCheckpointLocked(Live& live);
+  void WatchLocked(Live& live, Clock::time_point now);  // hangs and stragglers
   void Loop();
 
   JobStore& store_;

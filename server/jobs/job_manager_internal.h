@@ -3,6 +3,8 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,18 @@ struct JobManager::RankLive {
   RankOutcome outcome = RankOutcome::kUnspecified;
   std::string end_message;
   bool checkpoint_requested = false;
+  // The watchdog's view: the latest progress and when (dsv3d's clock) it last moved.
+  RankState progress;
+  std::chrono::steady_clock::time_point progressed_at{};
+  int64_t dumped_request = 0;  // the newest dump request this rank answered
+};
+
+// A hang found by the watchdog: dumps requested, the attempt fails when they are in.
+struct HangInProgress {
+  bool active = false;
+  std::chrono::steady_clock::time_point detected_at{};
+  int64_t request = 0;
+  std::string reason, summary, dir;
 };
 
 struct JobManager::Live {
@@ -38,11 +52,28 @@ struct JobManager::Live {
   std::chrono::steady_clock::time_point launched_at{}, stop_deadline{};
   bool killed = false;
   std::string failure;  // why the attempt is failing
+  bool permanent = false;  // ... and a restart cannot fix it (exit_codes.h): FAILED at once
   JobProgress progress;
   Placement placement;  // from the allocator's Reserve
   bool waiting = false;  // the attempt waits in an external scheduler's queue (Slurm PENDING)
   bool placement_pending = false;  // a restart waits for hosts (static: an agent was lost)
+  // Watchdog (jobs/watchdog.h): step times seen this attempt, stragglers, a hang underway,
+  // and where each dump request's files go.
+  std::deque<double> step_seconds;
+  int64_t observed_step = 0;
+  StragglerTracker stragglers;
+  HangInProgress hang;
+  std::map<int64_t, std::string> dump_dirs;
 };
+
+// <job>/diagnostics/<attempt>: the dumps and summary of a hang in that attempt; on-demand
+// dumps in a dump_<unix ms>/ folder under it.
+inline std::string DiagnosticsDir(const JobRecord& job, int attempt) {
+  return job.job_dir + "/diagnostics/" + std::to_string(attempt);
+}
+
+// The daemon's log: one timestamped line per job event, on stdout.
+void LogEvent(const std::string& line);
 
 inline std::string RankLogPath(const JobRecord& job, int rank) {
   return job.job_dir + "/logs/rank_" + std::to_string(rank) + ".log";
@@ -53,9 +84,23 @@ inline JobProgress SnapshotLocked(const JobManager::Live& live) {
   JobProgress p = live.progress;
   for (size_t i = 0; i < live.ranks.size(); ++i) {
     const auto& r = live.ranks[i];
-    p.ranks.push_back({static_cast<int>(i), r.pid, r.host, RankLogPath(live.job, static_cast<int>(i)),
-                       r.exited ? "exited" : (r.registered ? "registered" : "launched"), r.exit_code,
-                       r.last_seen_ms});
+    RankView v;
+    v.rank = static_cast<int>(i);
+    v.pid = r.pid;
+    v.host = r.host;
+    v.log_path = RankLogPath(live.job, static_cast<int>(i));
+    v.state = r.exited ? "exited" : (r.registered ? "registered" : "launched");
+    v.exit_code = r.exit_code;
+    v.last_heartbeat_ms = r.last_seen_ms;
+    if (r.progress.reported) {
+      v.phase = r.progress.phase;
+      v.step = r.progress.step;
+      v.step_seconds = r.progress.last_step_seconds;
+      v.busy_seconds = r.progress.last_busy_seconds;
+      v.busy_ratio = live.stragglers.ratio(static_cast<int>(i));
+      v.straggler = live.stragglers.flagged(static_cast<int>(i));
+    }
+    p.ranks.push_back(std::move(v));
   }
   return p;
 }
@@ -66,6 +111,7 @@ inline void MarkSeenLocked(JobManager::Live& live, int rank) {
   r.registered = true;
   r.last_seen = std::chrono::steady_clock::now();
   r.last_seen_ms = NowMs();
+  if (r.progressed_at == std::chrono::steady_clock::time_point{}) r.progressed_at = r.last_seen;
 }
 
 // ETA from the measured step time and the steps left.

@@ -10,10 +10,13 @@
 #include <ctime>
 #include <deque>
 #include <filesystem>
+#include <fstream>
+#include <limits>
 #include <thread>
 
 #include "dsv3/ckpt/manifest.h"
 #include "dsv3/common/env.h"
+#include "dsv3/common/exit_codes.h"
 #include "dsv3/procs/host.h"
 #include "jobs/job_manager.h"
 #include "jobs/job_manager_internal.h"
@@ -61,17 +64,6 @@ std::string Seconds(std::chrono::milliseconds d) {
   return buf;
 }
 
-// The daemon's log: one timestamped line per job event, on stdout.
-void LogEvent(const std::string& line) {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  localtime_r(&now, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
-  std::printf("%s dsv3d: %s\n", stamp, line.c_str());
-  std::fflush(stdout);
-}
-
 // The external allocation (Slurm job) of the job's current attempt, if it has one.
 std::string ExternalId(const JobStore& store, const JobRecord& job) {
   for (const auto& a : store.Allocations(job.id)) {
@@ -81,6 +73,16 @@ std::string ExternalId(const JobStore& store, const JobRecord& job) {
 }
 
 }  // namespace
+
+void LogEvent(const std::string& line) {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
+  std::printf("%s dsv3d: %s\n", stamp, line.c_str());
+  std::fflush(stdout);
+}
 
 void JobManager::SetStateLocked(Live& live, JobState state, const std::string& reason) {
   if (absl::Status s = store_.SetState(live.job.id, state, reason, live.job.attempt); !s.ok()) {
@@ -248,6 +250,7 @@ void JobManager::SuperviseLocked() {
       if (l.phase == Phase::kRunning && all_registered && l.job.state == JobState::kStarting) {
         SetStateLocked(l, JobState::kRunning, "all " + std::to_string(l.ranks.size()) + " rank(s) registered");
       }
+      if (l.phase == Phase::kRunning && all_registered) WatchLocked(l, now);
     } else if (l.phase == Phase::kStopping && !l.killed && now > l.stop_deadline) {
       l.killed = true;
       allocator_.Kill(id);
@@ -320,6 +323,12 @@ void JobManager::LaunchAttemptLocked(Live& l) {
   l.killed = false;
   l.waiting = false;
   l.failure.clear();
+  l.permanent = false;
+  l.step_seconds.clear();
+  l.observed_step = 0;
+  l.stragglers = StragglerTracker(job.plan.watchdog.straggler_factor, job.plan.watchdog.straggler_steps);
+  l.hang = HangInProgress{};
+  l.dump_dirs.clear();
   if (!launched.ok()) {
     EndJobLocked(l, JobState::kFailed, "cannot start ranks: " + std::string(launched.status().message()));
     return;
@@ -382,6 +391,75 @@ LaunchSpec JobManager::BuildLaunchSpec(const JobRecord& job, const Placement& pl
   return spec;
 }
 
+void JobManager::WatchLocked(Live& l, Clock::time_point now) {
+  const config::WatchdogConfig& w = l.job.plan.watchdog;
+  if (!w.enabled) return;
+  const std::string job = "job " + std::to_string(l.job.id);
+  if (l.hang.active) {
+    // Dumps requested: fail the attempt once every live rank sent its own, or at the deadline.
+    std::vector<int> missing;
+    for (size_t r = 0; r < l.ranks.size(); ++r) {
+      if (!l.ranks[r].exited && l.ranks[r].dumped_request < l.hang.request) missing.push_back(static_cast<int>(r));
+    }
+    const bool late = now - l.hang.detected_at > std::chrono::duration<double>(w.dump_timeout_s);
+    if (!missing.empty() && !late) return;
+    std::string dumps = "dumps: " + l.hang.dir + "/rank_<r>.txt";
+    if (!missing.empty()) {
+      dumps += " (none from rank(s)";
+      for (int r : missing) dumps += " " + std::to_string(r);
+      dumps += " within watchdog.dump_timeout_s)";
+    }
+    std::error_code ec;
+    fs::create_directories(l.hang.dir, ec);
+    std::ofstream(l.hang.dir + "/summary.txt") << l.hang.summary << "\n" << dumps << "\n";
+    LogEvent(job + ": hang: " + l.hang.reason + "; " + dumps);
+    l.hang.active = false;
+    FailAttemptLocked(l, l.hang.reason);
+    return;
+  }
+  std::vector<RankState> states;
+  Clock::time_point newest{};
+  for (const RankLive& r : l.ranks) {
+    states.push_back(r.progress);
+    newest = std::max(newest, r.progressed_at);
+  }
+  // Stragglers: one observation each time every rank has completed another step.
+  int64_t done = std::numeric_limits<int64_t>::max();
+  std::vector<double> busy;
+  for (const RankState& s : states) {
+    done = std::min(done, s.step - 1);
+    busy.push_back(s.last_busy_seconds);
+  }
+  if (done > l.observed_step) {
+    l.observed_step = done;
+    for (int r : l.stragglers.Observe(busy)) {
+      char text[256];
+      std::snprintf(text, sizeof(text),
+                    "rank %d is a straggler: %.3g s of work per step, %.2f x the median of the ranks "
+                    "(watchdog.straggler_factor %g, %lld reports in a row)",
+                    r, busy[static_cast<size_t>(r)], l.stragglers.ratio(r), w.straggler_factor,
+                    static_cast<long long>(w.straggler_steps));
+      SetStateLocked(l, l.job.state, text);
+    }
+  }
+  // Hangs: no rank moved for the timeout of where they are.
+  const HangTimeout timeout = TimeoutFor(w, states, {l.step_seconds.begin(), l.step_seconds.end()});
+  const double stalled = std::chrono::duration<double>(now - newest).count();
+  if (stalled < timeout.seconds) return;
+  const HangVerdict v = DiagnoseHang(states, stalled);
+  l.hang.active = true;
+  l.hang.detected_at = now;
+  l.hang.reason = v.reason;
+  l.hang.dir = DiagnosticsDir(l.job, l.job.attempt);
+  l.hang.summary = "job " + std::to_string(l.job.id) + " (" + l.job.name + "), attempt " +
+                   std::to_string(l.job.attempt) + "\n" + v.summary + "\nno rank made progress for " +
+                   std::to_string(static_cast<int64_t>(stalled)) + " s; " + timeout.why + "\n";
+  l.hang.request = NowMs();
+  if (!l.dump_dirs.empty()) l.hang.request = std::max(l.hang.request, l.dump_dirs.rbegin()->first + 1);
+  l.dump_dirs[l.hang.request] = l.hang.dir;
+  LogEvent(job + ": hang detected (" + v.reason + "); collecting the ranks' dumps");
+}
+
 void JobManager::OnAllocationLocked(const AllocationUpdate& u) {
   (void)store_.UpsertAllocation({u.job_id, u.attempt, u.allocator, u.external_id, u.state, u.reason, NowMs()});
   auto it = live_.find(u.job_id);
@@ -420,7 +498,15 @@ void JobManager::OnRankExitLocked(const RankExit& e) {
   const bool clean = e.exit_code == 0 ||
                      (e.exit_code == -1 && (r.outcome == RankOutcome::kFinished || r.outcome == RankOutcome::kStopped));
   if (l.phase == Phase::kRunning && !clean) {
-    FailAttemptLocked(l, "rank " + std::to_string(e.rank) + " " + e.how);
+    if (exit_status::IsPermanent(e.exit_code)) {
+      // The same attempt again would fail the same way: say why and do not retry.
+      l.permanent = true;
+      FailAttemptLocked(l, "rank " + std::to_string(e.rank) + " " + exit_status::Describe(e.exit_code) +
+                               " (exit status " + std::to_string(e.exit_code) + ")" +
+                               (r.end_message.empty() ? "" : ": " + r.end_message));
+    } else {
+      FailAttemptLocked(l, "rank " + std::to_string(e.rank) + " " + e.how);
+    }
   }
   for (const auto& rr : l.ranks) {
     if (!rr.exited) return;
@@ -465,6 +551,10 @@ void JobManager::AttemptOverLocked(Live& l) {
     l.phase = Phase::kFailing;
   }
   // A failed attempt: restart from the newest intact checkpoint, or give up.
+  if (l.permanent) {
+    EndJobLocked(l, JobState::kFailed, l.failure + "; not restarted: a restart cannot fix this");
+    return;
+  }
   if (l.job.restarts < l.job.max_restarts) {
     l.job.restarts += 1;
     if (absl::Status s = store_.UpdateJob(l.job); !s.ok()) throw std::runtime_error(std::string(s.message()));

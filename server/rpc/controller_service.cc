@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "jobs/job_config.h"
@@ -194,6 +196,12 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
     ri->set_state(r.state);
     ri->set_exit_code(r.exit_code);
     ri->set_last_heartbeat_unix_ms(r.last_heartbeat_ms);
+    ri->set_phase(r.phase);
+    ri->set_step(r.step);
+    ri->set_step_seconds(r.step_seconds);
+    ri->set_busy_seconds(r.busy_seconds);
+    ri->set_straggler(r.straggler);
+    ri->set_busy_ratio(r.busy_ratio);
   }
   for (const auto& e : store_.Evaluations(j.id)) {
     auto* ev = out->add_evaluations();
@@ -330,6 +338,61 @@ grpc::Status ControllerService::CheckpointJob(grpc::ServerContext* ctx, const v1
   DSV3_REQUIRE_JOB(req->job_id());
   (void)job_record;
   return ToGrpc(manager_.RequestCheckpoint(req->job_id()));
+}
+
+grpc::Status ControllerService::DumpJob(grpc::ServerContext* ctx, const v1::DumpJobRequest* req,
+                                        v1::DumpJobResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  (void)job_record;
+  auto dir = manager_.RequestDump(req->job_id());
+  if (!dir.ok()) return ToGrpc(dir.status());
+  resp->set_dir(*dir);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::GetDiagnostics(grpc::ServerContext* ctx, const v1::GetDiagnosticsRequest* req,
+                                               v1::GetDiagnosticsResponse* resp) {
+  DSV3_REQUIRE_CALLER(ctx);
+  DSV3_REQUIRE_JOB(req->job_id());
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(job_record.job_dir) / "diagnostics";
+  std::error_code ec;
+  std::vector<int> attempts;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (it->is_directory() && !name.empty() && name.find_first_not_of("0123456789") == std::string::npos &&
+        name.size() < 9) {
+      attempts.push_back(std::stoi(name));
+    }
+  }
+  std::sort(attempts.begin(), attempts.end());
+  for (int a : attempts) resp->add_attempts(a);
+  int attempt = req->attempt();
+  if (attempt == 0 && !attempts.empty()) attempt = attempts.back();
+  if (attempt == 0 || std::find(attempts.begin(), attempts.end(), attempt) == attempts.end()) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "job " + std::to_string(req->job_id()) + " has no diagnostics" +
+                            (req->attempt() > 0 ? " for attempt " + std::to_string(req->attempt()) : "") +
+                            ": the watchdog found no hang, and no dump was taken (dsv3ctl dump)");
+  }
+  resp->set_attempt(attempt);
+  const fs::path dir = root / std::to_string(attempt);
+  std::ifstream summary(dir / "summary.txt");
+  std::ostringstream text;
+  text << summary.rdbuf();
+  resp->set_summary(summary ? text.str() : "");
+  std::vector<std::pair<std::string, int64_t>> files;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file()) files.emplace_back(it->path().string(), static_cast<int64_t>(it->file_size()));
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& [path, bytes] : files) {
+    auto* f = resp->add_files();
+    f->set_path(path);
+    f->set_bytes(bytes);
+  }
+  return grpc::Status::OK;
 }
 
 grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::StreamLogsRequest* req,

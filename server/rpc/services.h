@@ -47,6 +47,9 @@ class ControllerService final : public dsv3::v1::Controller::Service {
                                v1::ListCheckpointsResponse*) override;
   grpc::Status CheckpointJob(grpc::ServerContext*, const v1::CheckpointJobRequest*,
                              v1::CheckpointJobResponse*) override;
+  grpc::Status DumpJob(grpc::ServerContext*, const v1::DumpJobRequest*, v1::DumpJobResponse*) override;
+  grpc::Status GetDiagnostics(grpc::ServerContext*, const v1::GetDiagnosticsRequest*,
+                              v1::GetDiagnosticsResponse*) override;
   grpc::Status ValidateConfig(grpc::ServerContext*, const v1::ValidateConfigRequest*,
                               v1::ValidateConfigResponse*) override;
   grpc::Status ListNodes(grpc::ServerContext*, const v1::ListNodesRequest*, v1::ListNodesResponse*) override;
@@ -78,6 +81,7 @@ class WorkerService final : public dsv3::v1::WorkerReports::Service {
   grpc::Status ReportEvaluation(grpc::ServerContext*, const v1::ReportEvaluationRequest*, v1::Ack*) override;
   grpc::Status ShipLogs(grpc::ServerContext*, const v1::ShipLogsRequest*, v1::Ack*) override;
   grpc::Status ReportEnd(grpc::ServerContext*, const v1::ReportEndRequest*, v1::Ack*) override;
+  grpc::Status ReportDiagnostics(grpc::ServerContext*, const v1::ReportDiagnosticsRequest*, v1::Ack*) override;
 
  private:
   JobManager& manager_;

@@ -5,6 +5,28 @@ namespace {
 
 RankRef Ref(const v1::RankRef& r) { return {r.job_id(), r.attempt(), r.rank(), r.credential()}; }
 
+RankState FromProto(const v1::RankProgress& p) {
+  RankState s;
+  s.reported = true;
+  s.step = p.step();
+  s.micro_step = p.micro_step();
+  s.phase = p.phase().substr(0, 32);
+  s.last_step_seconds = p.last_step_seconds();
+  s.last_busy_seconds = p.last_busy_seconds();
+  for (const auto& g : p.groups()) {
+    GroupState x;
+    x.name = g.name().substr(0, 64);
+    x.size = g.size();
+    x.entered = g.entered();
+    x.completed = g.completed();
+    x.last_op = g.last_op().substr(0, 32);
+    x.waiting_seq = g.waiting_seq();
+    x.waiting_op = g.waiting_op().substr(0, 32);
+    s.groups.push_back(std::move(x));
+  }
+  return s;
+}
+
 }  // namespace
 
 grpc::Status WorkerService::RegisterRank(grpc::ServerContext*, const v1::RegisterRankRequest* req,
@@ -17,9 +39,14 @@ grpc::Status WorkerService::RegisterRank(grpc::ServerContext*, const v1::Registe
 
 grpc::Status WorkerService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
                                       v1::HeartbeatResponse* resp) {
-  auto cmd = manager_.Heartbeat(Ref(req->ref()), req->step());
-  if (!cmd.ok()) return ToGrpc(cmd.status());
-  resp->set_command(static_cast<v1::RankCommand>(static_cast<int>(*cmd)));
+  if (req->progress().groups_size() > 64) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "progress.groups: at most 64");
+  }
+  const RankState progress = FromProto(req->progress());
+  auto reply = manager_.Heartbeat(Ref(req->ref()), req->step(), req->has_progress() ? &progress : nullptr);
+  if (!reply.ok()) return ToGrpc(reply.status());
+  resp->set_command(static_cast<v1::RankCommand>(static_cast<int>(reply->command)));
+  resp->set_dump_request(reply->dump_request);
   return grpc::Status::OK;
 }
 
@@ -64,6 +91,13 @@ grpc::Status WorkerService::ReportEnd(grpc::ServerContext*, const v1::ReportEndR
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "outcome: " + std::to_string(outcome) + " is unknown");
   }
   return ToGrpc(manager_.ReportEnd(Ref(req->ref()), static_cast<RankOutcome>(outcome), req->step(), req->message()));
+}
+
+grpc::Status WorkerService::ReportDiagnostics(grpc::ServerContext*, const v1::ReportDiagnosticsRequest* req, v1::Ack*) {
+  if (req->text().size() > (1u << 20)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: at most 1 MiB");
+  }
+  return ToGrpc(manager_.ReportDiagnostics(Ref(req->ref()), req->dump_request(), req->text()));
 }
 
 }  // namespace dsv3::server

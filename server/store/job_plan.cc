@@ -11,13 +11,15 @@ JobPlan PlanFromConfig(const config::Config& config) {
   plan.launcher = config.slurm.enabled || config.distributed.launcher == "slurm" ? "slurm" : "";
   plan.intra_op_threads = config.training.intra_op_threads > 0 ? config.training.intra_op_threads : 0;
   plan.slurm = config.slurm;
+  plan.watchdog = config.watchdog;
   return plan;
 }
 
 std::string PlanToJson(const JobPlan& plan) {
   return nlohmann::json{{"launcher", plan.launcher},
                         {"intra_op_threads", plan.intra_op_threads},
-                        {"slurm", config::SlurmToJson(plan.slurm)}}
+                        {"slurm", config::SlurmToJson(plan.slurm)},
+                        {"watchdog", config::WatchdogToJson(plan.watchdog)}}
       .dump();
 }
 
@@ -32,6 +34,8 @@ std::optional<JobPlan> PlanFromJson(const std::string& text) {
   plan.intra_op_threads = j["intra_op_threads"].get<int64_t>();
   std::vector<config::Diagnostic> errors;
   plan.slurm = config::SlurmFromJson(j["slurm"], errors);
+  // Plans stored before the watchdog existed have none: its defaults.
+  if (j.contains("watchdog")) plan.watchdog = config::WatchdogFromJson(j["watchdog"], errors);
   if (!errors.empty()) return std::nullopt;  // not a plan this build wrote
   return plan;
 }

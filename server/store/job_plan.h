@@ -25,6 +25,8 @@ struct JobPlan {
   // The config's slurm section as written (defaults where absent). The Slurm allocator
   // fits it to the job's rank count (FitSlurmSection).
   config::SlurmConfig slurm;
+  // How dsv3d tells a hung or slow job from a working one (jobs/watchdog.h).
+  config::WatchdogConfig watchdog;
 
   bool WantsSlurm() const { return launcher == "slurm"; }
 };

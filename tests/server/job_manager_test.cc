@@ -275,7 +275,7 @@ TEST_F(JobManagerTest, SilentRankFailsTheAttemptAfterTheHeartbeatTimeout) {
   const int64_t id = LaunchOne(*m, alloc, /*max_restarts=*/0);
   // Heartbeats for a while keep it alive...
   for (int i = 0; i < 6; ++i) {
-    ASSERT_TRUE(m->Heartbeat(Ref(id, 0), i).ok());
+    ASSERT_TRUE(m->Heartbeat(Ref(id, 0), i, nullptr).ok());
     std::this_thread::sleep_for(milliseconds(150));
   }
   EXPECT_FALSE(alloc.Signaled(id, SIGKILL));
@@ -293,9 +293,9 @@ TEST_F(JobManagerTest, CancelSignalsThenKillsAfterTheGracePeriod) {
   ASSERT_TRUE(m->Cancel(id, "no longer needed").ok());
   EXPECT_TRUE(alloc.Signaled(id, SIGTERM));
   EXPECT_TRUE(alloc.cancel_written_before_sigterm);
-  auto cmd = m->Heartbeat(Ref(id, 0), 5);
+  auto cmd = m->Heartbeat(Ref(id, 0), 5, nullptr);
   ASSERT_TRUE(cmd.ok());
-  EXPECT_EQ(*cmd, RankCommand::kStop);
+  EXPECT_EQ(cmd->command, RankCommand::kStop);
   ASSERT_TRUE(WaitFor([&] { return alloc.Signaled(id, SIGKILL); }, std::chrono::seconds(10)));  // grace over
   // A checkpoint the rank managed to write is what the cancel records.
   const std::string ckpt = store_->GetJob(id)->checkpoint_dir + "/checkpoint_5";
@@ -323,13 +323,13 @@ TEST_F(JobManagerTest, WorkerReportsAreCheckedAndRecorded) {
   EXPECT_EQ(m->ReportMetrics(bad, {{1, "loss", 1.0, 1}}).code(), absl::StatusCode::kPermissionDenied);
   bad = good;
   bad.attempt = 7;
-  EXPECT_EQ(m->Heartbeat(bad, 1).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Heartbeat(bad, 1, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
   bad = good;
   bad.rank = 3;
-  EXPECT_EQ(m->Heartbeat(bad, 1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->Heartbeat(bad, 1, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   bad = good;
   bad.job_id = 999;
-  EXPECT_EQ(m->Heartbeat(bad, 1).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Heartbeat(bad, 1, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
 
   ASSERT_TRUE(m->ReportMetrics(good, {{10, "loss", 4.0, 1}, {10, "step_ms", 500, 1}}).ok());
   const JobRecord job = *store_->GetJob(id);
@@ -347,8 +347,8 @@ TEST_F(JobManagerTest, WorkerReportsAreCheckedAndRecorded) {
   EXPECT_NE(test::ReadFile(m->LogPath(job, 0)).find("line one\nline two\n"), std::string::npos);
 
   ASSERT_TRUE(m->RequestCheckpoint(id).ok());
-  EXPECT_EQ(*m->Heartbeat(good, 11), RankCommand::kCheckpointNow);
-  EXPECT_EQ(*m->Heartbeat(good, 12), RankCommand::kNone);  // delivered once
+  EXPECT_EQ(m->Heartbeat(good, 11, nullptr)->command, RankCommand::kCheckpointNow);
+  EXPECT_EQ(m->Heartbeat(good, 12, nullptr)->command, RankCommand::kNone);  // delivered once
 }
 
 TEST_F(JobManagerTest, SubmitValidatesAndDryRunWritesNothing) {
@@ -442,11 +442,11 @@ TEST_F(JobManagerTest, RecoveryAdoptsRunningRanksWithoutARestart) {
   alloc.adoptable = {0};
   auto m = MakeManager(alloc);
   // Before recovery, reports are deferred, not refused for good.
-  EXPECT_EQ(m->Heartbeat(Ref(id, 0), 41).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(m->Heartbeat(Ref(id, 0), 41, nullptr).status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(m->Recover().ok());
   EXPECT_EQ(m->Progress(*store_->GetJob(id)).step, 40);  // progress rebuilt from the store
   m->Start();
-  EXPECT_TRUE(m->Heartbeat(Ref(id, 0), 41).ok());
+  EXPECT_TRUE(m->Heartbeat(Ref(id, 0), 41, nullptr).ok());
   EXPECT_EQ(m->Progress(*store_->GetJob(id)).step, 41);  // heartbeats carry the step too
   EXPECT_EQ(store_->GetJob(id)->state, JobState::kRunning);
   EXPECT_EQ(store_->GetJob(id)->state_reason, "dsv3d restarted; adopted all 1 running rank(s)");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -50,10 +51,43 @@ void WriteText(const fs::path& path, const std::string& text) {
 
 // Every rank writes its files into one temporary directory; rank 0 writes the rest, the
 // manifest with every checksum, and renames it into place.
+std::string WriteCheckpointFiles(const std::string& dir, const CheckpointData& d, const SaveGroup& g,
+                                 const fs::path& tmp);
+
+// The bytes of tensors a save writes (what it needs on disk, headers aside).
+double TensorBytes(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  double bytes = 0;
+  for (const auto& [name, t] : tensors) bytes += static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
+  return bytes;
+}
+
+// A failed save (a full disk, say) removes what it wrote, so the disk is not left full for
+// the restart, and says how much the save needed. (Temporaries of killed saves are removed
+// when the next CheckpointManager starts.)
 std::string WriteCheckpoint(const std::string& dir, const CheckpointData& d, const SaveGroup& g) {
-  const fs::path final_dir = fs::path(dir) / config::CheckpointName(d.step);
   const std::string suffix = g.world > 1 ? "dist" : std::to_string(getpid());
   const fs::path tmp = fs::path(dir) / (config::CheckpointName(d.step) + ".tmp-" + suffix);
+  try {
+    return WriteCheckpointFiles(dir, d, g, tmp);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    if (g.rank == 0 || g.world == 1) {
+      fs::remove_all(tmp, ec);
+    } else {
+      fs::remove(tmp / ("shard_" + std::to_string(g.rank) + ".safetensors"), ec);
+    }
+    const double mib = (TensorBytes(d.shard) + TensorBytes(d.model) + TensorBytes(d.state_tensors)) / 1048576.0;
+    char need[160];
+    std::snprintf(need, sizeof(need), " (this rank's part of the checkpoint of step %lld needs %.1f MiB; ",
+                  static_cast<long long>(d.step), mib);
+    throw std::runtime_error(std::string("saving a checkpoint in ") + dir + " failed: " + e.what() + need +
+                             "its temporary folder " + tmp.filename().string() + " was removed)");
+  }
+}
+
+std::string WriteCheckpointFiles(const std::string& dir, const CheckpointData& d, const SaveGroup& g,
+                                 const fs::path& tmp) {
+  const fs::path final_dir = fs::path(dir) / config::CheckpointName(d.step);
   if (g.rank == 0) {
     fs::remove_all(tmp);
     fs::create_directories(tmp);

@@ -26,6 +26,8 @@ GroupSpec SubgroupSpec(const GroupSpec& parent, const std::vector<int>& members,
 std::unique_ptr<Communicator> MakeGloo(const GroupSpec& spec);
 std::unique_ptr<Communicator> MakeNccl(const GroupSpec& spec);
 bool HaveGloo();
+// Wraps a backend so the flight recorder logs its operations (recording_communicator.cc).
+std::unique_ptr<Communicator> Recorded(std::unique_ptr<Communicator> inner);
 bool HaveNccl();
 
 // "gloo allreduce on rank 1 of group 'world' (2 ranks) failed: <why>"

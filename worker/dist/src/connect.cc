@@ -218,8 +218,8 @@ std::unique_ptr<Communicator> Connect(const LaunchInfo& launch, const ConnectOpt
   spec.name = "world";
   spec.options = options;
   spec.master_addr = launch.master_addr;
-  if (options.backend == "nccl") return internal::MakeNccl(spec);
-  if (options.backend == "gloo") return internal::MakeGloo(spec);
+  if (options.backend == "nccl") return internal::Recorded(internal::MakeNccl(spec));
+  if (options.backend == "gloo") return internal::Recorded(internal::MakeGloo(spec));
   throw std::runtime_error("unknown communicator backend \"" + options.backend + "\" (gloo or nccl)");
 }
 

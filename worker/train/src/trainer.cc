@@ -7,6 +7,8 @@
 
 #include "capabilities.h"
 #include "dsv3/common/checkpoint_layout.h"
+#include "dsv3/common/exit_codes.h"
+#include "dsv3/dist/flight_recorder.h"
 #include "dsv3/train/lr_schedule.h"
 #include "trainer_state.h"
 
@@ -81,7 +83,11 @@ void Trainer::State::BuildModels() {
 
 void Trainer::State::OpenDataAndCheckpoints() {
   const config::Config& c = cfg;
-  data = data::OpenDataPipeline(c);
+  try {
+    data = data::OpenDataPipeline(c);
+  } catch (const std::exception& e) {
+    throw PermanentError(exit_status::kDataMissing, e.what());
+  }
   if (data.prepared.files_prepared > 0) {
     Message("prepared the token cache: " + std::to_string(data.prepared.files_prepared) + " files, " +
             std::to_string(data.prepared.tokens) + " tokens");
@@ -94,7 +100,15 @@ void Trainer::State::OpenDataAndCheckpoints() {
   checkpoints = std::make_unique<ckpt::CheckpointManager>(checkpoint_dir, c.checkpointing.keep_last_n,
                                                           c.checkpointing.keep_best_n, save_group);
   const std::string resume = !opt.resume.empty() ? opt.resume : c.checkpointing.resume_from.value_or("");
-  if (!resume.empty()) Resume(resume);
+  if (!resume.empty()) {
+    try {
+      Resume(resume);
+    } catch (const PermanentError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw PermanentError(exit_status::kCheckpointUnreadable, "cannot resume from " + resume + ": " + e.what());
+    }
+  }
 }
 
 // After the full weights are in place: experts split over the ranks, the sharded optimizer,
@@ -154,7 +168,11 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
   s.opt = std::move(options);
   s.reporters = std::move(reporters);
   // What this build cannot do is refused up front, naming the field.
-  RefuseWhatThisBuildCannot(s.cfg, s.opt);
+  try {
+    RefuseWhatThisBuildCannot(s.cfg, s.opt);
+  } catch (const std::exception& e) {
+    throw PermanentError(exit_status::kConfigRefused, e.what());
+  }
   s.PlaceOnDevice();
   s.BuildModels();
   s.OpenDataAndCheckpoints();
@@ -175,10 +193,14 @@ TrainResult Trainer::Run() {
   int64_t run_steps = 0;
   MetricWindow window;
   bool stopped_by_signal = false;
+  // The watchdog's view (dist/flight_recorder.h): which step and phase this thread is in.
+  dist::FlightRecorder& progress = dist::FlightRecorder::Get();
   while (s.step < total) {
     if (s.opt.max_steps >= 0 && run_steps >= s.opt.max_steps) break;
     StepFigures f;
     const auto t0 = Clock::now();
+    progress.SetStep(s.step + 1);
+    progress.SetPhase(dist::TrainPhase::kData);
     // Tensor-parallel ranks of one replica read the same micro-batches.
     const data::Batch batch = s.data.sampler->NextBatch(t.global_batch_size, s.groups.coord.dp, s.dp);
     const auto t1 = Clock::now();
@@ -188,6 +210,7 @@ TrainResult Trainer::Run() {
     std::vector<std::pair<std::string, double>> bytes = s.groups.BytesSent();
     const LossParts mine = s.MicroSteps(batch, f);
     const double busy_ms = std::max(0.0, f.ms_forward + f.ms_backward - f.ms_pipeline_wait);
+    progress.SetPhase(dist::TrainPhase::kOptimizer);
     StepAgreement agreed = s.Agree(mine, stop_.load(), checkpoint_now_.exchange(false), busy_ms);
     const auto t2 = Clock::now();
     const double step_loss = agreed.main + t.mtp_loss_weight * agreed.mtp + agreed.balance;
@@ -218,6 +241,8 @@ TrainResult Trainer::Run() {
     f.dropped = agreed.dropped;
     f.stage_ms = std::move(agreed.stage_ms);
     window.Add(f);
+    const double step_s = Ms(t0, t3) / 1000.0;
+    progress.StepDone(step_s, std::max(0.0, step_s - f.ms_communication / 1000.0));
 
     if (s.step % t.log_interval == 0 || s.step == total) {
       WindowContext ctx;
@@ -237,9 +262,13 @@ TrainResult Trainer::Run() {
       for (auto& r : s.reporters) r->OnMetrics(m);
     }
     if (c.validation.enabled && t.eval_interval > 0 && (s.step % t.eval_interval == 0 || s.step == total)) {
+      progress.SetPhase(dist::TrainPhase::kEvaluation);
       result.last_eval_loss = s.Evaluate().loss;
     }
     if (c.checkpointing.enabled) {
+      if ((t.save_interval > 0 && s.step % t.save_interval == 0) || agreed.checkpoint) {
+        progress.SetPhase(dist::TrainPhase::kCheckpoint);
+      }
       if (t.save_interval > 0 && s.step % t.save_interval == 0) {
         result.last_checkpoint = s.SaveCheckpoint("interval");
       } else if (agreed.checkpoint) {
@@ -256,9 +285,11 @@ TrainResult Trainer::Run() {
   const bool want_final = stopped_by_signal || (result.finished && c.checkpointing.save_final) ||
                           (s.opt.max_steps >= 0 && !result.finished);
   if (c.checkpointing.enabled && want_final && s.last_saved_step != s.step) {
+    progress.SetPhase(dist::TrainPhase::kCheckpoint);
     result.last_checkpoint = s.SaveCheckpoint(stopped_by_signal ? "signal" : result.finished ? "final" : "stop");
   }
   const std::string background = s.checkpoints->Wait();
+  progress.SetPhase(dist::TrainPhase::kDone);
   if (!background.empty() && result.last_checkpoint.empty()) result.last_checkpoint = background;
   std::string message = result.finished ? "completed " + std::to_string(total) + " steps"
                                         : (stopped_by_signal ? "stopped on request" : "stopped early");

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "dsv3/dist/flight_recorder.h"
 #include "dsv3/train/pipeline_schedule.h"
 #include "trainer_state.h"
 
@@ -32,7 +33,10 @@ LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
   const config::TrainingConfig& t = cfg.training;
   const int64_t gas = cfg.derived.gradient_accumulation_steps, micro = t.micro_batch_size;
   LossParts sum;
+  dist::FlightRecorder& progress = dist::FlightRecorder::Get();
   for (int64_t m = 0; m < gas; ++m) {
+    progress.SetMicroStep(m);
+    progress.SetPhase(dist::TrainPhase::kForward);
     optimizer->BeginMicroStep(m == gas - 1);
     const auto f0 = Clock::now();
     const torch::Tensor tokens = Rows(batch.tokens, m * micro, micro, batch.width, device);
@@ -42,6 +46,7 @@ LossParts Trainer::State::MicroSteps(const data::Batch& batch, StepFigures& f) {
     torch::Tensor loss = out.loss / static_cast<double>(gas);
     if (t.use_fp16) loss = loss * scaler.scale;
     const auto f1 = Clock::now();
+    progress.SetPhase(dist::TrainPhase::kBackward);
     loss.backward();
     optimizer->FinishBackward();  // this micro-step's reductions (overlapped with backward)
     const auto f2 = Clock::now();
@@ -86,8 +91,11 @@ LossParts Trainer::State::PipelineMicroSteps(const data::Batch& batch, StepFigur
   }
   const double wait_before = pp.blocked_seconds();
   LossParts sum;
+  dist::FlightRecorder& progress = dist::FlightRecorder::Get();
   for (size_t i = 0; i < actions.size(); ++i) {
     const PipelineAction& a = actions[i];
+    progress.SetMicroStep(a.micro);
+    progress.SetPhase(a.forward ? dist::TrainPhase::kForward : dist::TrainPhase::kBackward);
     const auto key = std::make_pair(a.micro, a.chunk);
     const auto t0 = Clock::now();
     if (a.forward) {

@@ -252,6 +252,22 @@ struct ValidationConfig {  // (dsv3) the guide names the section without fields
   int64_t sample_tokens = 32;
 };
 
+// (dsv3) How dsv3d tells a hung or slow job from a working one (server/jobs/watchdog.h):
+// every rank's heartbeat carries its training progress, and a job where no rank progressed
+// for the hang timeout is hung.
+struct WatchdogConfig {
+  bool enabled = true;
+  double hang_timeout_s = 0;          // 0 = derived: max(floor, step_time_multiple x p99 step time)
+  double hang_timeout_floor_s = 30;
+  double step_time_multiple = 5;
+  double startup_timeout_s = 600;     // launch -> first step (model build, rendezvous, data)
+  double checkpoint_timeout_s = 600;  // while a rank saves a checkpoint
+  double evaluation_timeout_s = 600;  // while a rank evaluates
+  double dump_timeout_s = 10;         // how long dsv3d waits for the ranks' dumps before killing
+  double straggler_factor = 1.5;      // a rank this much slower than the median; 0 = off
+  int64_t straggler_steps = 5;        // for this many reports in a row
+};
+
 // ---------------------------------------------------------------- derived
 // Values computed while resolving; never read from the file.
 struct DerivedValues {
@@ -283,6 +299,7 @@ struct Config {
   CheckpointingConfig checkpointing;
   LoggingConfig logging;
   ValidationConfig validation;
+  WatchdogConfig watchdog;
   DerivedValues derived;
 };
 

@@ -68,6 +68,9 @@ nlohmann::json ToJson(const Config& config);
 // (wrong type, out of range, unknown key) under /slurm/<field>.
 nlohmann::json SlurmToJson(const SlurmConfig& slurm);
 SlurmConfig SlurmFromJson(const nlohmann::json& section, std::vector<Diagnostic>& errors);
+// The same for the watchdog section (dsv3d keeps it with each job).
+nlohmann::json WatchdogToJson(const WatchdogConfig& watchdog);
+WatchdogConfig WatchdogFromJson(const nlohmann::json& section, std::vector<Diagnostic>& errors);
 
 // The derived values as JSON, for `dsv3ctl config show`.
 nlohmann::json DerivedToJson(const Config& config);

@@ -34,6 +34,8 @@ inline constexpr const char* kBlasReexec = "DSV3_BLAS_REEXEC";
 // Rank timeouts (seconds): c10d's rendezvous, and any one collective.
 inline constexpr const char* kRendezvousTimeout = "DSV3_RENDEZVOUS_TIMEOUT";
 inline constexpr const char* kCollectiveTimeout = "DSV3_COLLECTIVE_TIMEOUT";
+// Fault injection for tests (dist/faults.h): off unless set.
+inline constexpr const char* kFault = "DSV3_FAULT";
 // The sentencepiece plugin library (default: the one built next to dsv3_data).
 inline constexpr const char* kSentencepiecePlugin = "DSV3_SENTENCEPIECE_PLUGIN";
 // Gloo's network interface (c10d's own name), for hosts whose hostname resolves elsewhere.

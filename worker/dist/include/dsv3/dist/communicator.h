@@ -64,11 +64,11 @@ class Communicator {
 
   // Time this process spent blocked in Wait() and Barrier(): communication not hidden
   // behind compute. Cumulative seconds.
-  double blocked_seconds() const { return blocked_seconds_; }
+  virtual double blocked_seconds() const { return blocked_seconds_; }
   // Bytes of the tensors this process handed to operations on this communicator (each
   // collective's input, each send's tensor): the traffic the caller asked for, before the
   // backend's algorithm multiplies it. Cumulative.
-  double bytes_sent() const { return bytes_sent_; }
+  virtual double bytes_sent() const { return bytes_sent_; }
 
  protected:
   double blocked_seconds_ = 0;

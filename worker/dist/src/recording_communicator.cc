@@ -1,0 +1,133 @@
+// The flight recorder's view of a communicator: a decorator around every backend that logs
+// each operation into FlightRecorder (enter, wait, end) and applies DSV3_FAULT's
+// skip_collective. Connect wraps the world; Subgroup wraps what it makes.
+#include <sstream>
+
+#include "backends.h"
+#include "dsv3/dist/faults.h"
+#include "dsv3/dist/flight_recorder.h"
+
+namespace dsv3::dist::internal {
+namespace {
+
+std::string TensorText(const torch::Tensor& t) {
+  std::ostringstream s;
+  s << c10::toString(t.scalar_type()) << "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? "," : "") << t.size(d);
+  s << "]";
+  return s.str();
+}
+
+double TensorBytes(const torch::Tensor& t) { return static_cast<double>(t.numel()) * static_cast<double>(t.element_size()); }
+
+class RecordedWork final : public Work {
+ public:
+  RecordedWork(WorkHandle inner, int group, uint64_t seq) : inner_(std::move(inner)), group_(group), seq_(seq) {}
+  void Wait() override {
+    FlightRecorder& fr = FlightRecorder::Get();
+    fr.WaitStarted(group_, seq_);
+    try {
+      inner_->Wait();
+    } catch (...) {
+      fr.Ended(group_, seq_, OpState::kFailed);
+      throw;
+    }
+    fr.Ended(group_, seq_, OpState::kCompleted);
+  }
+
+ private:
+  WorkHandle inner_;
+  int group_;
+  uint64_t seq_;
+};
+
+class SkippedWork final : public Work {
+ public:
+  void Wait() override {}
+};
+
+class RecordingCommunicator final : public Communicator {
+ public:
+  explicit RecordingCommunicator(std::unique_ptr<Communicator> inner)
+      : inner_(std::move(inner)),
+        group_(FlightRecorder::Get().AddGroup(inner_->name(), inner_->size(), inner_->rank())) {}
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  const std::string& name() const override { return inner_->name(); }
+  std::string backend() const override { return inner_->backend(); }
+  double blocked_seconds() const override { return inner_->blocked_seconds(); }
+  double bytes_sent() const override { return inner_->bytes_sent(); }
+
+  WorkHandle AllReduce(torch::Tensor t, ReduceOp op) override {
+    return Run("allreduce", t, "", [&] { return inner_->AllReduce(t, op); });
+  }
+  WorkHandle ReduceScatter(torch::Tensor out, torch::Tensor in) override {
+    return Run("reduce_scatter", in, "", [&] { return inner_->ReduceScatter(out, in); });
+  }
+  WorkHandle AllGather(torch::Tensor out, torch::Tensor in) override {
+    return Run("allgather", in, "", [&] { return inner_->AllGather(out, in); });
+  }
+  WorkHandle Broadcast(torch::Tensor t, int root) override {
+    return Run("broadcast", t, "root " + std::to_string(root), [&] { return inner_->Broadcast(t, root); });
+  }
+  WorkHandle AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_rows,
+                      const std::vector<int64_t>& in_rows) override {
+    return Run("alltoall", in, "", [&] { return inner_->AllToAll(out, in, out_rows, in_rows); });
+  }
+  WorkHandle Send(torch::Tensor t, int peer, int tag) override {
+    return Run("send", t, "to " + std::to_string(peer), [&] { return inner_->Send(t, peer, tag); });
+  }
+  WorkHandle Recv(torch::Tensor t, int peer, int tag) override {
+    return Run("recv", t, "from " + std::to_string(peer), [&] { return inner_->Recv(t, peer, tag); });
+  }
+  void Barrier() override {
+    FlightRecorder& fr = FlightRecorder::Get();
+    const uint64_t seq = fr.Enter(group_, "barrier", "", 0, "");
+    if (Faults::Get().SkipCollective(name(), seq)) {
+      fr.Ended(group_, seq, OpState::kSkipped);
+      return;
+    }
+    fr.WaitStarted(group_, seq);
+    try {
+      inner_->Barrier();
+    } catch (...) {
+      fr.Ended(group_, seq, OpState::kFailed);
+      throw;
+    }
+    fr.Ended(group_, seq, OpState::kCompleted);
+  }
+  std::unique_ptr<Communicator> Subgroup(const std::vector<int>& members, const std::string& tag) override {
+    return std::make_unique<RecordingCommunicator>(inner_->Subgroup(members, tag));
+  }
+
+ private:
+  template <class Issue>
+  WorkHandle Run(const char* op, const torch::Tensor& t, const std::string& peers, Issue issue) {
+    FlightRecorder& fr = FlightRecorder::Get();
+    const uint64_t seq = fr.Enter(group_, op, TensorText(t), TensorBytes(t), peers);
+    if (Faults::Get().SkipCollective(name(), seq)) {
+      fr.Ended(group_, seq, OpState::kSkipped);
+      return std::make_shared<SkippedWork>();
+    }
+    WorkHandle inner;
+    try {
+      inner = issue();
+    } catch (...) {
+      fr.Ended(group_, seq, OpState::kFailed);
+      throw;
+    }
+    return std::make_shared<RecordedWork>(std::move(inner), group_, seq);
+  }
+
+  std::unique_ptr<Communicator> inner_;
+  const int group_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> Recorded(std::unique_ptr<Communicator> inner) {
+  return std::make_unique<RecordingCommunicator>(std::move(inner));
+}
+
+}  // namespace dsv3::dist::internal
