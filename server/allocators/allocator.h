@@ -105,7 +105,7 @@ class Allocator {
   }
   // The memory of the host a job's ranks share, when this allocator knows it (local: this
   // machine's); a job the estimator says cannot fit is refused at submit.
-  virtual std::optional<double> HostMemoryBytes() const { return std::nullopt; }
+  virtual std::optional<double> HostMemoryBytes(const JobRecord&) const { return std::nullopt; }
   // What Launch would do with `spec`, for dry runs: one line per rank, or the sbatch script.
   virtual std::string DescribeLaunch(const LaunchSpec& spec) const;
   // Starts every rank of one attempt on its reserved slots, each in its own process

@@ -17,7 +17,7 @@ class LocalAllocator final : public Allocator {
 
   std::string Name() const override { return "local"; }
   int TotalSlots() const override { return slots_; }
-  std::optional<double> HostMemoryBytes() const override {
+  std::optional<double> HostMemoryBytes(const JobRecord&) const override {
     std::ifstream in("/proc/meminfo");
     std::string key;
     double kib = 0;

@@ -31,6 +31,7 @@ class RoutingAllocator final : public Allocator {
     return For(job).CanRun(job);
   }
   std::string WhyNotPlaced(const JobRecord& job) const override { return For(job).WhyNotPlaced(job); }
+  std::optional<double> HostMemoryBytes(const JobRecord& job) const override { return For(job).HostMemoryBytes(job); }
   std::string DescribeLaunch(const LaunchSpec& spec) const override { return For(spec.job).DescribeLaunch(spec); }
 
   std::optional<Placement> Reserve(const JobRecord& job) override {

@@ -90,7 +90,7 @@ SubmitOutcome JobManager::Validate(const SubmitRequest& request) const {
     }
     // A job the host cannot hold by the estimator would die in its first allocation, every
     // attempt: refuse it now with the numbers.
-    const std::optional<double> host = allocator_.HostMemoryBytes();
+    const std::optional<double> host = allocator_.HostMemoryBytes(probe);
     if (host && prepared.ok() && prepared.memory_per_rank * r.num_ranks > *host) {
       char text[400];
       std::snprintf(text, sizeof(text),

@@ -52,10 +52,15 @@ std::string Table(const std::vector<RankState>& ranks) {
     const GroupState* b = BlockedIn(s);
     o << (b != nullptr ? Op(b->waiting_op, b->waiting_seq, b->name) : std::string("-")) << "\n";
   }
-  o << "\ncollectives per group (entered / completed on each member):\n";
+  o << "\ncollectives per group (entered / completed on each member; groups never used left out):\n";
   std::map<std::string, std::vector<std::string>> groups;
+  std::map<std::string, bool> used;
+  for (const RankState& r : ranks) {
+    for (const GroupState& g : r.groups) used[g.name] = used[g.name] || g.entered > 0;
+  }
   for (size_t r = 0; r < ranks.size(); ++r) {
     for (const GroupState& g : ranks[r].groups) {
+      if (!used[g.name]) continue;
       groups[g.name].push_back("rank " + std::to_string(r) + " #" + std::to_string(g.entered) + "/#" +
                                std::to_string(g.completed) + (g.last_op.empty() ? "" : " (" + g.last_op + ")"));
     }

@@ -351,7 +351,9 @@ TEST_F(ControllerTest, DumpOnDemandAndConfigRefusalFailsAtOnce) {
   Dsv3d d(dir_.path() / "state", 2);
   d.Start();
   auto stub = d.Stub();
-  const int64_t id = Submit(*stub, QuickConfig(100, 100), 0, 2);
+  json c = QuickConfig(100, 100);
+  c["training"]["micro_batch_size"] = 4;
+  const int64_t id = Submit(*stub, c, 0, 2);
   ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).step() >= 3; }, seconds(120)));
   std::string out;
   ASSERT_EQ(Cli({"dump", std::to_string(id), "--controller", d.address(), "--output", "json"}, &out), 0) << out;

@@ -10,9 +10,26 @@
 namespace dsv3::dist::internal {
 namespace {
 
+// PyTorch's names (float32, bfloat16, int64), not c10's (Float, BFloat16, Long).
+const char* DtypeName(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "float32";
+    case c10::ScalarType::Double: return "float64";
+    case c10::ScalarType::Half: return "float16";
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Long: return "int64";
+    case c10::ScalarType::Int: return "int32";
+    case c10::ScalarType::Short: return "int16";
+    case c10::ScalarType::Char: return "int8";
+    case c10::ScalarType::Byte: return "uint8";
+    case c10::ScalarType::Bool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
 std::string TensorText(const torch::Tensor& t) {
   std::ostringstream s;
-  s << c10::toString(t.scalar_type()) << "[";
+  s << DtypeName(t.scalar_type()) << "[";
   for (int64_t d = 0; d < t.dim(); ++d) s << (d ? "," : "") << t.size(d);
   s << "]";
   return s.str();
