@@ -59,6 +59,32 @@ class StaticTest : public ::testing::Test {
   int port_ = 0;
 };
 
+// A hung rank on one agent is named by the watchdog; both agents' ranks send their dumps
+// to the controller, which keeps them in the job's folder; the job resumes and completes.
+TEST_F(StaticTest, HungRankOnOneAgentIsNamedDumpedAndTheJobResumes) {
+  StartController();
+  setenv("DSV3_FAULT", "hang:rank=1,step=14", 1);  // the agents pass it to their ranks
+  Child a = StartAgent("node-a", "127.0.0.2", 1);
+  Child b = StartAgent("node-b", "127.0.0.3", 1);
+  unsetenv("DSV3_FAULT");
+  ASSERT_TRUE(WaitFor([&] { return Up({"node-a", "node-b"}); }, seconds(30))) << a.Log() << b.Log();
+  auto stub = d_->Stub();
+  nlohmann::json c = Config(20, 10);
+  c["watchdog"] = {{"hang_timeout_s", 3}};
+  const int64_t id = Submit(*stub, c, 0, 2);
+  const v1::Job job = WaitEnded(*stub, id, seconds(300));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString() << a.Log() << b.Log();
+  EXPECT_EQ(job.restarts(), 1);
+  std::string hang;
+  for (const auto& h : job.history()) {
+    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
+  }
+  EXPECT_EQ(hang.rfind("rank 1 hung in forward (", 0), 0u) << job.DebugString();
+  const fs::path diag = fs::path(job.job_dir()) / "diagnostics" / "1";
+  EXPECT_NE(ReadFile(diag / "rank_0.txt").find(", waiting in "), std::string::npos);
+  EXPECT_NE(ReadFile(diag / "rank_1.txt").find("dsv3::dist::HangForever"), std::string::npos);
+}
+
 // Two agents with one slot each run a 2-rank job: one rank on each, rank 0's agent is the
 // rendezvous address, the ranks' output reaches the controller's logs, `dsv3ctl nodes`
 // lists both.

@@ -85,6 +85,32 @@ TEST_F(SlurmTest, ManagedTwoRankJobCompletes) {
   EXPECT_NE(out.find("slurm jobs:   " + job.allocations(0).external_id() + " COMPLETED"), std::string::npos) << out;
 }
 
+// A rank whose training thread hangs under Slurm (DSV3_FAULT reaches it through sbatch's
+// exported environment) is named by the watchdog; its dumps come back over gRPC into the
+// job's folder and the job continues in a new allocation from its checkpoint.
+TEST_F(SlurmTest, HungRankIsNamedDumpedAndTheJobContinuesInANewAllocation) {
+  setenv("DSV3_FAULT", "hang:rank=1,step=14", 1);
+  Dsv3d d(dir_.path() / "state", 2, 30, {"--allocator", "slurm", "--slurm-poll", "0.5"});
+  d.Start();
+  unsetenv("DSV3_FAULT");
+  auto stub = d.Stub();
+  nlohmann::json config = SlurmConfig(20, 10, false);
+  config["watchdog"] = {{"hang_timeout_s", 3}};
+  const int64_t id = Submit(*stub, config, 0, 2);
+  const v1::Job job = WaitEnded(*stub, id, seconds(300));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString();
+  EXPECT_EQ(job.restarts(), 1);
+  EXPECT_EQ(job.allocations_size(), 2);
+  std::string hang;
+  for (const auto& h : job.history()) {
+    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
+  }
+  EXPECT_EQ(hang.rfind("rank 1 hung in forward (", 0), 0u) << job.DebugString();
+  const fs::path diag = fs::path(job.job_dir()) / "diagnostics" / "1";
+  EXPECT_NE(ReadFile(diag / "rank_1.txt").find("dsv3::dist::HangForever"), std::string::npos);
+  EXPECT_NE(ReadFile(diag / "summary.txt").find("rank 1 is the one the others wait for"), std::string::npos);
+}
+
 // dsv3ctl cancel: the Slurm job ends CANCELLED, ours CANCELED with the checkpoint the
 // ranks wrote on SIGTERM.
 TEST_F(SlurmTest, CancelEndsTheSlurmJobWithACheckpoint) {
