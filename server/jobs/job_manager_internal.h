@@ -41,6 +41,7 @@ struct JobManager::RankLive {
 struct HangInProgress {
   bool active = false;
   std::chrono::steady_clock::time_point detected_at{};
+  int64_t detected_ms = 0;  // unix ms, for the summary
   int64_t request = 0;
   std::string reason, summary, dir;
 };

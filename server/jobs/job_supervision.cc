@@ -411,7 +411,9 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
     }
     std::error_code ec;
     fs::create_directories(l.hang.dir, ec);
-    std::ofstream(l.hang.dir + "/summary.txt") << l.hang.summary << "\n" << dumps << "\n";
+    std::ofstream(l.hang.dir + "/summary.txt") << l.hang.summary << "\n" << dumps << "\ndetected at unix ms "
+                                                << l.hang.detected_ms << ", dumps collected at unix ms " << NowMs()
+                                                << "\n";
     LogEvent(job + ": hang: " + l.hang.reason + "; " + dumps);
     l.hang.active = false;
     FailAttemptLocked(l, l.hang.reason);
@@ -449,6 +451,7 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
   const HangVerdict v = DiagnoseHang(states, stalled);
   l.hang.active = true;
   l.hang.detected_at = now;
+  l.hang.detected_ms = NowMs();
   l.hang.reason = v.reason;
   l.hang.dir = DiagnosticsDir(l.job, l.job.attempt);
   l.hang.summary = "job " + std::to_string(l.job.id) + " (" + l.job.name + "), attempt " +

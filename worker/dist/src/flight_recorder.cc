@@ -69,7 +69,10 @@ void FlightRecorder::SetPhase(TrainPhase phase) {
   }
   if (const Fault* f = faults.AtPhase(step, phase)) {
     const std::string where = std::string(TrainPhaseName(phase)) + " of step " + std::to_string(step);
-    if (f->kind == "hang") HangForever("DSV3_FAULT: hanging the training thread in " + where);
+    if (f->kind == "hang") {
+      HangForever("DSV3_FAULT: hanging the training thread in " + where + " (at unix ms " + std::to_string(UnixMs()) +
+                  ")");
+    }
     std::fprintf(stderr, "dsv3-worker: DSV3_FAULT: exiting with status %d in %s\n", f->code, where.c_str());
     std::fflush(stderr);
     std::_Exit(f->code);
