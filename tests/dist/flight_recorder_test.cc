@@ -83,7 +83,10 @@ TEST(FaultsTest, MalformedFaultsAreRefusedNamingThePart) {
     return std::string("(accepted)");
   };
   EXPECT_EQ(error("freeze:rank=1"),
-            "DSV3_FAULT 'freeze:rank=1': 'freeze' is not a fault; use hang, exit, slow or skip_collective");
+            "DSV3_FAULT 'freeze:rank=1': 'freeze' is not a fault; use hang, exit, slow, skip_collective or "
+            "corrupt_checkpoint");
+  EXPECT_EQ(error("corrupt_checkpoint:rank=0"),
+            "DSV3_FAULT 'corrupt_checkpoint:rank=0': corrupt_checkpoint needs step=N (>= 1)");
   EXPECT_EQ(error("hang:rank=1"), "DSV3_FAULT 'hang:rank=1': hang needs step=N (>= 1)");
   EXPECT_EQ(error("hang:step=2"), "DSV3_FAULT 'hang:step=2': hang needs rank=R");
   EXPECT_EQ(error("hang:rank=x,step=2"), "DSV3_FAULT 'hang:rank=x,step=2': 'x' is not a number");

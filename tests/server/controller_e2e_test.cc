@@ -304,9 +304,10 @@ TEST_F(ControllerTest, HungTrainingThreadIsNamedDumpedAndTheJobResumes) {
 }
 
 // Four ranks, one slowed (a straggler: flagged in status and history) and another whose
-// training thread hangs in its backward pass: the hung one is named, not the slow one.
+// training thread hangs in its backward pass: the hung one is named, not the slow one. Its
+// newest checkpoint was damaged, so the restart resumes from the one before.
 TEST_F(ControllerTest, FourRankJobFlagsAStragglerAndNamesTheHungRank) {
-  setenv("DSV3_FAULT", "slow:rank=3,factor=4;hang:rank=2,step=12,phase=backward", 1);
+  setenv("DSV3_FAULT", "slow:rank=3,factor=4;hang:rank=2,step=12,phase=backward;corrupt_checkpoint:rank=1,step=10", 1);
   Dsv3d d(dir_.path() / "state", 4);
   d.Start();
   unsetenv("DSV3_FAULT");
@@ -339,6 +340,7 @@ TEST_F(ControllerTest, FourRankJobFlagsAStragglerAndNamesTheHungRank) {
   }
   EXPECT_EQ(straggler_lines, 1) << job.DebugString();
   EXPECT_EQ(hang.rfind("rank 2 hung in backward (", 0), 0u) << job.DebugString();
+  EXPECT_NE(hang.find("from checkpoint at step 5"), std::string::npos) << hang;
   for (int r = 0; r < 4; ++r) {
     EXPECT_TRUE(fs::exists(fs::path(job.job_dir()) / "diagnostics" / "1" / ("rank_" + std::to_string(r) + ".txt")))
         << r;

@@ -56,8 +56,10 @@ std::vector<Fault> ParseFaults(const std::string& text) {
     const size_t colon = item.find(':');
     Fault f;
     f.kind = item.substr(0, colon);
-    if (f.kind != "hang" && f.kind != "exit" && f.kind != "slow" && f.kind != "skip_collective") {
-      throw std::invalid_argument(where + ": '" + f.kind + "' is not a fault; use hang, exit, slow or skip_collective");
+    if (f.kind != "hang" && f.kind != "exit" && f.kind != "slow" && f.kind != "skip_collective" &&
+        f.kind != "corrupt_checkpoint") {
+      throw std::invalid_argument(where + ": '" + f.kind +
+                                  "' is not a fault; use hang, exit, slow, skip_collective or corrupt_checkpoint");
     }
     if (colon != std::string::npos) {
       for (const std::string& kv : Split(item.substr(colon + 1), ',')) {
@@ -80,7 +82,7 @@ std::vector<Fault> ParseFaults(const std::string& text) {
       if (!ok) throw std::invalid_argument(where + ": " + f.kind + " needs " + what);
     };
     need(f.rank >= 0, "rank=R");
-    if (f.kind == "hang" || f.kind == "exit") need(f.step >= 1, "step=N (>= 1)");
+    if (f.kind == "hang" || f.kind == "exit" || f.kind == "corrupt_checkpoint") need(f.step >= 1, "step=N (>= 1)");
     if (f.kind == "exit") need(f.code >= 0 && f.code <= 255, "code=C (0..255)");
     if (f.kind == "slow") need(f.factor >= 1, "factor=F (>= 1)");
     if (f.kind == "skip_collective") need(!f.group.empty() && f.seq >= 1, "group=G and seq=N (>= 1)");
@@ -129,6 +131,13 @@ double Faults::SlowFactor() const {
 bool Faults::SkipCollective(const std::string& group, uint64_t seq) const {
   for (const Fault& f : faults_) {
     if (f.kind == "skip_collective" && f.group == group && static_cast<uint64_t>(f.seq) == seq) return true;
+  }
+  return false;
+}
+
+bool Faults::CorruptCheckpoint(int64_t step) const {
+  for (const Fault& f : faults_) {
+    if (f.kind == "corrupt_checkpoint" && f.step == step) return true;
   }
   return false;
 }

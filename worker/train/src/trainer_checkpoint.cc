@@ -1,11 +1,13 @@
 // Trainer checkpoints: resume (model, trainer and sampler state, RNG, then the optimizer
 // state once the optimizer exists) and save (collective across ranks; async for one rank).
 #include <chrono>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/config_io.h"
+#include "dsv3/dist/faults.h"
 #include "dsv3/model/hf_state_dict.h"
 #include "dsv3/model/torch_compat.h"
 #include "trainer_state.h"
@@ -87,6 +89,26 @@ void Trainer::State::Resume(const std::string& requested) {
 }
 
 
+namespace {
+
+// DSV3_FAULT's corrupt_checkpoint: inverts 64 bytes in the middle of `file`, so that its
+// checksum no longer matches the manifest.
+std::string DamageFile(const std::string& file) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(0, std::ios::end);
+  const std::streamoff size = f.tellg();
+  if (!f || size < 128) return "could not damage " + file;
+  char bytes[64];
+  f.seekg(size / 2);
+  f.read(bytes, sizeof(bytes));
+  for (char& b : bytes) b = static_cast<char>(~b);
+  f.seekp(size / 2);
+  f.write(bytes, sizeof(bytes));
+  return f ? "damaged " + file : "could not damage " + file;
+}
+
+}  // namespace
+
 std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
   const auto start = Clock::now();
   if (opt.world_size > 1 && optimizer->replica_groups() > 0) {
@@ -140,6 +162,10 @@ std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
     path = config::CheckpointPath(checkpoint_dir, step);
   } else {
     path = checkpoints->Save(d);
+  }
+  if (dist::Faults::Get().CorruptCheckpoint(step)) {
+    if (async) checkpoints->Wait();
+    Message("DSV3_FAULT: " + DamageFile(path + "/shard_" + std::to_string(opt.rank) + ".safetensors"));
   }
   last_saved_step = step;
   CheckpointEvent event{step, path, std::chrono::duration<double>(Clock::now() - start).count(), async, reason};

@@ -6,6 +6,8 @@
 //   slow:rank=R,factor=F                rank R's forward and backward take F times as long
 //   skip_collective:rank=R,group=G,seq=N  rank R skips operation #N of group G (its peers
 //                                        wait in it)
+//   corrupt_checkpoint:rank=R,step=N    rank R damages its shard of the checkpoint of step
+//                                        N after writing it (its checksum no longer matches)
 // Every fault fires in attempt 1 only (dsv3d's DSV3_ATTEMPT), so the restart runs clean;
 // `attempt=A` picks another, `attempt=0` every one; `job=J` limits a fault to dsv3d's job J
 // (DSV3_JOB_ID). LibTorch-free.
@@ -21,7 +23,7 @@
 namespace dsv3::dist {
 
 struct Fault {
-  std::string kind;  // hang, exit, slow, skip_collective
+  std::string kind;  // hang, exit, slow, skip_collective, corrupt_checkpoint
   int rank = -1;
   int64_t step = -1;
   TrainPhase phase = TrainPhase::kForward;
@@ -47,6 +49,7 @@ class Faults {
   const Fault* AtPhase(int64_t step, TrainPhase phase) const;
   double SlowFactor() const;  // 1 = none
   bool SkipCollective(const std::string& group, uint64_t seq) const;
+  bool CorruptCheckpoint(int64_t step) const;
 
  private:
   std::vector<Fault> faults_;  // those of this rank and attempt
