@@ -117,6 +117,7 @@ absl::Status JobManager::Recover() {
     for (JobRecord& job : store_.ActiveJobs()) {
       auto live = std::make_unique<Live>();
       live->job = job;
+      live->stragglers = StragglerTracker(job.plan.watchdog.straggler_factor, job.plan.watchdog.straggler_steps);
       Live& l = *live;
       live_[job.id] = std::move(live);
       for (const auto& [name, row] : store_.LatestMetrics(job.id)) {

@@ -1,6 +1,7 @@
 // Checkpoints and reporting formats: safetensors round trip and rejection, atomic commit
 // under kill -9, checksum verification with fallback, retention, TensorBoard records.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,6 +81,37 @@ TEST(Checkpoint, SaveVerifyLoad) {
   EXPECT_TRUE(torch::equal(shard.tensors.at("dense.exp_avg"), torch::full({4}, 7.0f)));
   EXPECT_EQ(c.trainer_state["step"], 7);
   EXPECT_TRUE(torch::equal(c.model.at("model.embed_tokens.weight"), torch::full({1000}, 7.0f)));
+}
+
+// A save that runs out of space (here: a file size limit, which fails writes with EFBIG as
+// a full disk fails them with ENOSPC) removes its temporary folder and says what it needed.
+TEST(Checkpoint, FailedSaveRemovesItsTemporaryFolderAndSaysWhatItNeeded) {
+  TempDir dir;
+  ckpt::CheckpointManager m(dir.path().string(), 0, 0);
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto previous = signal(SIGXFSZ, SIG_IGN);  // the write fails instead of killing us
+  rlimit small = old;
+  small.rlim_cur = 64 * 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string error;
+  try {
+    m.Save(CheckpointAt(3, /*numel=*/1 << 20));  // a 4 MiB model
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, previous);
+  EXPECT_NE(error.find("saving a checkpoint in " + dir.path().string() + " failed: "), std::string::npos) << error;
+  EXPECT_NE(error.find("File too large"), std::string::npos) << error;
+  // 4 MiB of model + 16 B of shard + 8 B of state.
+  EXPECT_NE(error.find("the checkpoint of step 3 needs 4.0 MiB"), std::string::npos) << error;
+  EXPECT_NE(error.find("its temporary folder checkpoint_3.tmp-"), std::string::npos) << error;
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir.path())) left.push_back(e.path().filename().string());
+  EXPECT_TRUE(left.empty()) << left.front();
+  // The next save, with room, works.
+  EXPECT_EQ(fs::path(m.Save(CheckpointAt(4))).filename(), "checkpoint_4");
 }
 
 TEST(Checkpoint, CorruptionIsRefusedAndLatestFallsBack) {
