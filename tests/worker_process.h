@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,11 +24,17 @@
 
 namespace dsv3::test {
 
-// Starts dsv3-worker in `cwd` with stdout+stderr to `log`, `env` added to its environment.
+// Starts dsv3-worker in `cwd` with stdout+stderr to `log`, `env` added to its environment,
+// and its address space limited to `address_space_bytes` when > 0.
 inline pid_t StartWorker(const std::filesystem::path& cwd, const std::vector<std::string>& args,
-                         const std::filesystem::path& log, const std::map<std::string, std::string>& env = {}) {
+                         const std::filesystem::path& log, const std::map<std::string, std::string>& env = {},
+                         uint64_t address_space_bytes = 0) {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (address_space_bytes > 0) {
+      rlimit limit{address_space_bytes, address_space_bytes};
+      if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(127);
+    }
     if (chdir(cwd.c_str()) != 0) _exit(127);
     const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);

@@ -120,11 +120,39 @@ TEST_F(WorkerTest, SigtermFinishesTheStepSavesAndExitsZero) {
   EXPECT_EQ(Events(metrics, "checkpoint").back()["reason"], "signal");
 }
 
+// The exit statuses dsv3d tells apart (common/exit_codes.h): 3-6 are not retried.
 TEST_F(WorkerTest, BadArgumentsAndConfigsExitWithTheirCodes) {
-  EXPECT_EQ(WaitExit(StartWorker(dir_.path(), {"--frobnicate"}, dir_.path() / "a.txt"), 30), 2);
-  std::ofstream(dir_.path() / "bad.json") << R"({"model": {"num_layer": 3}})";
-  EXPECT_EQ(WaitExit(StartWorker(dir_.path(), {"--config", "bad.json"}, dir_.path() / "b.txt"), 30), 1);
-  EXPECT_NE(Read(dir_.path() / "b.txt").find("/model/num_layer: unknown field"), std::string::npos);
+  const fs::path d = dir_.path();
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--frobnicate"}, d / "a.txt"), 30), 2);
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--config", "configs/train_config_nano.json"}, d / "f.txt",
+                                 {{"DSV3_FAULT", "hang:rank=0"}}),
+                     30),
+            2);
+  EXPECT_NE(Read(d / "f.txt").find("DSV3_FAULT 'hang:rank=0': hang needs step=N (>= 1)"), std::string::npos);
+  std::ofstream(d / "bad.json") << R"({"model": {"num_layer": 3}})";
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--config", "bad.json"}, d / "b.txt"), 30), 3);
+  EXPECT_NE(Read(d / "b.txt").find("/model/num_layer: unknown field"), std::string::npos);
+  json c = json::parse(Read(d / "configs" / "train_config_nano.json"), nullptr, true, /*ignore_comments=*/true);
+  json missing = c;
+  for (auto& s : missing["data"]["sources"]) s["paths"] = {"nowhere/*.json.gz"};
+  std::ofstream(d / "missing.json") << missing.dump();
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--config", "missing.json"}, d / "m.txt"), 120), 4);
+  EXPECT_NE(Read(d / "m.txt").find("has no files"), std::string::npos) << Read(d / "m.txt");
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--config", "configs/train_config_nano.json", "--resume", "gone/checkpoint_5"},
+                                 d / "r.txt"),
+                     120),
+            5);
+  EXPECT_NE(Read(d / "r.txt").find("cannot resume from gone/checkpoint_5"), std::string::npos) << Read(d / "r.txt");
+  // An embedding of 100M x 128 floats (51 GB) in a 6 GB address space: out of memory, said
+  // without LibTorch's backtrace.
+  json big = c;
+  big["model"]["vocab_size"] = 100000000;
+  std::ofstream(d / "big.json") << big.dump();
+  EXPECT_EQ(WaitExit(StartWorker(d, {"--config", "big.json"}, d / "o.txt", {}, 6ull << 30), 120), 6);
+  const std::string oom = Read(d / "o.txt");
+  EXPECT_NE(oom.find("dsv3-worker: error: out of memory: "), std::string::npos) << oom;
+  EXPECT_NE(oom.find("you tried to allocate"), std::string::npos) << oom;
+  EXPECT_EQ(oom.find("frame #"), std::string::npos) << oom;  // no C++ backtrace
 }
 
 }  // namespace
