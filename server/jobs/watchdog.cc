@@ -133,30 +133,43 @@ HangVerdict DiagnoseHang(const std::vector<RankState>& ranks, double stalled_sec
     int rank;
     std::string group, op;
     uint64_t seq;
+    int64_t since;  // when the first peer started waiting in it (0: unknown)
     std::vector<int> waiting;
   };
+  struct BlockedAt {
+    uint64_t seq = 0;
+    std::string op;
+    int64_t since = 0;
+  };
   std::vector<Behind> behind;
-  std::map<std::string, std::pair<uint64_t, std::string>> blocked_at;  // group -> newest op waited in
+  std::map<std::string, BlockedAt> blocked_at;  // group -> the newest op waited in
   std::map<std::string, std::vector<int>> waiting_ranks;
   for (size_t r = 0; r < ranks.size(); ++r) {
     for (const GroupState& g : ranks[r].groups) {
       if (g.waiting_seq == 0) continue;
-      auto& b = blocked_at[g.name];
-      if (g.waiting_seq > b.first) b = {g.waiting_seq, g.waiting_op};
+      BlockedAt& b = blocked_at[g.name];
+      if (g.waiting_seq > b.seq) b = {g.waiting_seq, g.waiting_op, g.waiting_since_ms};
+      if (g.waiting_seq == b.seq && g.waiting_since_ms > 0 && (b.since == 0 || g.waiting_since_ms < b.since)) {
+        b.since = g.waiting_since_ms;
+      }
       waiting_ranks[g.name].push_back(static_cast<int>(r));
     }
   }
   for (const auto& [name, at] : blocked_at) {
     for (size_t r = 0; r < ranks.size(); ++r) {
       const GroupState* g = FindGroup(ranks[r], name);
-      if (g != nullptr && g->entered < at.first) {
-        behind.push_back({static_cast<int>(r), name, at.second, at.first, waiting_ranks[name]});
+      if (g != nullptr && g->entered < at.seq) {
+        behind.push_back({static_cast<int>(r), name, at.op, at.seq, at.since, waiting_ranks[name]});
       }
     }
   }
-  // Prefer a rank that is not itself blocked: the one stuck in its own work.
+  // Prefer a rank that is not itself blocked (stuck in its own work); among ranks that wait
+  // too, the one missing the operation its peers have waited in longest: the first cause.
   std::stable_sort(behind.begin(), behind.end(), [&](const Behind& a, const Behind& b) {
-    return (BlockedIn(ranks[a.rank]) == nullptr) > (BlockedIn(ranks[b.rank]) == nullptr);
+    const bool a_free = BlockedIn(ranks[a.rank]) == nullptr, b_free = BlockedIn(ranks[b.rank]) == nullptr;
+    if (a_free != b_free) return a_free;
+    if ((a.since > 0) != (b.since > 0)) return a.since > 0;
+    return a.since < b.since;
   });
   if (!behind.empty()) {
     const Behind& b = behind.front();

@@ -24,6 +24,7 @@ struct GroupState {
   std::string last_op;
   uint64_t waiting_seq = 0;  // blocked in this operation now (0: not blocked in this group)
   std::string waiting_op;
+  int64_t waiting_since_ms = 0;  // unix ms, the rank's clock (0: unknown)
 };
 
 struct RankState {

@@ -22,6 +22,7 @@ RankState FromProto(const v1::RankProgress& p) {
     x.last_op = g.last_op().substr(0, 32);
     x.waiting_seq = g.waiting_seq();
     x.waiting_op = g.waiting_op().substr(0, 32);
+    x.waiting_since_ms = g.waiting_since_unix_ms();
     s.groups.push_back(std::move(x));
   }
   return s;

@@ -348,10 +348,13 @@ TEST_F(ControllerTest, FourRankJobFlagsAStragglerAndNamesTheHungRank) {
 }
 
 // `dsv3ctl dump` takes every rank's stacks and flight recorder from a running job, which
-// goes on; a worker that refuses its config fails the job at once, without restarts.
+// goes on; a rank that skips a collective is named for it; a worker that refuses its config
+// fails the job at once, without restarts; a model the host cannot hold is refused.
 TEST_F(ControllerTest, DumpOnDemandAndConfigRefusalFailsAtOnce) {
+  setenv("DSV3_FAULT", "skip_collective:rank=1,group=dp0,seq=16,job=2", 1);
   Dsv3d d(dir_.path() / "state", 2);
   d.Start();
+  unsetenv("DSV3_FAULT");
   auto stub = d.Stub();
   json c = QuickConfig(100, 100);
   c["training"]["micro_batch_size"] = 4;
@@ -368,6 +371,21 @@ TEST_F(ControllerTest, DumpOnDemandAndConfigRefusalFailsAtOnce) {
   const v1::Job job = WaitEnded(*stub, id, seconds(240));
   EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason();
   EXPECT_EQ(job.restarts(), 0);
+
+  // Job 2: rank 1 never issues dp0's allreduce #16 and goes on to the next collective.
+  json skip = QuickConfig(20, 10);
+  skip["training"]["micro_batch_size"] = 4;
+  skip["watchdog"] = {{"hang_timeout_s", 3}};
+  const int64_t skipped = Submit(*stub, skip, 0, 2);
+  ASSERT_EQ(skipped, 2);
+  const v1::Job resumed = WaitEnded(*stub, skipped, seconds(240));
+  EXPECT_EQ(resumed.state(), v1::JOB_STATE_COMPLETED) << resumed.DebugString();
+  std::string hang;
+  for (const auto& h : resumed.history()) {
+    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
+  }
+  EXPECT_EQ(hang.rfind("rank 1 hung in ", 0), 0u) << resumed.DebugString();
+  EXPECT_NE(hang.find("(allreduce #16 of group dp0 never entered; it waits in "), std::string::npos) << hang;
 
   json bad = QuickConfig(10, 10);
   bad["training"]["use_fp8"] = true;  // valid for dsv3d, refused by this CPU build's worker

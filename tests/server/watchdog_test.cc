@@ -57,6 +57,28 @@ TEST(WatchdogTest, AmongFourRanksTheOneBehindInItsDataParallelGroupIsBlamed) {
   EXPECT_NE(v.reason.find("never entered"), std::string::npos) << v.reason;
 }
 
+TEST(WatchdogTest, AmongRanksThatAllWaitTheOneMissingTheOldestWaitIsBlamed) {
+  // Rank 1 skipped allreduce #16 of dp0 and went on to wait in the world's #30; rank 0 has
+  // waited in dp0's #16 since before, so it never reached world #30.
+  GroupState dp_wait = Group("dp0", 16, 15, 16);
+  dp_wait.waiting_since_ms = 1000;
+  GroupState world_wait = Group("world", 30, 29, 30);
+  world_wait.waiting_since_ms = 1400;
+  const std::vector<RankState> ranks = {Rank(14, "backward", {dp_wait, Group("world", 29, 29)}),
+                                        Rank(14, "optimizer", {Group("dp0", 15, 15), world_wait})};
+  const HangVerdict v = DiagnoseHang(ranks, 5);
+  ASSERT_FALSE(v.culprits.empty());
+  EXPECT_EQ(v.culprits.front(), 1);
+  EXPECT_EQ(v.reason, "rank 1 hung in optimizer (allreduce #16 of group dp0 never entered; it waits in allreduce #30 "
+                      "of group world) for 5 s");
+  // The same with the groups' names swapped in order: still the oldest wait decides.
+  std::vector<RankState> swapped = ranks;
+  for (auto& r : swapped) {
+    for (auto& g : r.groups) g.name = g.name == "dp0" ? "zz" : "aa";
+  }
+  EXPECT_EQ(DiagnoseHang(swapped, 5).culprits.front(), 1);
+}
+
 TEST(WatchdogTest, EveryRankInTheSameCollectiveBlamesTheCollective) {
   const std::vector<RankState> ranks = {Rank(3, "backward", {Group("world", 8, 7, 8)}),
                                         Rank(3, "backward", {Group("world", 8, 7, 8)})};

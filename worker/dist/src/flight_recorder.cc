@@ -35,7 +35,6 @@ const char* OpStateName(OpState state) {
     case OpState::kWaiting: return "waiting";
     case OpState::kCompleted: return "completed";
     case OpState::kFailed: return "failed";
-    case OpState::kSkipped: return "skipped (DSV3_FAULT)";
   }
   return "?";
 }

@@ -1,6 +1,7 @@
 // The flight recorder's view of a communicator: a decorator around every backend that logs
 // each operation into FlightRecorder (enter, wait, end) and applies DSV3_FAULT's
 // skip_collective. Connect wraps the world; Subgroup wraps what it makes.
+#include <cstdio>
 #include <sstream>
 
 #include "backends.h"
@@ -100,11 +101,8 @@ class RecordingCommunicator final : public Communicator {
   }
   void Barrier() override {
     FlightRecorder& fr = FlightRecorder::Get();
+    if (Skipped()) return;
     const uint64_t seq = fr.Enter(group_, "barrier", "", 0, "");
-    if (Faults::Get().SkipCollective(name(), seq)) {
-      fr.Ended(group_, seq, OpState::kSkipped);
-      return;
-    }
     fr.WaitStarted(group_, seq);
     try {
       inner_->Barrier();
@@ -122,11 +120,8 @@ class RecordingCommunicator final : public Communicator {
   template <class Issue>
   WorkHandle Run(const char* op, const torch::Tensor& t, const std::string& peers, Issue issue) {
     FlightRecorder& fr = FlightRecorder::Get();
+    if (Skipped()) return std::make_shared<SkippedWork>();
     const uint64_t seq = fr.Enter(group_, op, TensorText(t), TensorBytes(t), peers);
-    if (Faults::Get().SkipCollective(name(), seq)) {
-      fr.Ended(group_, seq, OpState::kSkipped);
-      return std::make_shared<SkippedWork>();
-    }
     WorkHandle inner;
     try {
       inner = issue();
@@ -137,8 +132,19 @@ class RecordingCommunicator final : public Communicator {
     return std::make_shared<RecordedWork>(std::move(inner), group_, seq);
   }
 
+  // DSV3_FAULT's skip_collective: the operation this rank would issue next is not issued
+  // nor recorded, as a rank that never reached it (its peers wait in it).
+  bool Skipped() {
+    ++issued_;
+    if (!Faults::Get().SkipCollective(name(), issued_)) return false;
+    std::fprintf(stderr, "dsv3-worker: DSV3_FAULT: skipping operation #%llu of group %s\n",
+                 static_cast<unsigned long long>(issued_), name().c_str());
+    return true;
+  }
+
   std::unique_ptr<Communicator> inner_;
   const int group_;
+  uint64_t issued_ = 0;  // operations asked of this group, skipped ones included
 };
 
 }  // namespace

@@ -4,8 +4,8 @@
 //                                        enters phase P (default forward) of step N
 //   exit:rank=R,step=N,code=C[,phase=P] rank R exits with status C there
 //   slow:rank=R,factor=F                rank R's forward and backward take F times as long
-//   skip_collective:rank=R,group=G,seq=N  rank R skips operation #N of group G (its peers
-//                                        wait in it)
+//   skip_collective:rank=R,group=G,seq=N  rank R never issues operation #N of group G (its
+//                                        peers wait in it)
 //   corrupt_checkpoint:rank=R,step=N    rank R damages its shard of the checkpoint of step
 //                                        N after writing it (its checksum no longer matches)
 // Every fault fires in attempt 1 only (dsv3d's DSV3_ATTEMPT), so the restart runs clean;

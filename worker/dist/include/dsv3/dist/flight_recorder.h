@@ -20,7 +20,7 @@ namespace dsv3::dist {
 enum class TrainPhase { kSetup, kData, kForward, kBackward, kOptimizer, kCheckpoint, kEvaluation, kDone };
 const char* TrainPhaseName(TrainPhase phase);
 
-enum class OpState { kEnqueued, kWaiting, kCompleted, kFailed, kSkipped };
+enum class OpState { kEnqueued, kWaiting, kCompleted, kFailed };
 const char* OpStateName(OpState state);
 
 struct OpRecord {
