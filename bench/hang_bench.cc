@@ -23,10 +23,9 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
-#include "child_process.h"
+#include "bench_daemon.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/v1/controller.grpc.pb.h"
 #include "test_util.h"
@@ -95,37 +94,21 @@ int main(int argc, char** argv) {
     const fs::path state = root / ("ranks" + item);
     fs::create_directories(state);
     setenv("DSV3_FAULT", ("hang:rank=" + std::to_string(ranks - 1) + ",step=6").c_str(), 1);
-    dsv3::test::Child d({DSV3D_PATH, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--state-dir",
-                         state.string(), "--slots", std::to_string(ranks), "--worker", DSV3_WORKER_PATH,
-                         "--heartbeat-interval", "0.5"},
-                        state / "dsv3d.log");
+    std::string error;
+    const std::optional<dsv3::bench::BenchDaemon> d = dsv3::bench::StartBenchDaemon(state, ranks, {}, error);
     unsetenv("DSV3_FAULT");
-    if (!WaitFor([&] { return !ReadFile(state / "dsv3d.json").empty(); }, seconds(30))) {
-      std::printf("%d ranks: dsv3d did not start: %s\n", ranks, ReadFile(state / "dsv3d.log").c_str());
+    if (!d) {
+      std::printf("%d ranks: %s\n", ranks, error.c_str());
       continue;
     }
-    const std::string address = nlohmann::json::parse(ReadFile(state / "dsv3d.json"))["grpc"];
-    auto stub = v1::Controller::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     std::vector<Latency> runs;
     for (int r = 0; r < repeat; ++r) {
-      grpc::ClientContext sctx;
-      v1::SubmitJobRequest req;
-      req.set_config_json(Config(root, ranks, timeout).dump());
-      req.set_num_ranks(ranks);
-      v1::SubmitJobResponse resp;
-      if (const grpc::Status s = stub->SubmitJob(&sctx, req, &resp); !s.ok()) {
-        std::printf("%d ranks: submit failed: %s\n", ranks, s.error_message().c_str());
+      const std::optional<v1::Job> submitted = dsv3::bench::SubmitAndWait(*d->stub, Config(root, ranks, timeout), ranks, error);
+      if (!submitted) {
+        std::printf("%d ranks: %s\n", ranks, error.c_str());
         break;
       }
-      v1::Job job;
-      WaitFor([&] {
-        grpc::ClientContext ctx;
-        v1::GetJobRequest g;
-        g.set_job_id(resp.job().id());
-        return stub->GetJob(&ctx, g, &job).ok() && (job.state() == v1::JOB_STATE_COMPLETED ||
-                                                     job.state() == v1::JOB_STATE_FAILED ||
-                                                     job.state() == v1::JOB_STATE_CANCELED);
-      }, seconds(300));
+      const v1::Job& job = *submitted;
       const int64_t hung = job.ranks_size() == ranks
                                ? Find(ReadFile(job.ranks(ranks - 1).log_path()), R"(hanging the training thread .* \(at unix ms (\d+)\))")
                                : 0;

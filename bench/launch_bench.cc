@@ -34,6 +34,7 @@
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_daemon.h"
 #include "child_process.h"
 #include "test_util.h"
 #include "dsv3/data/synth.h"
@@ -136,16 +137,15 @@ int main(int argc, char** argv) {
   for (std::string allocator; std::getline(list, allocator, ',');) {
     const fs::path state = root / allocator;
     fs::create_directories(state);
-    Process d({DSV3D_PATH, "--allocator", allocator, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-               "--state-dir", state.string(), "--slots", std::to_string(ranks), "--worker", DSV3_WORKER_PATH,
-               "--heartbeat-interval", "0.5", "--slurm-poll", "0.2"},
-              state / "dsv3d.log");
-    if (!WaitFor([&] { return !ReadFile(state / "dsv3d.json").empty(); }, seconds(30))) {
-      std::printf("%-7s dsv3d did not start: %s\n", allocator.c_str(), ReadFile(state / "dsv3d.log").c_str());
+    std::string error;
+    std::optional<dsv3::bench::BenchDaemon> d =
+        dsv3::bench::StartBenchDaemon(state, ranks, {"--allocator", allocator, "--slurm-poll", "0.2"}, error);
+    if (!d) {
+      std::printf("%-7s %s\n", allocator.c_str(), error.c_str());
       continue;
     }
-    const std::string address = nlohmann::json::parse(ReadFile(state / "dsv3d.json"))["grpc"];
-    auto stub = v1::Controller::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    const std::string address = d->address;
+    v1::Controller::Stub* stub = d->stub.get();
     std::vector<std::unique_ptr<Process>> agents;
     if (allocator == "static") {
       for (int a = 0; a < ranks; ++a) {
@@ -164,25 +164,12 @@ int main(int argc, char** argv) {
     }
     std::vector<Split> runs;
     for (int r = 0; r < repeat; ++r) {
-      grpc::ClientContext sctx;
-      v1::SubmitJobRequest req;
-      req.set_config_json(config.dump());
-      req.set_num_ranks(ranks);
-      v1::SubmitJobResponse resp;
-      const grpc::Status s = stub->SubmitJob(&sctx, req, &resp);
-      if (!s.ok()) {
-        std::printf("%-7s submit failed: %s\n", allocator.c_str(), s.error_message().c_str());
+      const std::optional<v1::Job> submitted = dsv3::bench::SubmitAndWait(*stub, config, ranks, error);
+      if (!submitted) {
+        std::printf("%-7s %s\n", allocator.c_str(), error.c_str());
         break;
       }
-      v1::Job job;
-      WaitFor([&] {
-        grpc::ClientContext ctx;
-        v1::GetJobRequest g;
-        g.set_job_id(resp.job().id());
-        return stub->GetJob(&ctx, g, &job).ok() && (job.state() == v1::JOB_STATE_COMPLETED ||
-                                                     job.state() == v1::JOB_STATE_FAILED ||
-                                                     job.state() == v1::JOB_STATE_CANCELED);
-      }, seconds(300));
+      const v1::Job& job = *submitted;
       grpc::ClientContext mctx;
       v1::GetMetricsRequest mreq;
       mreq.set_job_id(job.id());

@@ -75,10 +75,7 @@ TEST_F(StaticTest, HungRankOnOneAgentIsNamedDumpedAndTheJobResumes) {
   const v1::Job job = WaitEnded(*stub, id, seconds(300));
   ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString() << a.Log() << b.Log();
   EXPECT_EQ(job.restarts(), 1);
-  std::string hang;
-  for (const auto& h : job.history()) {
-    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
-  }
+  const std::string hang = FirstRestartReason(job);
   EXPECT_EQ(hang.rfind("rank 1 hung in forward (", 0), 0u) << job.DebugString();
   const fs::path diag = fs::path(job.job_dir()) / "diagnostics" / "1";
   EXPECT_NE(ReadFile(diag / "rank_0.txt").find(", waiting in "), std::string::npos);

@@ -274,10 +274,7 @@ TEST_F(ControllerTest, HungTrainingThreadIsNamedDumpedAndTheJobResumes) {
   const v1::Job job = WaitEnded(*stub, id, seconds(300));
   EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason() << "\n" << job.DebugString();
   EXPECT_EQ(job.restarts(), 1);
-  std::string hang;
-  for (const auto& h : job.history()) {
-    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
-  }
+  const std::string hang = FirstRestartReason(job);
   EXPECT_EQ(hang.rfind("rank 1 hung in forward (", 0), 0u) << job.DebugString();
   EXPECT_NE(hang.find("never entered)"), std::string::npos) << hang;
   EXPECT_NE(hang.find("restart 1 of 3 from checkpoint at step 10"), std::string::npos) << hang;
@@ -332,12 +329,13 @@ TEST_F(ControllerTest, FourRankJobFlagsAStragglerAndNamesTheHungRank) {
             std::string::npos);
   job = WaitEnded(*stub, id, seconds(300));
   EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.state_reason() << "\n" << job.DebugString();
+  // Once per attempt (attempt 2 runs without the slowdown; on a loaded machine a rank may
+  // still lag there now and then).
   int straggler_lines = 0;
-  std::string hang;
   for (const auto& h : job.history()) {
-    if (h.reason().rfind("rank 3 is a straggler", 0) == 0) ++straggler_lines;
-    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
+    if (h.attempt() == 1 && h.reason().rfind("rank 3 is a straggler", 0) == 0) ++straggler_lines;
   }
+  const std::string hang = FirstRestartReason(job);
   EXPECT_EQ(straggler_lines, 1) << job.DebugString();
   EXPECT_EQ(hang.rfind("rank 2 hung in backward (", 0), 0u) << job.DebugString();
   EXPECT_NE(hang.find("from checkpoint at step 5"), std::string::npos) << hang;
@@ -380,10 +378,7 @@ TEST_F(ControllerTest, DumpOnDemandAndConfigRefusalFailsAtOnce) {
   ASSERT_EQ(skipped, 2);
   const v1::Job resumed = WaitEnded(*stub, skipped, seconds(240));
   EXPECT_EQ(resumed.state(), v1::JOB_STATE_COMPLETED) << resumed.DebugString();
-  std::string hang;
-  for (const auto& h : resumed.history()) {
-    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
-  }
+  const std::string hang = FirstRestartReason(resumed);
   EXPECT_EQ(hang.rfind("rank 1 hung in ", 0), 0u) << resumed.DebugString();
   EXPECT_NE(hang.find("(allreduce #16 of group dp0 never entered; it waits in "), std::string::npos) << hang;
 

@@ -205,6 +205,14 @@ inline nlohmann::json QuickConfig(int64_t steps, int64_t save_every) {
   return c;
 }
 
+// Why the job's first restart happened (its first RESTARTING entry), or "".
+inline std::string FirstRestartReason(const v1::Job& job) {
+  for (const auto& h : job.history()) {
+    if (h.state() == v1::JOB_STATE_RESTARTING) return h.reason();
+  }
+  return "";
+}
+
 inline v1::Job GetJob(v1::Controller::Stub& stub, int64_t id) {
   grpc::ClientContext ctx;
   v1::GetJobRequest req;

@@ -101,10 +101,7 @@ TEST_F(SlurmTest, HungRankIsNamedDumpedAndTheJobContinuesInANewAllocation) {
   ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString();
   EXPECT_EQ(job.restarts(), 1);
   EXPECT_EQ(job.allocations_size(), 2);
-  std::string hang;
-  for (const auto& h : job.history()) {
-    if (h.state() == v1::JOB_STATE_RESTARTING && hang.empty()) hang = h.reason();
-  }
+  const std::string hang = FirstRestartReason(job);
   EXPECT_EQ(hang.rfind("rank 1 hung in forward (", 0), 0u) << job.DebugString();
   const fs::path diag = fs::path(job.job_dir()) / "diagnostics" / "1";
   EXPECT_NE(ReadFile(diag / "rank_1.txt").find("dsv3::dist::HangForever"), std::string::npos);

@@ -38,19 +38,25 @@ std::string TensorText(const torch::Tensor& t) {
 
 double TensorBytes(const torch::Tensor& t) { return static_cast<double>(t.numel()) * static_cast<double>(t.element_size()); }
 
+// Blocks in `wait` with operation `seq` of `group` recorded as waited in, then ended.
+template <class Wait>
+void RecordWait(int group, uint64_t seq, Wait wait) {
+  FlightRecorder& fr = FlightRecorder::Get();
+  fr.WaitStarted(group, seq);
+  try {
+    wait();
+  } catch (...) {
+    fr.Ended(group, seq, OpState::kFailed);
+    throw;
+  }
+  fr.Ended(group, seq, OpState::kCompleted);
+}
+
 class RecordedWork final : public Work {
  public:
   RecordedWork(WorkHandle inner, int group, uint64_t seq) : inner_(std::move(inner)), group_(group), seq_(seq) {}
   void Wait() override {
-    FlightRecorder& fr = FlightRecorder::Get();
-    fr.WaitStarted(group_, seq_);
-    try {
-      inner_->Wait();
-    } catch (...) {
-      fr.Ended(group_, seq_, OpState::kFailed);
-      throw;
-    }
-    fr.Ended(group_, seq_, OpState::kCompleted);
+    RecordWait(group_, seq_, [this] { inner_->Wait(); });
   }
 
  private:
@@ -100,17 +106,9 @@ class RecordingCommunicator final : public Communicator {
     return Run("recv", t, "from " + std::to_string(peer), [&] { return inner_->Recv(t, peer, tag); });
   }
   void Barrier() override {
-    FlightRecorder& fr = FlightRecorder::Get();
     if (Skipped()) return;
-    const uint64_t seq = fr.Enter(group_, "barrier", "", 0, "");
-    fr.WaitStarted(group_, seq);
-    try {
-      inner_->Barrier();
-    } catch (...) {
-      fr.Ended(group_, seq, OpState::kFailed);
-      throw;
-    }
-    fr.Ended(group_, seq, OpState::kCompleted);
+    const uint64_t seq = FlightRecorder::Get().Enter(group_, "barrier", "", 0, "");
+    RecordWait(group_, seq, [this] { inner_->Barrier(); });
   }
   std::unique_ptr<Communicator> Subgroup(const std::vector<int>& members, const std::string& tag) override {
     return std::make_unique<RecordingCommunicator>(inner_->Subgroup(members, tag));
