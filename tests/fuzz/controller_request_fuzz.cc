@@ -91,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace v1 = dsv3::v1;
   if (size < 2) return 0;
   World& w = TheWorld();
-  const uint8_t method = data[0] % 17;
+  const uint8_t method = data[0] % 20;
   const Caller callers[] = {{"alice", false, false, 0, 0}, {"bob", false, false, 0, 0}, {"root", true, false, 0, 0}};
   const Caller& caller = callers[data[1] % 3];
   data += 2;
@@ -225,6 +225,30 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!Decode(data, size, &req)) break;
       v1::Ack resp;
       s = wk.ShipLogs(&ctx, &req, &resp);
+      break;
+    }
+    case 16: {
+      v1::ReportDiagnosticsRequest req;
+      if (!Decode(data, size, &req)) break;
+      v1::Ack resp;
+      s = wk.ReportDiagnostics(&ctx, &req, &resp);
+      if (s.ok()) __builtin_trap();  // no credential, no dump written
+      break;
+    }
+    case 17: {
+      v1::DumpJobRequest req;
+      if (!Decode(data, size, &req)) break;
+      req.set_job_id(job_id(req.job_id()));
+      v1::DumpJobResponse resp;
+      s = c.DumpJob(&ctx, &req, &resp);
+      break;
+    }
+    case 18: {
+      v1::GetDiagnosticsRequest req;
+      if (!Decode(data, size, &req)) break;
+      req.set_job_id(job_id(req.job_id()));
+      v1::GetDiagnosticsResponse resp;
+      s = c.GetDiagnostics(&ctx, &req, &resp);
       break;
     }
     default: {
