@@ -63,7 +63,9 @@ nlohmann::json Config(const fs::path& corpus, int ranks, double timeout) {
   c["validation"]["eval_batches"] = 1;
   c["watchdog"] = {{"hang_timeout_s", timeout}};
   c["data"]["cache_dir"] = (corpus / "cache").string();
-  for (auto& s : c["data"]["sources"]) s["paths"] = {(corpus / "corpus" / s["subset"].get<std::string>() / "*.json.gz").string()};
+  for (auto& s : c["data"]["sources"]) {
+    s["paths"] = {(corpus / "corpus" / s["subset"].get<std::string>() / "*.json.gz").string()};
+  }
   return c;
 }
 
@@ -103,15 +105,15 @@ int main(int argc, char** argv) {
     }
     std::vector<Latency> runs;
     for (int r = 0; r < repeat; ++r) {
-      const std::optional<v1::Job> submitted = dsv3::bench::SubmitAndWait(*d->stub, Config(root, ranks, timeout), ranks, error);
+      const std::optional<v1::Job> submitted =
+          dsv3::bench::SubmitAndWait(*d->stub, Config(root, ranks, timeout), ranks, error);
       if (!submitted) {
         std::printf("%d ranks: %s\n", ranks, error.c_str());
         break;
       }
       const v1::Job& job = *submitted;
-      const int64_t hung = job.ranks_size() == ranks
-                               ? Find(ReadFile(job.ranks(ranks - 1).log_path()), R"(hanging the training thread .* \(at unix ms (\d+)\))")
-                               : 0;
+      const std::string hung_log = job.ranks_size() == ranks ? ReadFile(job.ranks(ranks - 1).log_path()) : "";
+      const int64_t hung = Find(hung_log, R"(hanging the training thread .* \(at unix ms (\d+)\))");
       const std::string summary = ReadFile(fs::path(job.job_dir()) / "diagnostics" / "1" / "summary.txt");
       const int64_t decided = Find(summary, R"(detected at unix ms (\d+))");
       const int64_t dumped = Find(summary, R"(dumps collected at unix ms (\d+))");

@@ -46,7 +46,8 @@ void AddDiagnose(CLI::App& app, CliContext& ctx) {
       for (int a : resp.attempts()) ctx.out << " " << a;
       ctx.out << ")";
     }
-    ctx.out << "\n\n" << (resp.summary().empty() ? "no hang in this attempt; dumps taken on request:\n" : resp.summary());
+    ctx.out << "\n\n"
+            << (resp.summary().empty() ? "no hang in this attempt; dumps taken on request:\n" : resp.summary());
     ctx.out << "\nfiles:\n";
     for (const auto& f : resp.files()) ctx.out << "  " << f.path() << "  (" << f.bytes() << " bytes)\n";
     ctx.exit_code = kExitOk;

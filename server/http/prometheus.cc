@@ -92,7 +92,8 @@ std::string RenderMetrics(const JobStore& store, const JobManager& manager, cons
       straggler.samples.push_back(rank + (r.straggler ? "1" : "0"));
     }
   }
-  for (Family* f : {&step, &total, &val, &ckpt_step, &ckpt_age, &restarts, &state, &rank_step, &rank_busy, &straggler}) {
+  for (Family* f :
+       {&step, &total, &val, &ckpt_step, &ckpt_age, &restarts, &state, &rank_step, &rank_busy, &straggler}) {
     job_families.push_back(*f);
   }
 

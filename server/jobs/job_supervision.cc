@@ -397,6 +397,15 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
   if (!w.enabled) return;
   const std::string job = "job " + std::to_string(l.job.id);
   if (l.hang.active) {
+    // A job that moves again was slow, not hung: keep it (the dumps stay for a look).
+    for (const RankLive& r : l.ranks) {
+      if (r.progressed_at > l.hang.detected_at) {
+        LogEvent(job + ": progress resumed after the watchdog found it stalled (" + l.hang.reason +
+                 "); not stopped; dumps in " + l.hang.dir);
+        l.hang.active = false;
+        return;
+      }
+    }
     // Dumps requested: fail the attempt once every live rank sent its own, or at the deadline.
     std::vector<int> missing;
     for (size_t r = 0; r < l.ranks.size(); ++r) {

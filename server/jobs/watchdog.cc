@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <iterator>
 #include <sstream>
 
 namespace dsv3::server {
@@ -38,6 +39,15 @@ const GroupState* BlockedIn(const RankState& r) {
 // "allreduce #12 of group dp0"
 std::string Op(const std::string& op, uint64_t seq, const std::string& group) {
   return op + " #" + std::to_string(seq) + " of group " + group;
+}
+
+// Where a phase falls in a training step, for "which rank is further along".
+int PhaseOrder(const std::string& phase) {
+  static const char* kOrder[] = {"setup", "data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "done"};
+  for (int i = 0; i < static_cast<int>(std::size(kOrder)); ++i) {
+    if (phase == kOrder[i]) return i;
+  }
+  return 0;
 }
 
 std::string Table(const std::vector<RankState>& ranks) {
@@ -163,11 +173,15 @@ HangVerdict DiagnoseHang(const std::vector<RankState>& ranks, double stalled_sec
       }
     }
   }
-  // Prefer a rank that is not itself blocked (stuck in its own work); among ranks that wait
-  // too, the one missing the operation its peers have waited in longest: the first cause.
+  // Prefer a rank that is not itself blocked (stuck in its own work). Among ranks that wait
+  // too (a cycle: each misses the other's collective), the one further along in its step got
+  // past an operation without issuing it; with equal positions, the one missing the
+  // operation its peers have waited in longest.
   std::stable_sort(behind.begin(), behind.end(), [&](const Behind& a, const Behind& b) {
     const bool a_free = BlockedIn(ranks[a.rank]) == nullptr, b_free = BlockedIn(ranks[b.rank]) == nullptr;
     if (a_free != b_free) return a_free;
+    const auto at = [&](int r) { return std::make_pair(ranks[r].step, PhaseOrder(ranks[r].phase)); };
+    if (at(a.rank) != at(b.rank)) return at(a.rank) > at(b.rank);
     if ((a.since > 0) != (b.since > 0)) return a.since > 0;
     return a.since < b.since;
   });

@@ -437,7 +437,8 @@ TEST_F(ControllerTest, FailingJobGivesUpWithItsLastLogLines) {
   const int64_t id = Submit(*stub, c);
   const v1::Job job = WaitEnded(*stub, id, seconds(120));
   EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
-  EXPECT_EQ(job.state_reason().rfind("rank 0 cannot find its data (exit status 4): ", 0), 0u) << job.state_reason();
+  EXPECT_EQ(job.state_reason().rfind("rank 0 cannot find or read its data (exit status 4): ", 0), 0u)
+      << job.state_reason();
   EXPECT_NE(job.state_reason().find("has no files"), std::string::npos) << job.state_reason();
   EXPECT_EQ(job.restarts(), 0);
   ASSERT_GT(job.last_log_lines_size(), 0);

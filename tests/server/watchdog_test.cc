@@ -57,13 +57,14 @@ TEST(WatchdogTest, AmongFourRanksTheOneBehindInItsDataParallelGroupIsBlamed) {
   EXPECT_NE(v.reason.find("never entered"), std::string::npos) << v.reason;
 }
 
-TEST(WatchdogTest, AmongRanksThatAllWaitTheOneMissingTheOldestWaitIsBlamed) {
-  // Rank 1 skipped allreduce #16 of dp0 and went on to wait in the world's #30; rank 0 has
-  // waited in dp0's #16 since before, so it never reached world #30.
+TEST(WatchdogTest, AmongRanksThatAllWaitTheOneFurtherAlongIsBlamed) {
+  // Rank 1 skipped allreduce #16 of dp0 and went on to wait in the world's #30 (in its
+  // optimizer phase); rank 0 waits in dp0's #16 (in backward), so it never reached world
+  // #30. Rank 1 started waiting first: position, not time, decides.
   GroupState dp_wait = Group("dp0", 16, 15, 16);
-  dp_wait.waiting_since_ms = 1000;
+  dp_wait.waiting_since_ms = 1400;
   GroupState world_wait = Group("world", 30, 29, 30);
-  world_wait.waiting_since_ms = 1400;
+  world_wait.waiting_since_ms = 1000;
   const std::vector<RankState> ranks = {Rank(14, "backward", {dp_wait, Group("world", 29, 29)}),
                                         Rank(14, "optimizer", {Group("dp0", 15, 15), world_wait})};
   const HangVerdict v = DiagnoseHang(ranks, 5);
@@ -77,6 +78,10 @@ TEST(WatchdogTest, AmongRanksThatAllWaitTheOneMissingTheOldestWaitIsBlamed) {
     for (auto& g : r.groups) g.name = g.name == "dp0" ? "zz" : "aa";
   }
   EXPECT_EQ(DiagnoseHang(swapped, 5).culprits.front(), 1);
+  // At the same position, the rank missing the collective waited in longest is blamed.
+  std::vector<RankState> level = ranks;
+  level[0].phase = "optimizer";
+  EXPECT_EQ(DiagnoseHang(level, 5).culprits.front(), 0);
 }
 
 TEST(WatchdogTest, EveryRankInTheSameCollectiveBlamesTheCollective) {

@@ -14,7 +14,7 @@ inline constexpr int kOk = 0;
 inline constexpr int kFailed = 1;                // anything else; a restart may help
 inline constexpr int kUsage = 2;                 // bad command line or DSV3_FAULT
 inline constexpr int kConfigRefused = 3;         // the config is invalid or this build cannot run it
-inline constexpr int kDataMissing = 4;           // the data files it names are not there
+inline constexpr int kDataMissing = 4;           // the data files it names are not there or unreadable
 inline constexpr int kCheckpointUnreadable = 5;  // the checkpoint to resume from cannot be loaded
 inline constexpr int kOutOfMemory = 6;           // host or device memory ran out
 
@@ -25,7 +25,7 @@ inline bool IsPermanent(int status) { return status >= kConfigRefused && status 
 inline const char* Describe(int status) {
   switch (status) {
     case kConfigRefused: return "refused its config";
-    case kDataMissing: return "cannot find its data";
+    case kDataMissing: return "cannot find or read its data";
     case kCheckpointUnreadable: return "cannot load its checkpoint";
     case kOutOfMemory: return "ran out of memory";
     default: return "failed";
