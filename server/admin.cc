@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <sstream>
 
 #include "rpc/auth.h"
@@ -12,11 +13,26 @@
 namespace dsv3::server {
 namespace {
 
-absl::StatusOr<std::unique_ptr<JobStore>> OpenStore(const std::string& state_dir) {
+// Commands that add something (users, tokens, agents) create the state dir and its store
+// when they are not there yet, as dsv3d's first start would: an operator may set up users
+// before starting the daemon. Listing and revoking need the store to exist.
+enum class Missing { kCreate, kRefuse };
+
+absl::StatusOr<std::unique_ptr<JobStore>> OpenStore(const std::string& state_dir, Missing missing) {
   const std::string path = state_dir + "/dsv3.db";
   struct stat st {};
-  if (stat(state_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return absl::NotFoundError("--state-dir: " + state_dir + " is not a folder (give the state dir of the dsv3d)");
+  if (stat(state_dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError("--state-dir: " + state_dir + " is a file, not a folder");
+  }
+  if (stat(path.c_str(), &st) != 0) {
+    if (missing == Missing::kRefuse) {
+      return absl::NotFoundError("--state-dir: " + state_dir + " holds no dsv3 store yet (" + path +
+                                 "); dsv3d creates it at its first start, and so does `dsv3d user add NAME "
+                                 "--state-dir " + state_dir + "`");
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(state_dir, ec);
+    if (ec) return absl::UnavailableError("--state-dir: cannot create " + state_dir + ": " + ec.message());
   }
   return JobStore::Open(path);
 }
@@ -41,7 +57,7 @@ std::string Date(int64_t ms) {
 
 absl::StatusOr<std::string> IssueToken(const std::string& state_dir, const std::string& kind,
                                        const std::string& subject, const std::string& label) {
-  auto store = OpenStore(state_dir);
+  auto store = OpenStore(state_dir, Missing::kCreate);
   if (!store.ok()) return store.status();
   if (kind == "user" && !(*store)->GetUser(subject)) {
     return absl::NotFoundError("user '" + subject + "' does not exist (dsv3d user add " + subject + ")");
@@ -66,7 +82,7 @@ absl::StatusOr<std::string> AdminAddUser(const std::string& state_dir, const std
   if (max_jobs < 0 || max_slots < 0) {
     return absl::InvalidArgumentError("--max-jobs / --max-slots: must be >= 0 (0 = the daemon's default)");
   }
-  auto store = OpenStore(state_dir);
+  auto store = OpenStore(state_dir, Missing::kCreate);
   if (!store.ok()) return store.status();
   if (absl::Status s = (*store)->AddUser({name, admin, max_jobs, max_slots, 0}); !s.ok()) return s;
   return "added user '" + name + "'" + (admin ? " (admin)" : "") + "; give them a token with `dsv3d token create " +
@@ -74,7 +90,7 @@ absl::StatusOr<std::string> AdminAddUser(const std::string& state_dir, const std
 }
 
 absl::StatusOr<std::string> AdminListUsers(const std::string& state_dir) {
-  auto store = OpenStore(state_dir);
+  auto store = OpenStore(state_dir, Missing::kRefuse);
   if (!store.ok()) return store.status();
   std::ostringstream out;
   char line[256];
@@ -101,7 +117,7 @@ absl::StatusOr<std::string> AdminAddAgent(const std::string& state_dir, const st
 }
 
 absl::StatusOr<std::string> AdminRevokeToken(const std::string& state_dir, const std::string& which) {
-  auto store = OpenStore(state_dir);
+  auto store = OpenStore(state_dir, Missing::kRefuse);
   if (!store.ok()) return store.status();
   int64_t id = 0;
   if (!which.empty() && which.size() < 18 && which.find_first_not_of("0123456789") == std::string::npos) {
@@ -116,7 +132,7 @@ absl::StatusOr<std::string> AdminRevokeToken(const std::string& state_dir, const
 }
 
 absl::StatusOr<std::string> AdminListTokens(const std::string& state_dir) {
-  auto store = OpenStore(state_dir);
+  auto store = OpenStore(state_dir, Missing::kRefuse);
   if (!store.ok()) return store.status();
   std::ostringstream out;
   char line[320];

@@ -122,6 +122,26 @@ TEST(Admin, NamesAreCheckedAndTokensAreTheLastWord) {
   EXPECT_EQ(AdminRevokeToken(state, "dsv3u_unknown").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Users can be set up before dsv3d's first start: adding one creates the state dir and its
+// store; listing a state dir that has none says how it comes to be.
+TEST(Admin, AddingAUserCreatesTheStoreAsAFirstStartWould) {
+  TempDir dir;
+  const std::string state = (dir.path() / "var" / "dsv3").string();
+  auto none = AdminListUsers(state);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(none.status().message().find("holds no dsv3 store yet"), std::string::npos) << none.status();
+  EXPECT_NE(none.status().message().find("dsv3d user add NAME --state-dir " + state), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(state));  // listing creates nothing
+  auto added = AdminAddUser(state, "alice", true, 0, 0);
+  ASSERT_TRUE(added.ok()) << added.status();
+  auto listed = AdminListUsers(state);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_NE(listed->find("alice"), std::string::npos) << *listed;
+  std::ofstream(dir.path() / "file") << "x";
+  EXPECT_EQ(AdminAddUser((dir.path() / "file").string(), "bob", false, 0, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 class PathPolicyTest : public ::testing::Test {
  protected:
   void SetUp() override {
