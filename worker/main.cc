@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
 #include "dsv3/common/exit_codes.h"
@@ -226,7 +227,11 @@ int main(int argc, char** argv) {
     if (options.rank == 0) {  // one writer for the job's metric files
       reporters.push_back(dsv3::train::MakeJsonlReporter(out_dir + "/metrics.jsonl"));
       if (cfg.config.logging.tensorboard.enabled) {
-        reporters.push_back(dsv3::train::MakeTensorBoardReporter(cfg.config.logging.tensorboard.log_dir));
+        const std::string& log_dir = cfg.config.logging.tensorboard.log_dir;
+        reporters.push_back(dsv3::train::MakeTensorBoardReporter(
+            options.output_dir.empty()
+                ? log_dir
+                : dsv3::config::TensorBoardDirForOutput(log_dir, cfg.config.output_dir, options.output_dir)));
       }
     }
     std::unique_ptr<dsv3::dist::Communicator> world;

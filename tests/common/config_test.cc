@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/estimator.h"
 #include "dsv3/common/parallel_layout.h"
@@ -52,6 +53,18 @@ TEST(ShippedConfigs, LargeConfigUsesSlurmWorldAndDeepSpeedFile) {
   EXPECT_EQ(r.config.derived.gradient_accumulation_steps, 4);  // 1024 / (2 x 128)
   EXPECT_EQ(r.config.derived.effective_zero_stage, 1);
   EXPECT_NE(r.config.derived.deepspeed_config_file.find("deepspeed_zero1.json"), std::string::npos);
+}
+
+// dsv3-worker --output-dir moves the TensorBoard folder with the outputs (README "Training").
+TEST(OutputDirs, TensorBoardFollowsTheOutputDirWhenRelative) {
+  using config::TensorBoardDirForOutput;
+  EXPECT_EQ(TensorBoardDirForOutput("./outputs/nano/tensorboard", "./outputs/nano", "/runs/a"), "/runs/a/tensorboard");
+  EXPECT_EQ(TensorBoardDirForOutput("outputs/nano/tb/x", "./outputs/nano", "runs/b"), "runs/b/tb/x");
+  EXPECT_EQ(TensorBoardDirForOutput("./logs/tensorboard", "./outputs/nano", "/runs/a"), "/runs/a/logs/tensorboard");
+  EXPECT_EQ(TensorBoardDirForOutput("/srv/tb", "./outputs/nano", "/runs/a"), "/srv/tb");
+  // Two runs of one config with different output folders never share an events folder.
+  EXPECT_NE(TensorBoardDirForOutput("./outputs/nano/tensorboard", "./outputs/nano", "/runs/a"),
+            TensorBoardDirForOutput("./outputs/nano/tensorboard", "./outputs/nano", "/runs/b"));
 }
 
 TEST(Defaults, EmptyConfigHasTheGuideDefaults) {
