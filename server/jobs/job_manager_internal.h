@@ -90,7 +90,12 @@ inline JobProgress SnapshotLocked(const JobManager::Live& live) {
     v.pid = r.pid;
     v.host = r.host;
     v.log_path = RankLogPath(live.job, static_cast<int>(i));
-    v.state = r.exited ? "exited" : (r.registered ? "registered" : "launched");
+    // A rank of an ended job that never had a process (a refused launch, a Slurm job that
+    // never ran) was never started.
+    v.state = r.exited       ? "exited"
+              : r.registered ? "registered"
+              : r.pid == 0 && IsTerminal(live.job.state) ? "not started"
+                                                        : "launched";
     v.exit_code = r.exit_code;
     v.last_heartbeat_ms = r.last_seen_ms;
     if (r.progress.reported) {

@@ -53,6 +53,7 @@ class ScriptedAllocator final : public Allocator {
     const auto job = store_.GetJob(spec.job_id);
     std::lock_guard<std::mutex> l(mu_);
     states_at_launch.push_back(job ? job->state : JobState::kQueued);
+    if (!launch_error.empty()) return absl::UnavailableError(launch_error);
     launches.push_back(spec);
     std::vector<LaunchedRank> out;
     for (const auto& r : spec.ranks) out.push_back({r.rank, next_pid_++, 1, "host"});
@@ -108,6 +109,7 @@ class ScriptedAllocator final : public Allocator {
   }
 
   std::vector<LaunchSpec> launches;
+  std::string launch_error;  // Launch fails with it when set (sbatch refused, say)
   std::vector<JobState> states_at_launch;
   std::vector<std::pair<int64_t, int>> signals;
   std::vector<int> adoptable;
@@ -267,6 +269,46 @@ TEST_F(JobManagerTest, FailedRankRestartsUntilMaxRestartsThenFails) {
                                            JobState::kRestarting, JobState::kStarting, JobState::kFailed}));
   EXPECT_EQ(history[3].reason, "rank 0 exited with status 1; restart 1 of 1 from no checkpoint");
   EXPECT_EQ(m->QueueLength(), 0);
+}
+
+// Exit statuses 3-6 (common/exit_codes.h) say a restart would fail the same way: the job
+// fails at once with the rank's own message, whatever max_restarts allows.
+TEST_F(JobManagerTest, RankThatRefusesItsConfigFailsTheJobWithoutRestarts) {
+  ScriptedAllocator alloc(2, *store_);
+  auto m = MakeManager(alloc);
+  ASSERT_TRUE(m->Recover().ok());
+  m->Start();
+  const int64_t id = Submit(*m, 2, 0, /*max_restarts=*/3);
+  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
+  RegisterAll(*m, id, 2);
+  ASSERT_TRUE(WaitState(id, JobState::kRunning));
+  ASSERT_TRUE(m->ReportEnd(Ref(id, 1), RankOutcome::kFailed, 0, "/training/use_fp8: true is not supported").ok());
+  alloc.End(id, 1, 1, 3);
+  ASSERT_TRUE(WaitFor([&] { return alloc.Signaled(id, SIGKILL); }, std::chrono::seconds(10)));
+  alloc.End(id, 1, 0, 137);
+  ASSERT_TRUE(WaitState(id, JobState::kFailed));
+  const auto job = store_->GetJob(id);
+  EXPECT_EQ(job->restarts, 0);
+  EXPECT_EQ(job->state_reason, "rank 1 refused its config (exit status 3): /training/use_fp8: true is not supported; "
+                               "not restarted: a restart cannot fix this");
+  EXPECT_EQ(alloc.NumLaunches(), 1u);
+}
+
+// A launch the allocator refuses (sbatch said no) ends the job FAILED, and its ranks show
+// as never started, not as launched.
+TEST_F(JobManagerTest, RefusedLaunchShowsRanksAsNotStarted) {
+  ScriptedAllocator alloc(2, *store_);
+  alloc.launch_error = "sbatch: error: invalid partition specified: gpu";
+  auto m = MakeManager(alloc);
+  ASSERT_TRUE(m->Recover().ok());
+  m->Start();
+  const int64_t id = Submit(*m, 2, 0, 3);
+  ASSERT_TRUE(WaitState(id, JobState::kFailed));
+  const auto job = store_->GetJob(id);
+  EXPECT_EQ(job->state_reason, "cannot start ranks: sbatch: error: invalid partition specified: gpu");
+  const JobProgress p = m->Progress(*job);
+  ASSERT_EQ(p.ranks.size(), 2u);
+  for (const RankView& r : p.ranks) EXPECT_EQ(r.state, "not started") << r.rank;
 }
 
 TEST_F(JobManagerTest, SilentRankFailsTheAttemptAfterTheHeartbeatTimeout) {
