@@ -377,11 +377,8 @@ absl::StatusOr<std::string> JobManager::RequestDump(int64_t job_id) {
     return absl::FailedPreconditionError("job " + std::to_string(job_id) + " has no running ranks to dump");
   }
   Live& l = *it->second;
-  // Request ids are unix ms: unique across dsv3d restarts, which ranks outlive.
-  int64_t request = NowMs();
-  if (!l.dump_dirs.empty()) request = std::max(request, l.dump_dirs.rbegin()->first + 1);
-  const std::string dir = DiagnosticsDir(l.job, l.job.attempt) + "/dump_" + std::to_string(request);
-  l.dump_dirs[request] = dir;
+  const std::string dir = DiagnosticsDir(l.job, l.job.attempt) + "/dump_" + std::to_string(NowMs());
+  AddDumpRequestLocked(l, dir);
   LogEvent("job " + std::to_string(job_id) + ": dumps requested from " + std::to_string(l.ranks.size()) +
            " rank(s) into " + dir);
   return dir;

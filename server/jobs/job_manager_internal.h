@@ -67,6 +67,16 @@ struct JobManager::Live {
   std::map<int64_t, std::string> dump_dirs;
 };
 
+// Asks the job's ranks for dumps into `dir` (they see it in their next heartbeat reply);
+// returns the request id. Ids are unix ms, kept increasing: unique across dsv3d restarts,
+// which ranks outlive.
+inline int64_t AddDumpRequestLocked(JobManager::Live& live, const std::string& dir) {
+  int64_t request = NowMs();
+  if (!live.dump_dirs.empty()) request = std::max(request, live.dump_dirs.rbegin()->first + 1);
+  live.dump_dirs[request] = dir;
+  return request;
+}
+
 // <job>/diagnostics/<attempt>: the dumps and summary of a hang in that attempt; on-demand
 // dumps in a dump_<unix ms>/ folder under it.
 inline std::string DiagnosticsDir(const JobRecord& job, int attempt) {

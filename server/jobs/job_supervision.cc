@@ -467,9 +467,7 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
   l.hang.summary = "job " + std::to_string(l.job.id) + " (" + l.job.name + "), attempt " +
                    std::to_string(l.job.attempt) + "\n" + v.summary + "\nno rank made progress for " +
                    std::to_string(static_cast<int64_t>(stalled)) + " s; " + timeout.why + "\n";
-  l.hang.request = NowMs();
-  if (!l.dump_dirs.empty()) l.hang.request = std::max(l.hang.request, l.dump_dirs.rbegin()->first + 1);
-  l.dump_dirs[l.hang.request] = l.hang.dir;
+  l.hang.request = AddDumpRequestLocked(l, l.hang.dir);
   LogEvent(job + ": hang detected (" + v.reason + "); collecting the ranks' dumps");
 }
 
