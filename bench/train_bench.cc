@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   }
   const auto& t = r.config.training;
   dsv3::train::TrainerOptions options;
-  options.max_steps = steps + 1;
+  options.max_steps = steps;
   options.threads = threads;
   auto capture = std::make_unique<Capture>();
   Capture* metrics = capture.get();

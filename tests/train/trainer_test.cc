@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -103,6 +104,24 @@ TEST_F(TrainerTest, ResumeIsExact) {
   joined.insert(joined.end(), part2.losses.begin(), part2.losses.end());
   EXPECT_EQ(joined, straight.losses);  // bit for bit, fp32 on the CPU
   EXPECT_LT(straight.losses.back(), straight.losses.front());
+}
+
+// A run that stops between log lines reports its last steps at the step it stopped.
+TEST_F(TrainerTest, StopBetweenLogLinesReportsTheLastSteps) {
+  const config::Config cfg = Config(dir_.path() / "stopped", {{"training", {{"log_interval", 2}}}});
+  TrainerOptions options;
+  options.max_steps = 3;
+  const TrainResult r = Train(cfg, options);
+  ASSERT_EQ(r.losses.size(), 3u);
+  std::ifstream in(cfg.output_dir + "/metrics.jsonl");
+  std::map<int64_t, double> logged;
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j["event"] == "train") logged[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  ASSERT_EQ(logged.size(), 2u);
+  EXPECT_NEAR(logged[2], (r.losses[0] + r.losses[1]) / 2, 1e-12);
+  EXPECT_NEAR(logged[3], r.losses[2], 1e-12);  // the window of the one step after the last line
 }
 
 TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeMicroBatch) {

@@ -46,6 +46,7 @@ class MetricWindow {
   void Add(const StepFigures& f);
   // The averages since the last Emit (at least one Add before), then a new window starts.
   StepMetrics Emit(const WindowContext& ctx);
+  bool empty() const { return steps_ == 0; }
 
  private:
   double loss_ = 0, main_ = 0, mtp_ = 0, balance_ = 0, norm_ = 0;

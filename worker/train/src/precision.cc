@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 
+#include "dsv3/kernels/kernels.h"
+
 namespace dsv3::train {
 
 void CopyMasterToCompute(model::DeepSeekV3Impl& master, model::DeepSeekV3Impl& compute) {
@@ -23,7 +25,10 @@ double MeasurePeakFlops(torch::Device device, torch::ScalarType dtype) {
   double best = 0;
   for (int i = 0; i < 6; ++i) {
     const auto start = Clock::now();
-    torch::Tensor c = torch::matmul(a, b);
+    // The GEMM the model's linears run: on the CPU tiled over the run's intra-op threads (a
+    // plain matmul gets one OpenBLAS thread per rank, one core, and MFU would pass 100% with
+    // more threads than one); cuBLAS on CUDA.
+    torch::Tensor c = device.is_cpu() ? kernels::Linear(a, b) : torch::matmul(a, b);
     if (device.is_cuda()) c.cpu();
     const double s = std::chrono::duration<double>(Clock::now() - start).count();
     if (i > 0) best = std::max(best, 2.0 * n * n * n / s);  // the first call warms up

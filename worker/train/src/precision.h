@@ -15,7 +15,8 @@ namespace dsv3::train {
 void CopyMasterToCompute(model::DeepSeekV3Impl& master, model::DeepSeekV3Impl& compute);
 
 // Per-device peak for MFU when the config gives none: the best of a few large matmuls in
-// `dtype`, measured once at start-up (blocks for well under a second).
+// `dtype` through the model's own GEMM path (on the CPU: tiled over the intra-op threads set
+// for the run), measured once at start-up (blocks for well under a second).
 double MeasurePeakFlops(torch::Device device, torch::ScalarType dtype);
 
 // fp16 dynamic loss scaling with torch.cuda.amp.GradScaler's defaults: start at 2^16, halve

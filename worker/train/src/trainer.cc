@@ -193,6 +193,25 @@ TrainResult Trainer::Run() {
   int64_t run_steps = 0;
   MetricWindow window;
   bool stopped_by_signal = false;
+  double last_lr = 0;
+  // One log line: the averages of the steps since the last one.
+  const auto emit = [&](double lr) {
+    WindowContext ctx;
+    ctx.step = s.step;
+    ctx.lr = lr;
+    ctx.tokens_per_step = tokens_per_step;
+    ctx.world_size = s.opt.world_size;
+    ctx.peak_flops = s.peak_flops;
+    ctx.flops_per_token = s.estimate.flops.total;
+    ctx.optimizer_state_bytes = s.optimizer->state_bytes();
+    ctx.parameter_bytes = s.optimizer->param_bytes();
+    ctx.gradient_bytes = s.optimizer->grad_bytes();
+    ctx.tokens_seen = s.tokens_seen;
+    if (t.use_fp16) ctx.loss_scale = s.scaler.scale;
+    ctx.pipeline = s.groups.grid.pp > 1;
+    const StepMetrics m = window.Emit(ctx);
+    for (auto& r : s.reporters) r->OnMetrics(m);
+  };
   // The watchdog's view (dist/flight_recorder.h): which step and phase this thread is in.
   dist::FlightRecorder& progress = dist::FlightRecorder::Get();
   while (s.step < total) {
@@ -244,23 +263,8 @@ TrainResult Trainer::Run() {
     const double step_s = Ms(t0, t3) / 1000.0;
     progress.StepDone(step_s, std::max(0.0, step_s - f.ms_communication / 1000.0));
 
-    if (s.step % t.log_interval == 0 || s.step == total) {
-      WindowContext ctx;
-      ctx.step = s.step;
-      ctx.lr = lr;
-      ctx.tokens_per_step = tokens_per_step;
-      ctx.world_size = s.opt.world_size;
-      ctx.peak_flops = s.peak_flops;
-      ctx.flops_per_token = s.estimate.flops.total;
-      ctx.optimizer_state_bytes = s.optimizer->state_bytes();
-      ctx.parameter_bytes = s.optimizer->param_bytes();
-      ctx.gradient_bytes = s.optimizer->grad_bytes();
-      ctx.tokens_seen = s.tokens_seen;
-      if (t.use_fp16) ctx.loss_scale = s.scaler.scale;
-      ctx.pipeline = s.groups.grid.pp > 1;
-      const StepMetrics m = window.Emit(ctx);
-      for (auto& r : s.reporters) r->OnMetrics(m);
-    }
+    last_lr = lr;
+    if (s.step % t.log_interval == 0 || s.step == total) emit(lr);
     if (c.validation.enabled && t.eval_interval > 0 && (s.step % t.eval_interval == 0 || s.step == total)) {
       progress.SetPhase(dist::TrainPhase::kEvaluation);
       result.last_eval_loss = s.Evaluate().loss;
@@ -280,6 +284,8 @@ TrainResult Trainer::Run() {
       break;
     }
   }
+  // A stop between log lines still reports its last steps (they would be lost otherwise).
+  if (!window.empty()) emit(last_lr);
   result.step = s.step;
   result.finished = s.step >= total;
   const bool want_final = stopped_by_signal || (result.finished && c.checkpointing.save_final) ||
