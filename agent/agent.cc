@@ -16,6 +16,7 @@
 
 #include "dsv3/common/background_loop.h"
 #include "dsv3/common/env.h"
+#include "dsv3/procs/log.h"
 #include "dsv3/procs/rank_processes.h"
 #include "dsv3/v1/agent.grpc.pb.h"
 
@@ -70,14 +71,14 @@ class Agent {
       const grpc::Status s = Serve();
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
           s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-        std::cerr << "dsv3-agent: refused by the controller: " << s.error_message() << std::endl;
+        log::Error("refused by the controller: " + s.error_message());
         status = 1;
         break;
       }
       if (stop_.load()) break;
       if (served_) backoff = std::chrono::milliseconds(200);
-      std::cerr << "dsv3-agent: disconnected from " << controller_ << " (" << s.error_message() << "); retrying in "
-                << backoff.count() << " ms" << std::endl;
+      log::Warning("disconnected from " + controller_ + " (" + s.error_message() + "); retrying in " +
+                   std::to_string(backoff.count()) + " ms");
       for (auto waited = std::chrono::milliseconds(0); waited < backoff && !stop_.load(); waited += std::chrono::milliseconds(50)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
@@ -122,7 +123,7 @@ class Agent {
           std::lock_guard<std::mutex> lock(mu_);
           interval_ = std::chrono::milliseconds(std::max<int64_t>(100, m.welcome().heartbeat_interval_ms()));
         }
-        std::cerr << "dsv3-agent: " << name_ << " joined " << controller_ << " with " << slots_ << " slot(s)" << std::endl;
+        log::Info(name_ + " joined " + controller_ + " with " + std::to_string(slots_) + " slot(s)");
         if (!heartbeat.joinable()) heartbeat = std::thread([this, &ctx] { HeartbeatLoop(ctx); });
       } else if (m.has_launch()) {
         Launch(m.launch());

@@ -14,9 +14,12 @@
 #include <CLI/CLI.hpp>
 
 #include "agent.h"
+#include "cli_docs.h"
+#include "dsv3/common/build_info.h"
 #include "dsv3/common/env.h"
 #include "dsv3/procs/client_tls.h"
 #include "dsv3/procs/host.h"
+#include "dsv3/procs/log.h"
 
 namespace {
 
@@ -31,6 +34,7 @@ int main(int argc, char** argv) {
   std::string controller, name, advertise, token_file, work_dir, tls_ca, tls_cert, tls_key;
   int slots = 0;
   CLI::App app{"dsv3-agent: runs dsv3 ranks on this host for a dsv3d with --allocator static", "dsv3-agent"};
+  app.set_config("--config", "", "TOML file with any of these options as keys (controller = \"host:50051\")");
   app.add_option("--controller", controller, "dsv3d's gRPC address HOST:PORT")->required();
   app.add_option("--name", name, "This host's name among the controller's agents (default: the hostname)");
   app.add_option("--slots", slots, "Ranks this host may run at once (GPUs, or CPU processes)")->required();
@@ -38,14 +42,32 @@ int main(int argc, char** argv) {
   app.add_option("--token-file", token_file,
                  "File whose last word is this agent's credential (the output of `dsv3d agent add NAME` on the "
                  "controller host); or set DSV3_AGENT_TOKEN");
+  app.set_version_flag("--version", dsv3::VersionLine("dsv3-agent"),
+                       "Print the version, the commit and the build's options");
+  app.add_flag_callback("--man", [&app] {
+       std::cout << dsv3::cli::ManPage(app, dsv3::GetBuildInfo().version,
+                                       "0 when stopped by SIGTERM or SIGINT; 1 when the controller refuses this agent; "
+                                       "2 a bad command line or credential.");
+       throw CLI::Success();
+     })
+      ->group("");
   app.add_option("--tls-ca", tls_ca, "PEM CA that verifies a TLS controller (its ranks here use it too)");
   app.add_option("--tls-cert", tls_cert, "PEM client certificate, for a controller that asks for one");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--work-dir", work_dir, "Where rank output is spooled (default: /tmp/dsv3-agent-NAME)");
+  std::string log_level = "info", log_format = "text";
+  app.add_option("--log-level", log_level, std::string("Least severe messages logged: ") + dsv3::log::kLevels)
+      ->capture_default_str();
+  app.add_option("--log-format", log_format, "text (one line per message) or json (one object per line)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  if (const std::string problem = dsv3::log::Setup("dsv3-agent", log_level, log_format); !problem.empty()) {
+    std::cerr << "dsv3-agent: " << problem << std::endl;
+    return 2;
   }
   if (name.empty()) name = dsv3::procs::HostName();
   if (advertise.empty()) advertise = dsv3::procs::HostName();
@@ -88,6 +110,6 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   const int status = dsv3::agent::RunAgent({controller, name, slots, advertise, token, work_dir, *credentials, tls_ca}, g_stop);
-  std::cerr << "dsv3-agent: " << name << " stopped" << std::endl;
+  dsv3::log::Info(name + " stopped");
   return status;
 }

@@ -5,12 +5,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -140,6 +142,50 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
 }
 
 // ------------------------------------------------------------------ status / list
+// `status --watch`: the table (or one job) again every `seconds`, like `watch dsv3ctl status`;
+// on a terminal the screen is redrawn in place. With a job id it stops when the job ends and
+// exits with the job's outcome, like `submit --follow`.
+void WatchStatus(Common& common, const std::optional<int64_t>& job_id, double seconds, CliContext& ctx) {
+  const bool tty = &ctx.out == &std::cout && isatty(STDOUT_FILENO);
+  auto stub = common.Stub();
+  while (true) {
+    std::ostringstream frame;
+    std::optional<v1::Job> job;
+    if (job_id) {
+      CliContext quiet{frame, ctx.err};
+      job = FetchJob(*stub, *job_id, common, quiet);
+      if (!job) {
+        ctx.exit_code = quiet.exit_code;
+        return;
+      }
+      PrintJobDetail(*job, frame);
+    } else {
+      v1::ListJobsRequest req;
+      req.set_limit(20);
+      v1::ListJobsResponse resp;
+      CliContext quiet{frame, ctx.err};
+      if (!Call(common, quiet, &v1::Controller::Stub::ListJobs, req, &resp)) {
+        ctx.exit_code = quiet.exit_code;
+        return;
+      }
+      std::vector<std::vector<std::string>> rows = {kJobHeader};
+      for (const auto& j : resp.jobs()) rows.push_back(JobRow(j));
+      frame << (resp.jobs_size() == 0 ? "no jobs\n" : RenderTable(rows));
+    }
+    const std::time_t now = std::time(nullptr);
+    char when[32];
+    std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::localtime(&now));
+    if (tty) ctx.out << "\033[H\033[2J";  // home and clear: a redraw, not a scroll
+    ctx.out << "every " << seconds << " s, " << when << (tty ? " (Ctrl-C to stop)" : "") << "\n"
+            << frame.str() << (tty ? "" : "\n") << std::flush;
+    if (job && IsTerminal(job->state())) {
+      ctx.exit_code = job->state() == v1::JOB_STATE_COMPLETED ? kExitOk : kExitFailed;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  }
+}
+
 void AddStatusAndList(CLI::App& app, CliContext& ctx) {
   struct State {
     Common common;
@@ -147,6 +193,8 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
     std::vector<std::string> states;
     std::string name;
     int limit = 0;
+    bool quiet = false;
+    std::optional<double> watch;  // seconds between redraws
   };
   for (const bool is_list : {false, true}) {
     auto st = std::make_shared<State>();
@@ -155,13 +203,23 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
                 : app.add_subcommand("status", "Show active and recent jobs as a table, or one job in detail");
     if (!is_list) {
       verb->add_option("JOB", st->job, "Job id: show this job in detail");
+      verb->add_option("--watch,-w", st->watch,
+                       "Redraw every SECONDS (default 2) until interrupted, or with JOB until it ends")
+          ->expected(0, 1)
+          ->default_str("2")
+          ->check(CLI::Range(0.1, 3600.0));
     } else {
       verb->add_option("--state", st->states, "Only jobs in these states (QUEUED, RUNNING, COMPLETED, ...)");
       verb->add_option("--name", st->name, "Only jobs whose name contains this");
       verb->add_option("--limit", st->limit, "At most this many jobs (default 100)")->check(CLI::PositiveNumber);
+      verb->add_flag("-q,--quiet", st->quiet, "Only the job ids, one per line (for xargs)");
     }
     st->common.Add(*verb);
     verb->callback([st, &ctx, is_list] {
+      if (st->watch) {
+        WatchStatus(st->common, st->job, *st->watch, ctx);
+        return;
+      }
       auto stub = st->common.Stub();
       const bool json_out = st->common.format == OutputFormat::kJson;
       if (st->job) {
@@ -195,6 +253,8 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
       if (!Call(st->common, ctx, &v1::Controller::Stub::ListJobs, req, &resp)) return;
       if (json_out) {
         ctx.out << ToJsonText(resp) << "\n";
+      } else if (st->quiet) {
+        for (const auto& j : resp.jobs()) ctx.out << j.id() << "\n";
       } else if (resp.jobs_size() == 0) {
         ctx.out << "no jobs\n";
       } else {

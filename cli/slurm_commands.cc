@@ -8,6 +8,8 @@
 #include <fstream>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/slurm_script.h"
 #include "dsv3/procs/command.h"
@@ -27,7 +29,8 @@ std::string FindWorker(const std::string& given) {
 }
 
 struct ScriptArgs {
-  std::string config, output, worker, resume;
+  std::string config, script_file, worker, resume;
+  OutputFormat format = OutputFormat::kText;
 };
 
 // The standalone script for `args.config`, or "" after reporting why not.
@@ -81,6 +84,7 @@ void AddOptions(CLI::App& verb, ScriptArgs& a) {
   verb.add_option("CONFIG", a.config, "Training config (its slurm section sets the allocation)")->required();
   verb.add_option("--worker", a.worker, "dsv3-worker path on the compute nodes (default: next to dsv3ctl)");
   verb.add_option("--resume", a.resume, "Checkpoint the ranks start from (a path or 'latest')");
+  AddOutputOption(verb, a.format);
 }
 
 }  // namespace
@@ -89,18 +93,26 @@ void AddSlurmCommands(CLI::App& app, CliContext& ctx) {
   CLI::App* slurm = app.add_subcommand("slurm", "Slurm without dsv3d: write or submit a standalone sbatch script");
   slurm->require_subcommand(1);
 
+  // The script's file is --script-file (not -o/--output, which is the output format on
+  // every verb).
   auto script_args = std::make_shared<ScriptArgs>();
-  CLI::App* script = slurm->add_subcommand("script", "Write the sbatch script for a config (stdout, or -o FILE)");
+  CLI::App* script =
+      slurm->add_subcommand("script", "Write the sbatch script for a config (stdout, or --script-file FILE)");
   AddOptions(*script, *script_args);
-  script->add_option("-o,--output", script_args->output, "Write the script here instead of stdout");
+  script->add_option("--script-file", script_args->script_file, "Write the script here instead of stdout");
   script->callback([script_args, &ctx] {
     const std::string text = BuildScript(*script_args, ctx);
     if (text.empty()) return;
-    if (script_args->output.empty()) {
+    const std::string& file = script_args->script_file;
+    if (!file.empty() && !WriteScript(file, text, ctx)) return;
+    if (script_args->format == OutputFormat::kJson) {
+      nlohmann::json j = {{"script", text}};
+      if (!file.empty()) j["script_file"] = file;
+      ctx.out << j.dump(2) << "\n";
+    } else if (file.empty()) {
       ctx.out << text;
     } else {
-      if (!WriteScript(script_args->output, text, ctx)) return;
-      ctx.out << "wrote " << script_args->output << "; submit it with: sbatch " << script_args->output << "\n";
+      ctx.out << "wrote " << file << "; submit it with: sbatch " << file << "\n";
     }
     ctx.exit_code = kExitOk;
   });
@@ -108,21 +120,26 @@ void AddSlurmCommands(CLI::App& app, CliContext& ctx) {
   auto submit_args = std::make_shared<ScriptArgs>();
   CLI::App* submit = slurm->add_subcommand("submit", "Write the sbatch script and submit it with sbatch");
   AddOptions(*submit, *submit_args);
-  submit->add_option("-o,--output", submit_args->output, "Where the script is written")->capture_default_str();
-  submit_args->output = "slurm_job.sh";
+  submit->add_option("--script-file", submit_args->script_file, "Where the script is written")
+      ->capture_default_str();
+  submit_args->script_file = "slurm_job.sh";
   submit->callback([submit_args, &ctx] {
+    const std::string& file = submit_args->script_file;
     const std::string text = BuildScript(*submit_args, ctx);
-    if (text.empty() || !WriteScript(submit_args->output, text, ctx)) return;
-    const procs::CommandResult r =
-        procs::RunCommand({"sbatch", "--parsable", submit_args->output}, std::chrono::seconds(60));
+    if (text.empty() || !WriteScript(file, text, ctx)) return;
+    const procs::CommandResult r = procs::RunCommand({"sbatch", "--parsable", file}, std::chrono::seconds(60));
     if (!r.ok()) {
       ctx.err << "dsv3ctl: " << r.Describe("sbatch") << "\n";
       ctx.exit_code = kExitFailed;
       return;
     }
     const std::string id = r.out.substr(0, r.out.find_first_of(";\n"));
-    ctx.out << "submitted Slurm job " << id << " (" << submit_args->output << ")\n"
-            << "  squeue -j " << id << "    scancel " << id << "\n";
+    if (submit_args->format == OutputFormat::kJson) {
+      ctx.out << nlohmann::json{{"slurm_job_id", id}, {"script_file", file}}.dump(2) << "\n";
+    } else {
+      ctx.out << "submitted Slurm job " << id << " (" << file << ")\n"
+              << "  squeue -j " << id << "    scancel " << id << "\n";
+    }
     ctx.exit_code = kExitOk;
   });
 }

@@ -16,10 +16,14 @@ PACKAGES=(
   # service: gRPC + protobuf, HTTP, store, logging, CLI
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libboost-dev libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  # metrics: prometheus-cpp's registry and text serializer (not its web server)
+  prometheus-cpp-dev
   # security: TLS for gRPC (grpc links it; dsv3d checks certificates itself), token hashes
   libssl-dev
   # tests: GoogleTest, promtool for the metrics format, a Python gRPC client, openssl
   libgtest-dev libgmock-dev prometheus python3 python3-grpcio python3-protobuf openssl
+  # tests: groff checks the generated man pages; bash runs the generated completion
+  groff-base bash
   # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator
   munge slurm-wlm slurmctld slurmd slurm-client
   # bench: the PyTorch-eager Python peer of the model (bench/peer/) on the same LibTorch

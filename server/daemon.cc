@@ -174,6 +174,10 @@ absl::Status CheckFlags(const DaemonOptions& options) {
   if (options.heartbeat_timeout_s <= options.heartbeat_interval_s) {
     return absl::InvalidArgumentError("--heartbeat-timeout must exceed --heartbeat-interval");
   }
+  if (options.metrics_retention_h < 0) {
+    return absl::InvalidArgumentError("--metrics-retention: " + std::to_string(options.metrics_retention_h) +
+                                      " must be >= 0 hours (0 = keep every point)");
+  }
   if (options.max_jobs_per_user < 0 || options.max_slots_per_user < 0) {
     return absl::InvalidArgumentError("--max-jobs-per-user / --max-slots-per-user: must be >= 0 (0 = no limit)");
   }
@@ -228,6 +232,7 @@ ManagerOptions ManagerOptionsFor(const DaemonOptions& options, const std::string
   mo.heartbeat_timeout = Ms(options.heartbeat_timeout_s);
   mo.startup_timeout = Ms(options.startup_timeout_s);
   mo.grace_period = Ms(options.grace_period_s);
+  mo.metrics_retention = std::chrono::hours(options.metrics_retention_h);
   // What ranks trust when they dial a TLS controller.
   if (!options.tls_cert.empty()) {
     mo.controller_ca = fs::absolute(options.tls_ca.empty() ? options.tls_cert : options.tls_ca).string();

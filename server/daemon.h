@@ -40,6 +40,7 @@ struct DaemonOptions {
   double heartbeat_timeout_s = 60;
   double startup_timeout_s = 600;
   double grace_period_s = 60;
+  int metrics_retention_h = 24 * 30;           // ended jobs' metric points kept this long (0 = forever)
 };
 
 class Daemon {

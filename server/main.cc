@@ -8,6 +8,9 @@
 #include <CLI/CLI.hpp>
 
 #include "admin.h"
+#include "cli_docs.h"
+#include "dsv3/common/build_info.h"
+#include "dsv3/procs/log.h"
 #include "daemon.h"
 
 namespace {
@@ -107,6 +110,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--grace-period", o.grace_period_s, "Seconds between SIGTERM and SIGKILL on cancel")
       ->capture_default_str();
+  app.add_option("--metrics-retention", o.metrics_retention_h,
+                 "Hours after a job ends before its metric points are pruned to each series' last value "
+                 "(0 = keep every point)")
+      ->capture_default_str();
+  std::string log_level = "info", log_format = "text";
+  app.add_option("--log-level", log_level, std::string("Least severe messages logged: ") + dsv3::log::kLevels)
+      ->capture_default_str();
+  app.add_option("--log-format", log_format,
+                 "text (one line per message; under systemd with journald priorities) or json (one object per line)")
+      ->capture_default_str();
   int admin_exit = -1;
   std::function<void(absl::StatusOr<std::string>)> run_admin = [&](absl::StatusOr<std::string> r) {
     if (r.ok()) {
@@ -118,12 +131,25 @@ int main(int argc, char** argv) {
     }
   };
   AddAdminCommands(app, run_admin, o.state_dir);
+  app.set_version_flag("--version", dsv3::VersionLine("dsv3d"), "Print the version, the commit and the build's options");
+  app.add_flag_callback("--man", [&app] {
+       std::cout << dsv3::cli::ManPage(app, dsv3::GetBuildInfo().version,
+                                       "0 after a clean shutdown (SIGTERM, SIGINT) or an administration command; "
+                                       "1 when it cannot start (the reason is printed) or a command fails; 2 a bad "
+                                       "command line.");
+       throw CLI::Success();
+     })
+      ->group("");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   if (admin_exit >= 0) return admin_exit;
+  if (const std::string problem = dsv3::log::Setup("dsv3d", log_level, log_format); !problem.empty()) {
+    std::cerr << "dsv3d: " << problem << std::endl;
+    return 2;
+  }
 
   // Block the stop signals in every thread; the main thread waits for them below.
   sigset_t stop_signals;
@@ -138,12 +164,12 @@ int main(int argc, char** argv) {
     std::cerr << "dsv3d: cannot start: " << daemon.status().message() << std::endl;
     return 1;
   }
-  for (const auto& w : (*daemon)->Warnings()) std::cerr << "dsv3d: warning: " << w << std::endl;
-  std::cout << "dsv3d: ready: " << (*daemon)->Summary() << std::endl;
+  for (const auto& w : (*daemon)->Warnings()) dsv3::log::Warning(w);
+  dsv3::log::Info("ready: " + (*daemon)->Summary());
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  std::cout << "dsv3d: " << strsignal(sig) << ": shutting down (running ranks keep running)" << std::endl;
+  dsv3::log::Info(std::string(strsignal(sig)) + ": shutting down (running ranks keep running)");
   (*daemon)->Shutdown();
-  std::cout << "dsv3d: stopped" << std::endl;
+  dsv3::log::Info("stopped");
   return 0;
 }

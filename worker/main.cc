@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "dsv3/common/build_info.h"
 #include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
@@ -92,7 +93,7 @@ class Forward final : public dsv3::train::Reporter {
 int Usage(const std::string& problem) {
   std::cerr << "dsv3-worker: " << problem << "\n"
             << "usage: dsv3-worker --config FILE [--resume PATH|latest] [--output-dir DIR] [--threads N] "
-               "[--max-steps N]\n";
+               "[--max-steps N] | --version\n";
   return 2;
 }
 
@@ -105,6 +106,9 @@ int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::Trai
     const char* v = nullptr;
     if (a == "--help" || a == "-h") {
       Usage("train one rank of a DeepSeek-V3 model");
+      return 0;
+    } else if (a == "--version") {
+      std::cout << dsv3::VersionLine("dsv3-worker") << std::endl;
       return 0;
     } else if (a == "--config") {
       if (!(v = value())) return Usage("--config needs a file");

@@ -451,9 +451,16 @@ void CheckSlurm(Config& c, Checker& ck) {
     ck.Warn("/slurm/ntasks_per_node", Num(s.ntasks_per_node) + " is not a multiple of tensor_parallel_size (" +
                                           Num(tp) + "): some tensor-parallel groups would span two nodes");
   }
-  if (s.enabled && s.gpus_per_node > 0 && s.gpus_per_node != s.ntasks_per_node) {
+  if (!s.gpus_per_node && c.distributed.backend == "gloo") {
+    c.slurm.gpus_per_node = 0;  // a CPU job asks Slurm for no GPUs
+  } else if (s.gpus_per_node && *s.gpus_per_node > 0 && c.distributed.backend == "gloo") {
+    ck.Warn("/slurm/gpus_per_node", Num(*s.gpus_per_node) + " GPU(s) per node for a job whose backend is \"gloo\", " +
+                                        "which trains on the CPUs: Slurm would hold GPUs that sit idle (leave " +
+                                        "gpus_per_node out or set 0)");
+  }
+  if (s.enabled && s.gpus_per_node && *s.gpus_per_node > 0 && *s.gpus_per_node != s.ntasks_per_node) {
     ck.Warn("/slurm/ntasks_per_node", Num(s.ntasks_per_node) + " differs from gpus_per_node (" +
-                                          Num(s.gpus_per_node) + "); dsv3 runs one rank per task, one task per GPU is usual");
+                                          Num(*s.gpus_per_node) + "); dsv3 runs one rank per task, one task per GPU is usual");
   }
 }
 

@@ -52,11 +52,12 @@ std::string RenderSlurmScript(const SlurmConfig& s, const SlurmScriptOptions& o)
     out << "#SBATCH --" << option << "=" << OneLine(value) << "\n";
   };
   directive("job-name", o.job_name.empty() ? s.job_name : o.job_name);
-  if (!s.partition.empty()) directive("partition", s.partition);
+  // Unset fields leave Slurm's own defaults (its default partition, no GPUs).
+  if (s.partition) directive("partition", *s.partition);
   directive("nodes", std::to_string(s.nodes));
   directive("ntasks-per-node", std::to_string(s.ntasks_per_node));
   directive("cpus-per-task", std::to_string(s.cpus_per_task));
-  if (s.gpus_per_node > 0) directive("gres", "gpu:" + std::to_string(s.gpus_per_node));
+  if (SlurmGpusPerNode(s) > 0) directive("gres", "gpu:" + std::to_string(SlurmGpusPerNode(s)));
   directive("time", s.time);
   directive("mem", s.mem);
   directive("output", s.output);
@@ -100,7 +101,7 @@ std::string DescribeSlurmLayout(const SlurmConfig& s) {
   const int64_t world = s.nodes * s.ntasks_per_node;
   out << s.nodes << " node(s) x " << s.ntasks_per_node << " task(s) = " << world << " rank(s); "
       << s.cpus_per_task << " CPU(s) per task";
-  if (s.gpus_per_node > 0) out << ", " << s.gpus_per_node << " GPU(s) per node (rank r uses GPU SLURM_LOCALID)";
+  if (SlurmGpusPerNode(s) > 0) out << ", " << SlurmGpusPerNode(s) << " GPU(s) per node (rank r uses GPU SLURM_LOCALID)";
   out << ";\n  rank = SLURM_PROCID (0.." << world - 1 << "), local rank = SLURM_LOCALID, "
       << "MASTER_ADDR = the first node of SLURM_JOB_NODELIST, MASTER_PORT = 20000 + job id % 20000";
   return out.str();

@@ -1,29 +1,19 @@
 #include "http/prometheus.h"
 
-#include <cmath>
-#include <cstdio>
-#include <sstream>
-#include <vector>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include "dsv3/common/build_info.h"
+#include "http/process_metrics.h"
 
 namespace dsv3::server {
 namespace {
 
+using prometheus::Labels;
+
 constexpr int64_t kRecentMs = 3600 * 1000;
-
-std::string Number(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.10g", v);
-  return buf;
-}
-
-struct Family {
-  const char* name;
-  const char* type;
-  const char* help;
-  std::vector<std::string> samples;  // "labels} value" lines, without the name
-};
 
 // A metric the trainer reports, exported per job under a Prometheus name.
 struct JobGauge {
@@ -36,88 +26,130 @@ constexpr JobGauge kJobGauges[] = {
     {"loss", "dsv3_job_loss", "Training loss (main + MTP + balance) at the latest logged step."},
     {"lr", "dsv3_job_learning_rate", "Learning rate at the latest logged step."},
     {"tokens_per_s", "dsv3_job_tokens_per_second", "Training throughput over the last log interval."},
-    {"mfu", "dsv3_job_mfu", "Model FLOPs utilization (0..1) over the last log interval."},
+    {"mfu", "dsv3_job_mfu_ratio", "Model FLOPs utilization (0..1) over the last log interval."},
     {"grad_norm", "dsv3_job_grad_norm", "Gradient norm before clipping."},
-    {"expert_load_max_over_mean", "dsv3_job_expert_load_imbalance",
+    {"expert_load_max_over_mean", "dsv3_job_expert_load_imbalance_ratio",
      "Worst MoE layer's max expert load over the mean load (1 = balanced)."},
 };
+
+prometheus::Family<prometheus::Gauge>& Gauges(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+prometheus::Family<prometheus::Counter>& Counters(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r);
+}
+
+// The jobs the page shows: every job not ended (however old), then those ended within the
+// hour among the 200 newest.
+std::vector<JobRecord> JobsOnThePage(const JobStore& store, int64_t now) {
+  std::vector<JobRecord> jobs = store.ActiveJobs();
+  JobFilter ended;
+  ended.states = {JobState::kCompleted, JobState::kFailed, JobState::kCanceled};
+  ended.limit = 200;
+  for (JobRecord& j : store.ListJobs(ended)) {
+    if (now - j.finished_ms <= kRecentMs) jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
+void AddJobMetrics(prometheus::Registry& r, const JobStore& store, const JobManager& manager) {
+  std::vector<prometheus::Family<prometheus::Gauge>*> trained;
+  for (const auto& g : kJobGauges) trained.push_back(&Gauges(r, g.name, g.help));
+  auto& step = Gauges(r, "dsv3_job_step", "Latest training step reported.");
+  auto& total = Gauges(r, "dsv3_job_total_steps", "training.train_steps of the job.");
+  auto& tokens = Counters(r, "dsv3_job_tokens_trained_total",
+                          "Tokens trained so far (goes back to the checkpoint's count when the job restarts).");
+  auto& val = Gauges(r, "dsv3_job_val_loss", "Latest held-out loss.");
+  auto& ckpt_step = Gauges(r, "dsv3_job_last_checkpoint_step", "Step of the newest checkpoint.");
+  auto& ckpt_time = Gauges(r, "dsv3_job_last_checkpoint_timestamp_seconds",
+                           "When the newest checkpoint was written (seconds since the epoch).");
+  auto& interval = Gauges(r, "dsv3_job_checkpoint_interval_steps",
+                          "training.save_interval of the job (absent when it saves no interval checkpoints).");
+  auto& started = Gauges(r, "dsv3_job_start_timestamp_seconds", "When the job's first attempt started.");
+  auto& restarts = Counters(r, "dsv3_job_restarts_total", "Restarts of the job so far.");
+  auto& state = Gauges(r, "dsv3_job_state", "1 for the job's current state, 0 for the others.");
+  auto& rank_step = Gauges(r, "dsv3_rank_step_seconds", "Wall time of the rank's last training step.");
+  auto& rank_busy =
+      Gauges(r, "dsv3_rank_busy_seconds", "Of the rank's last step, the time not spent waiting for its peers.");
+  auto& straggler = Gauges(r, "dsv3_rank_straggler",
+                           "1 when the watchdog flagged the rank as slower than the median of the job's ranks.");
+  for (const JobRecord& j : JobsOnThePage(store, NowMs())) {
+    const Labels labels = {{"job_id", std::to_string(j.id)}, {"job_name", j.name}};
+    const JobProgress p = manager.Progress(j);
+    for (size_t i = 0; i < std::size(kJobGauges); ++i) {
+      auto it = p.latest.find(kJobGauges[i].series);
+      if (it != p.latest.end()) trained[i]->Add(labels).Set(it->second);
+    }
+    step.Add(labels).Set(static_cast<double>(p.step));
+    total.Add(labels).Set(static_cast<double>(j.total_steps));
+    if (auto it = p.latest.find("tokens_seen"); it != p.latest.end()) tokens.Add(labels).Increment(it->second);
+    if (p.val_loss) val.Add(labels).Set(*p.val_loss);
+    if (!p.last_checkpoint.empty()) {
+      ckpt_step.Add(labels).Set(static_cast<double>(p.last_checkpoint_step));
+      if (p.last_checkpoint_ms > 0) ckpt_time.Add(labels).Set(static_cast<double>(p.last_checkpoint_ms) / 1000.0);
+    }
+    if (j.plan.save_interval > 0) interval.Add(labels).Set(static_cast<double>(j.plan.save_interval));
+    if (j.started_ms > 0) started.Add(labels).Set(static_cast<double>(j.started_ms) / 1000.0);
+    restarts.Add(labels).Increment(j.restarts);
+    for (int s = 1; s <= 7; ++s) {
+      Labels with_state = labels;
+      with_state["state"] = JobStateName(static_cast<JobState>(s));
+      state.Add(with_state).Set(static_cast<int>(j.state) == s ? 1 : 0);
+    }
+    if (IsTerminal(j.state)) continue;
+    for (const RankView& v : p.ranks) {
+      if (v.step_seconds <= 0) continue;
+      Labels rank = labels;
+      rank["rank"] = std::to_string(v.rank);
+      rank_step.Add(rank).Set(v.step_seconds);
+      rank_busy.Add(rank).Set(v.busy_seconds);
+      straggler.Add(rank).Set(v.straggler ? 1 : 0);
+    }
+  }
+}
+
+void AddControllerMetrics(prometheus::Registry& r, const JobStore& store, const JobManager& manager,
+                          const Allocator& allocator) {
+  const auto counts = store.CountByState();
+  auto& jobs = Gauges(r, "dsv3_jobs", "Jobs in the store by state.");
+  for (int s = 1; s <= 7; ++s) {
+    auto it = counts.find(static_cast<JobState>(s));
+    jobs.Add({{"state", JobStateName(static_cast<JobState>(s))}})
+        .Set(it == counts.end() ? 0 : static_cast<double>(it->second));
+  }
+  Gauges(r, "dsv3_queue_length", "Jobs waiting for slots.").Add({}).Set(manager.QueueLength());
+  Counters(r, "dsv3_restarts_total", "Restarts of every job in the store.")
+      .Add({})
+      .Increment(static_cast<double>(store.TotalRestarts()));
+  const Labels alloc = {{"allocator", allocator.Name()}};
+  const int slots = allocator.TotalSlots();
+  Gauges(r, "dsv3_slots", "Slots (rank places) the allocator has.").Add(alloc).Set(slots);
+  Gauges(r, "dsv3_slots_used", "Slots holding a rank.").Add(alloc).Set(slots - allocator.FreeSlots());
+  const BuildInfo& b = GetBuildInfo();
+  const auto yes = [](bool v) { return v ? "true" : "false"; };
+  Gauges(r, "dsv3_build_info", "1, labelled with what this dsv3d build is.")
+      .Add({{"version", b.version},
+            {"commit", b.commit},
+            {"build_type", b.build_type},
+            {"cuda", yes(b.cuda)},
+            {"nccl", yes(b.nccl)},
+            {"gloo", yes(b.gloo)}})
+      .Set(1);
+}
 
 }  // namespace
 
 std::string RenderMetrics(const JobStore& store, const JobManager& manager, const Allocator& allocator,
                           const RpcStats& rpc) {
-  const int64_t now = NowMs();
-  JobFilter filter;
-  filter.limit = 200;
-  std::vector<Family> job_families;
-  for (const auto& g : kJobGauges) job_families.push_back({g.name, "gauge", g.help, {}});
-  Family step{"dsv3_job_step", "gauge", "Latest training step reported.", {}};
-  Family total{"dsv3_job_total_steps", "gauge", "training.train_steps of the job.", {}};
-  Family val{"dsv3_job_val_loss", "gauge", "Latest held-out loss.", {}};
-  Family ckpt_step{"dsv3_job_last_checkpoint_step", "gauge", "Step of the newest checkpoint.", {}};
-  Family ckpt_age{"dsv3_job_last_checkpoint_age_seconds", "gauge", "Seconds since the newest checkpoint.", {}};
-  Family restarts{"dsv3_job_restarts", "gauge", "Restarts of the job so far.", {}};
-  Family state{"dsv3_job_state", "gauge", "1 for the job's current state.", {}};
-  Family rank_step{"dsv3_rank_step_seconds", "gauge", "Wall time of the rank's last training step.", {}};
-  Family rank_busy{"dsv3_rank_busy_seconds", "gauge",
-                   "Of the rank's last step, the time not spent waiting for its peers.", {}};
-  Family straggler{"dsv3_rank_straggler", "gauge",
-                   "1 when the watchdog flagged the rank as slower than the median of the job's ranks.", {}};
-  for (const JobRecord& j : store.ListJobs(filter)) {
-    if (IsTerminal(j.state) && now - j.finished_ms > kRecentMs) continue;
-    const std::string labels =
-        "{job_id=\"" + std::to_string(j.id) + "\",job_name=\"" + EscapeLabel(j.name) + "\"";
-    const JobProgress p = manager.Progress(j);
-    for (size_t i = 0; i < std::size(kJobGauges); ++i) {
-      auto it = p.latest.find(kJobGauges[i].series);
-      if (it != p.latest.end()) job_families[i].samples.push_back(labels + "} " + Number(it->second));
-    }
-    step.samples.push_back(labels + "} " + std::to_string(p.step));
-    total.samples.push_back(labels + "} " + std::to_string(j.total_steps));
-    if (p.val_loss) val.samples.push_back(labels + "} " + Number(*p.val_loss));
-    if (!p.last_checkpoint.empty()) {
-      ckpt_step.samples.push_back(labels + "} " + std::to_string(p.last_checkpoint_step));
-      if (p.last_checkpoint_ms > 0) {
-        ckpt_age.samples.push_back(labels + "} " + Number((now - p.last_checkpoint_ms) / 1000.0));
-      }
-    }
-    restarts.samples.push_back(labels + "} " + std::to_string(j.restarts));
-    state.samples.push_back(labels + ",state=\"" + JobStateName(j.state) + "\"} 1");
-    if (IsTerminal(j.state)) continue;
-    for (const RankView& r : p.ranks) {
-      if (r.step_seconds <= 0) continue;
-      const std::string rank = labels + ",rank=\"" + std::to_string(r.rank) + "\"} ";
-      rank_step.samples.push_back(rank + Number(r.step_seconds));
-      rank_busy.samples.push_back(rank + Number(r.busy_seconds));
-      straggler.samples.push_back(rank + (r.straggler ? "1" : "0"));
-    }
-  }
-  for (Family* f :
-       {&step, &total, &val, &ckpt_step, &ckpt_age, &restarts, &state, &rank_step, &rank_busy, &straggler}) {
-    job_families.push_back(*f);
-  }
-
-  std::ostringstream os;
-  for (const auto& f : job_families) {
-    os << "# HELP " << f.name << " " << f.help << "\n# TYPE " << f.name << " " << f.type << "\n";
-    for (const auto& s : f.samples) os << f.name << s << "\n";
-  }
-  const auto counts = store.CountByState();
-  os << "# HELP dsv3_jobs Jobs in the store by state.\n# TYPE dsv3_jobs gauge\n";
-  for (int s = 1; s <= 7; ++s) {
-    auto it = counts.find(static_cast<JobState>(s));
-    os << "dsv3_jobs{state=\"" << JobStateName(static_cast<JobState>(s)) << "\"} "
-       << (it == counts.end() ? 0 : it->second) << "\n";
-  }
-  os << "# HELP dsv3_queue_length Jobs waiting for slots.\n# TYPE dsv3_queue_length gauge\n"
-     << "dsv3_queue_length " << manager.QueueLength() << "\n"
-     << "# HELP dsv3_job_restarts_total Restarts of every job in the store.\n# TYPE dsv3_job_restarts_total counter\n"
-     << "dsv3_job_restarts_total " << store.TotalRestarts() << "\n"
-     << "# HELP dsv3_slots Slots of the allocator.\n# TYPE dsv3_slots gauge\n"
-     << "dsv3_slots{allocator=\"" << allocator.Name() << "\",kind=\"total\"} " << allocator.TotalSlots() << "\n"
-     << "dsv3_slots{allocator=\"" << allocator.Name() << "\",kind=\"free\"} " << allocator.FreeSlots() << "\n";
-  os << rpc.Render();
-  return os.str();
+  // A fresh registry per scrape: jobs come and go, and every value is read from the store
+  // and the manager now.
+  prometheus::Registry page;
+  AddJobMetrics(page, store, manager);
+  AddControllerMetrics(page, store, manager, allocator);
+  AddProcessMetrics(page);
+  std::vector<prometheus::MetricFamily> families = page.Collect();
+  for (auto& f : rpc.Collect()) families.push_back(std::move(f));
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace dsv3::server

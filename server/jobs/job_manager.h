@@ -37,6 +37,9 @@ struct ManagerOptions {
   std::chrono::milliseconds startup_timeout{600000};   // launch -> first registration
   std::chrono::milliseconds grace_period{60000};       // SIGTERM -> SIGKILL on cancel
   int threads_per_rank = 0;        // 0: cores / slots (when the config sets no intra_op_threads)
+  // Metric points of jobs ended longer ago than this are pruned to each series' last point
+  // (checked hourly); 0 keeps everything.
+  std::chrono::hours metrics_retention{24 * 30};
 };
 
 // Where a confined (remote, non-admin) user's job may write and read: job_config.h.

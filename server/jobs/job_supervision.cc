@@ -18,6 +18,7 @@
 #include "dsv3/common/env.h"
 #include "dsv3/common/exit_codes.h"
 #include "dsv3/procs/host.h"
+#include "dsv3/procs/log.h"
 #include "jobs/job_manager.h"
 #include "jobs/job_manager_internal.h"
 
@@ -74,15 +75,7 @@ std::string ExternalId(const JobStore& store, const JobRecord& job) {
 
 }  // namespace
 
-void LogEvent(const std::string& line) {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  localtime_r(&now, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
-  std::printf("%s dsv3d: %s\n", stamp, line.c_str());
-  std::fflush(stdout);
-}
+void LogEvent(const std::string& line) { log::Info(line); }
 
 void JobManager::SetStateLocked(Live& live, JobState state, const std::string& reason) {
   if (absl::Status s = store_.SetState(live.job.id, state, reason, live.job.attempt); !s.ok()) {
@@ -208,14 +201,25 @@ void JobManager::Stop() {
 
 void JobManager::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
+  Clock::time_point next_prune = Clock::now();
   while (!stopping_) {
     cv_.wait_for(lock, kTick);
     if (stopping_) break;
+    if (options_.metrics_retention.count() > 0 && Clock::now() >= next_prune) {
+      next_prune = Clock::now() + std::chrono::hours(1);
+      const int64_t cutoff = NowMs() - std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_retention).count();
+      const absl::StatusOr<int64_t> pruned = store_.PruneMetrics(cutoff);
+      if (!pruned.ok()) log::Warning(std::string(pruned.status().message()));
+      if (pruned.ok() && *pruned > 0) {
+        log::Info("pruned " + std::to_string(*pruned) + " metric points of jobs ended over " +
+                  std::to_string(options_.metrics_retention.count()) + " h ago (their last values stay)");
+      }
+    }
     try {
       SuperviseLocked();
     } catch (const std::exception& e) {
       // A store write failed: nothing was acted on; try again next tick.
-      LogEvent(std::string("supervision: ") + e.what());
+      log::Error(std::string("supervision: ") + e.what());
     }
   }
 }

@@ -1,8 +1,6 @@
 #include "rpc/rpc_stats.h"
 
 #include <chrono>
-#include <cstdio>
-#include <sstream>
 
 namespace dsv3::server {
 namespace {
@@ -13,12 +11,6 @@ const char* CodeName(int code) {
                                  "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
                                  "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   return code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN";
-}
-
-std::string Number(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.9g", v);
-  return buf;
 }
 
 class RpcStatsInterceptor final : public grpc::experimental::Interceptor {
@@ -50,51 +42,28 @@ std::string ShortMethodName(const char* method) {
   return m;
 }
 
-std::string EscapeLabel(const std::string& value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
-  }
-  return out;
+const std::vector<double>& RpcStats::Buckets() {
+  static const std::vector<double> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                               0.05,   0.1,   0.25,   0.5,   1.0,  5.0};
+  return kBuckets;
 }
+
+RpcStats::RpcStats()
+    : requests_(prometheus::BuildCounter()
+                    .Name("dsv3_rpc_requests_total")
+                    .Help("gRPC requests handled, by method and status code.")
+                    .Register(registry_)),
+      durations_(prometheus::BuildHistogram()
+                     .Name("dsv3_rpc_duration_seconds")
+                     .Help("gRPC handling time, by method.")
+                     .Register(registry_)) {}
 
 void RpcStats::Record(const std::string& method, int code, double seconds) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++requests_[{method, code}];
-  Histogram& h = durations_[method];
-  for (size_t i = 0; i < kBuckets.size(); ++i) {
-    if (seconds <= kBuckets[i]) ++h.counts[i];
-  }
-  ++h.count;
-  h.sum += seconds;
+  requests_.Add({{"method", method}, {"code", CodeName(code)}}).Increment();
+  durations_.Add({{"method", method}}, Buckets()).Observe(seconds);
 }
 
-std::string RpcStats::Render() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::ostringstream os;
-  os << "# HELP dsv3_rpc_requests_total gRPC requests handled, by method and status code.\n"
-     << "# TYPE dsv3_rpc_requests_total counter\n";
-  for (const auto& [key, n] : requests_) {
-    os << "dsv3_rpc_requests_total{method=\"" << EscapeLabel(key.first) << "\",code=\"" << CodeName(key.second)
-       << "\"} " << n << "\n";
-  }
-  os << "# HELP dsv3_rpc_duration_seconds gRPC handling time, by method.\n"
-     << "# TYPE dsv3_rpc_duration_seconds histogram\n";
-  for (const auto& [method, h] : durations_) {
-    const std::string m = EscapeLabel(method);
-    for (size_t i = 0; i < kBuckets.size(); ++i) {
-      os << "dsv3_rpc_duration_seconds_bucket{method=\"" << m << "\",le=\"" << Number(kBuckets[i]) << "\"} "
-         << h.counts[i] << "\n";
-    }
-    os << "dsv3_rpc_duration_seconds_bucket{method=\"" << m << "\",le=\"+Inf\"} " << h.count << "\n"
-       << "dsv3_rpc_duration_seconds_sum{method=\"" << m << "\"} " << Number(h.sum) << "\n"
-       << "dsv3_rpc_duration_seconds_count{method=\"" << m << "\"} " << h.count << "\n";
-  }
-  return os.str();
-}
+std::vector<prometheus::MetricFamily> RpcStats::Collect() const { return registry_.Collect(); }
 
 grpc::experimental::Interceptor* RpcStatsInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {

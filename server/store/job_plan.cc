@@ -12,6 +12,7 @@ JobPlan PlanFromConfig(const config::Config& config) {
   plan.intra_op_threads = config.training.intra_op_threads > 0 ? config.training.intra_op_threads : 0;
   plan.slurm = config.slurm;
   plan.watchdog = config.watchdog;
+  plan.save_interval = config.checkpointing.enabled ? config.training.save_interval : 0;
   return plan;
 }
 
@@ -19,7 +20,8 @@ std::string PlanToJson(const JobPlan& plan) {
   return nlohmann::json{{"launcher", plan.launcher},
                         {"intra_op_threads", plan.intra_op_threads},
                         {"slurm", config::SlurmToJson(plan.slurm)},
-                        {"watchdog", config::WatchdogToJson(plan.watchdog)}}
+                        {"watchdog", config::WatchdogToJson(plan.watchdog)},
+                        {"save_interval", plan.save_interval}}
       .dump();
 }
 
@@ -36,6 +38,9 @@ std::optional<JobPlan> PlanFromJson(const std::string& text) {
   plan.slurm = config::SlurmFromJson(j["slurm"], errors);
   // Plans stored before the watchdog existed have none: its defaults.
   if (j.contains("watchdog")) plan.watchdog = config::WatchdogFromJson(j["watchdog"], errors);
+  if (j.contains("save_interval") && j["save_interval"].is_number_integer()) {
+    plan.save_interval = j["save_interval"].get<int64_t>();
+  }
   if (!errors.empty()) return std::nullopt;  // not a plan this build wrote
   return plan;
 }

@@ -27,6 +27,9 @@ struct JobPlan {
   config::SlurmConfig slurm;
   // How dsv3d tells a hung or slow job from a working one (jobs/watchdog.h).
   config::WatchdogConfig watchdog;
+  // training.save_interval when checkpointing is enabled, else 0: the checkpoint-age alert
+  // compares steps since the last checkpoint with it (dsv3_job_checkpoint_interval_steps).
+  int64_t save_interval = 0;
 
   bool WantsSlurm() const { return launcher == "slurm"; }
 };

@@ -341,6 +341,22 @@ std::map<std::string, MetricRow> JobStore::LatestMetrics(int64_t job_id) const {
   return out;
 }
 
+absl::StatusOr<int64_t> JobStore::PruneMetrics(int64_t ended_before_ms) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  int64_t deleted = 0;
+  absl::Status s = Guarded("prune metrics", [&] {
+    Stmt d(impl_->db,
+           "WITH ended AS (SELECT id FROM jobs WHERE state IN (5, 6, 7) AND finished_ms > 0 AND finished_ms < ?1) "
+           "DELETE FROM metrics WHERE job_id IN ended AND rowid NOT IN "
+           "(SELECT MAX(rowid) FROM metrics WHERE job_id IN ended GROUP BY job_id, name)");
+    d.Bind(1, ended_before_ms);
+    d.Run();
+    deleted = sqlite3_changes(impl_->db.get());
+  });
+  if (!s.ok()) return s;
+  return deleted;
+}
+
 absl::Status JobStore::AddCheckpoint(int64_t job_id, const CheckpointRecord& c) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return Guarded("add checkpoint", [&] {

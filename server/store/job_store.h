@@ -153,6 +153,10 @@ class JobStore {
   std::vector<MetricRow> Metrics(int64_t job_id, const std::vector<std::string>& names, int64_t since_step) const;
   // The newest point of every series of a job.
   std::map<std::string, MetricRow> LatestMetrics(int64_t job_id) const;
+  // Deletes the metric points of jobs that ended (COMPLETED, FAILED, CANCELED) before
+  // `ended_before_ms`, keeping each series' last point: the final values that status, the
+  // job's page and /metrics show. Returns how many points went.
+  absl::StatusOr<int64_t> PruneMetrics(int64_t ended_before_ms);
 
   absl::Status AddCheckpoint(int64_t job_id, const CheckpointRecord& ckpt);
   std::vector<CheckpointRecord> Checkpoints(int64_t job_id) const;  // by step

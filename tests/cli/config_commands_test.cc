@@ -1,4 +1,5 @@
 // dsv3ctl config verbs, driven through RunCli: exit codes, text and JSON output.
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -81,6 +82,80 @@ TEST_F(ConfigCommandsTest, UsageErrorsExitTwo) {
   const CliRun help = Cli({"config", "validate", "--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--output"), std::string::npos);
+}
+
+// --version: the version, the commit and what the build can do, on stdout, exit 0.
+TEST_F(ConfigCommandsTest, VersionNamesTheCommitAndTheBuildOptions) {
+  const CliRun v = Cli({"--version"});
+  EXPECT_EQ(v.code, 0) << v.err;
+  EXPECT_EQ(v.out.rfind("dsv3ctl 0.", 0), 0u) << v.out;
+  EXPECT_NE(v.out.find("(commit "), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("Gloo "), std::string::npos) << v.out;
+}
+
+// A config that does not write its slurm section leaves Slurm's defaults: no partition, and
+// no GPUs for the gloo nano config; one GPU per task for the NCCL tiny config.
+TEST_F(ConfigCommandsTest, SlurmScriptAsksOnlyForWhatTheConfigNeeds) {
+  const CliRun cpu = Cli({"slurm", "script", Config("train_config_nano.json"), "--worker", "/bin/true", "--output", "json"});
+  ASSERT_EQ(cpu.code, 0) << cpu.err;
+  const std::string script = json::parse(cpu.out)["script"].get<std::string>();
+  EXPECT_EQ(script.find("--partition"), std::string::npos) << script;
+  EXPECT_EQ(script.find("--gres"), std::string::npos) << script;
+  EXPECT_NE(script.find("#SBATCH --ntasks-per-node=1\n"), std::string::npos) << script;
+  const CliRun gpu = Cli({"slurm", "script", Config("train_config_tiny.json"), "--worker", "/bin/true", "--output", "json"});
+  ASSERT_EQ(gpu.code, 0) << gpu.err;
+  EXPECT_NE(json::parse(gpu.out)["script"].get<std::string>().find("#SBATCH --gres=gpu:1\n"), std::string::npos);
+}
+
+// The completion script completes from the real CLI tree: run in bash, it offers the
+// subcommands of the words typed so far and the options of that subcommand.
+TEST_F(ConfigCommandsTest, BashCompletionCompletesSubcommandsAndOptions) {
+  const CliRun bash = Cli({"completion", "bash"});
+  ASSERT_EQ(bash.code, 0) << bash.err;
+  test::TempDir dir;
+  std::ofstream(dir.path() / "dsv3ctl.bash") << bash.out;
+  const auto complete = [&](const std::string& words, int cword) {
+    const std::string script = "source '" + (dir.path() / "dsv3ctl.bash").string() + "'; COMP_WORDS=(" + words +
+                               "); COMP_CWORD=" + std::to_string(cword) + "; _dsv3ctl; printf '%s\\n' \"${COMPREPLY[@]}\"";
+    std::ofstream(dir.path() / "run.sh") << script;
+    FILE* p = popen(("cd '" + dir.path().string() + "' && bash run.sh 2>&1").c_str(), "r");
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
+    pclose(p);
+    return out;
+  };
+  EXPECT_EQ(complete("dsv3ctl con", 1), "config\n");
+  const std::string verbs = complete("dsv3ctl config ''", 2);
+  EXPECT_NE(verbs.find("validate\n"), std::string::npos) << verbs;
+  EXPECT_NE(verbs.find("show\n"), std::string::npos) << verbs;
+  const std::string options = complete("dsv3ctl status --w", 2);
+  EXPECT_EQ(options, "--watch\n");
+  EXPECT_EQ(complete("dsv3ctl slurm script --scr", 3), "--script-file\n");
+  const CliRun zsh = Cli({"completion", "zsh"});
+  ASSERT_EQ(zsh.code, 0) << zsh.err;
+  EXPECT_EQ(zsh.out.rfind("#compdef dsv3ctl\n", 0), 0u);
+  EXPECT_EQ(Cli({"completion", "fish"}).code, 2);
+}
+
+// The man page is troff that groff renders without a warning, with every command in it.
+TEST_F(ConfigCommandsTest, ManPageRendersAndListsEveryCommand) {
+  const CliRun man = Cli({"--man"});
+  ASSERT_EQ(man.code, 0) << man.err;
+  EXPECT_EQ(man.out.rfind(".TH DSV3CTL 1 ", 0), 0u) << man.out.substr(0, 200);
+  for (const char* section : {".SS \"dsv3ctl config validate\"", ".SS \"dsv3ctl slurm submit\"",
+                              ".SS \"dsv3ctl status\"", ".SH \"EXIT STATUS\""}) {
+    EXPECT_NE(man.out.find(section), std::string::npos) << section;
+  }
+  test::TempDir dir;
+  std::ofstream(dir.path() / "dsv3ctl.1") << man.out;
+  const std::string cmd = "groff -man -Tutf8 -ww -z '" + (dir.path() / "dsv3ctl.1").string() + "' 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string warnings;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof(buf), p)) > 0;) warnings.append(buf, n);
+  EXPECT_EQ(pclose(p), 0) << warnings;
+  EXPECT_EQ(warnings, "");
 }
 
 TEST_F(ConfigCommandsTest, ShowPrintsAResolvedConfigThatLoadsAgain) {

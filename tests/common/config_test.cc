@@ -364,6 +364,31 @@ TEST(Derived, SlurmSectionNestedInDistributedIsAccepted) {
   EXPECT_EQ(r.config.derived.gradient_accumulation_steps, 4);
 }
 
+// Values the user did not write leave Slurm's defaults: no partition, and no GPUs for a CPU
+// (gloo) job; GPUs asked for a gloo job are warned about.
+TEST(Derived, SlurmDefaultsFollowTheBackend) {
+  const LoadResult cpu = LoadConfigText(R"({"distributed": {"backend": "gloo"}, "slurm": {"enabled": true}})");
+  ASSERT_TRUE(cpu.ok()) << cpu.errors[0].ToString();
+  EXPECT_EQ(cpu.config.slurm.partition, std::nullopt);
+  EXPECT_EQ(cpu.config.slurm.gpus_per_node, 0);
+  EXPECT_TRUE(cpu.warnings.empty()) << cpu.warnings[0].ToString();
+  const LoadResult gpu = LoadConfigText(R"({"distributed": {"backend": "nccl"}, "slurm": {"enabled": true}})");
+  ASSERT_TRUE(gpu.ok()) << gpu.errors[0].ToString();
+  EXPECT_EQ(gpu.config.slurm.gpus_per_node, std::nullopt);  // one per task when the script is written
+  const LoadResult asked = LoadConfigText(
+      R"({"distributed": {"backend": "gloo"}, "slurm": {"enabled": true, "gpus_per_node": 1, "partition": "gpu"}})");
+  ASSERT_TRUE(asked.ok()) << asked.errors[0].ToString();
+  EXPECT_EQ(asked.config.slurm.partition, "gpu");
+  ASSERT_EQ(asked.warnings.size(), 1u);
+  EXPECT_EQ(asked.warnings[0].path, "/slurm/gpus_per_node");
+  EXPECT_NE(asked.warnings[0].message.find("gloo"), std::string::npos) << asked.warnings[0].ToString();
+  // The derived 0 survives the config's round trip through JSON (stored configs are reloaded).
+  const LoadResult again = LoadConfigText(ToJson(cpu.config).dump());
+  ASSERT_TRUE(again.ok()) << again.errors[0].ToString();
+  EXPECT_EQ(again.config.slurm.gpus_per_node, 0);
+  EXPECT_EQ(again.config.slurm.partition, std::nullopt);
+}
+
 class DeepSpeedFileTest : public InheritanceTest {};
 
 TEST_F(DeepSpeedFileTest, FileValuesAreMergedAndUnhonoredKeysWarned) {

@@ -64,10 +64,19 @@ srun --kill-on-bad-exit=1 --output='/scratch/jobs/7/logs/rank_%t.log' --open-mod
             "node of SLURM_JOB_NODELIST, MASTER_PORT = 20000 + job id % 20000");
 }
 
+TEST(SlurmScript, UnsetGpusMeanOnePerTaskAndUnsetPartitionIsSlurmsDefault) {
+  SlurmConfig s;
+  s.ntasks_per_node = 4;
+  SlurmScriptOptions o;
+  o.worker = "w";
+  const std::string script = RenderSlurmScript(s, o);
+  EXPECT_NE(script.find("#SBATCH --gres=gpu:4\n"), std::string::npos) << script;
+  EXPECT_EQ(script.find("--partition"), std::string::npos) << script;
+}
+
 TEST(SlurmScript, CpuConfigHasNoGresAndNoOptionalLines) {
   SlurmConfig s;
   s.gpus_per_node = 0;
-  s.partition = "";
   s.time = "UNLIMITED";
   SlurmScriptOptions o;
   o.worker = "w";

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include "app.h"
@@ -16,6 +19,30 @@ using nlohmann::json;
 using std::chrono::seconds;
 
 std::string Scrape(const std::string& http) { return HttpGet(http, "/metrics"); }
+
+// Every metric the Grafana dashboard and the alert rules use is one of `families` (the
+// metric families of /metrics pages, which leave out families without series).
+void ExpectDeployFilesUseOnly(const std::set<std::string>& families) {
+  for (const char* file : {"deploy/grafana/dsv3-dashboard.json", "deploy/prometheus/dsv3-alerts.yml"}) {
+    const std::string text = ReadFile(fs::path(DSV3_SOURCE_DIR) / file);
+    static const std::regex kName(R"(\b((dsv3|process)_[a-z_]+))");
+    int used = 0;
+    for (std::sregex_iterator it(text.begin(), text.end(), kName), end; it != end; ++it, ++used) {
+      std::string name = (*it)[1];
+      if (name.size() > 7 && name.compare(name.size() - 7, 7, "_bucket") == 0) name.resize(name.size() - 7);
+      EXPECT_TRUE(families.count(name)) << file << " uses " << name << ", which is not on the /metrics page";
+    }
+    EXPECT_GT(used, 5) << file;
+  }
+}
+
+// The metric families on a /metrics page.
+std::set<std::string> Families(const std::string& scrape) {
+  std::set<std::string> families;
+  static const std::regex kType(R"(# TYPE (\S+) )");
+  for (std::sregex_iterator it(scrape.begin(), scrape.end(), kType), end; it != end; ++it) families.insert((*it)[1]);
+  return families;
+}
 
 class ControllerTest : public ::testing::Test {
  protected:
@@ -82,6 +109,12 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
   ASSERT_EQ(Cli({"status", "--controller", d.address()}, &out), 0) << out;
   EXPECT_NE(out.find("COMPLETED"), std::string::npos) << out;
   EXPECT_NE(out.find("20/20"), std::string::npos) << out;
+  ASSERT_EQ(Cli({"list", "-q", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_EQ(out, "1\n");
+  // --watch on an ended job draws once and exits with its outcome.
+  ASSERT_EQ(Cli({"status", "1", "--watch", "0.2", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_EQ(out.rfind("every 0.2 s, ", 0), 0u) << out;
+  EXPECT_NE(out.find("COMPLETED"), std::string::npos) << out;
   ASSERT_EQ(Cli({"metrics", "1", "--name", "loss", "--controller", d.address()}, &out), 0) << out;
   EXPECT_NE(out.find("loss"), std::string::npos) << out;
   EXPECT_NE(out.find("█"), std::string::npos) << out;  // the sparkline's top
@@ -97,11 +130,21 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
   int rc = 0;
   const std::string check = Shell("promtool check metrics < " + (dir_.path() / "scrape.txt").string(), &rc);
   EXPECT_EQ(rc, 0) << check;
-  EXPECT_NE(scrape.find("dsv3_job_step{job_id=\"1\",job_name=\"quick\"} 20"), std::string::npos) << scrape;
-  EXPECT_NE(scrape.find("dsv3_jobs{state=\"COMPLETED\"} 1"), std::string::npos) << scrape;
-  EXPECT_NE(scrape.find("dsv3_rpc_duration_seconds_bucket{method=\"dsv3.v1.Controller/SubmitJob\",le=\"+Inf\"} 1"),
+  EXPECT_NE(scrape.find("dsv3_job_step{job_id=\"1\",job_name=\"quick\"} 20\n"), std::string::npos) << scrape;
+  EXPECT_NE(scrape.find("dsv3_job_state{job_id=\"1\",job_name=\"quick\",state=\"COMPLETED\"} 1\n"), std::string::npos);
+  EXPECT_NE(scrape.find("dsv3_job_state{job_id=\"1\",job_name=\"quick\",state=\"RUNNING\"} 0\n"), std::string::npos);
+  EXPECT_NE(scrape.find("dsv3_job_tokens_trained_total{job_id=\"1\",job_name=\"quick\"} 10240\n"), std::string::npos);
+  EXPECT_NE(scrape.find("dsv3_jobs{state=\"COMPLETED\"} 1\n"), std::string::npos) << scrape;
+  EXPECT_NE(scrape.find("dsv3_rpc_duration_seconds_bucket{method=\"dsv3.v1.Controller/SubmitJob\",le=\"+Inf\"} 1\n"),
             std::string::npos)
       << scrape;
+  EXPECT_NE(scrape.find("dsv3_build_info{build_type="), std::string::npos) << scrape;
+  EXPECT_NE(scrape.find("\nprocess_open_fds "), std::string::npos) << scrape;
+  // The checkpoint's time, not an age: within this test's run.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(scrape, m, std::regex(R"(dsv3_job_last_checkpoint_timestamp_seconds\{[^}]*\} (\S+))")));
+  EXPECT_NEAR(std::stod(m[1].str()), static_cast<double>(std::time(nullptr)), 600.0);
+
 }
 
 // Two ranks on the local allocator: submit --gpus 2 --deepspeed trains data-parallel with
@@ -411,6 +454,7 @@ TEST_F(ControllerTest, ControllerRestartRecoversTheRunningJob) {
   auto stub = d.Stub();
   const int64_t id = Submit(*stub, QuickConfig(80, 40));
   ASSERT_TRUE(WaitFor([&] { return GetJob(*stub, id).step() >= 10; }, seconds(120)));
+  std::set<std::string> families = Families(Scrape(d.http()));  // the ranks' series while they run
   const int port = d.port();
   d.Kill(SIGKILL);
   std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -423,6 +467,9 @@ TEST_F(ControllerTest, ControllerRestartRecoversTheRunningJob) {
   bool adopted = false;
   for (const auto& h : job.history()) adopted = adopted || h.reason().find("adopted") != std::string::npos;
   EXPECT_TRUE(adopted) << job.DebugString();
+  // With the ended job's checkpoints and evaluations too: every series the deploy files use.
+  families.merge(Families(Scrape(d.http())));
+  ExpectDeployFilesUseOnly(families);
 }
 
 // A job whose data files do not exist fails at once (a restart cannot fix it: the worker
@@ -517,6 +564,35 @@ TEST_F(ControllerTest, DaemonRefusesToStartInABadStateAndSaysWhy) {
   Dsv3d running(dir_.path() / "state", 1);
   running.Start();
   const std::string base = std::string(DSV3D_PATH) + " --worker " + DSV3_WORKER_PATH + " --http-listen 127.0.0.1:0";
+  for (const std::string& program : {std::string(DSV3D_PATH), std::string(DSV3_WORKER_PATH)}) {
+    int rc = 0;
+    const std::string version = Shell(program + " --version", &rc);
+    EXPECT_EQ(rc, 0) << version;
+    EXPECT_NE(version.find(" 0."), std::string::npos) << version;
+    EXPECT_NE(version.find("(commit "), std::string::npos) << version;
+  }
+  {
+    int rc = 0;
+    const std::string out = Shell(std::string(DSV3D_PATH) + " --log-level loud", &rc);
+    EXPECT_EQ(rc, 2) << out;
+    EXPECT_NE(out.find("--log-level: \"loud\" is not a level; valid: debug, info, warning, error"), std::string::npos)
+        << out;
+  }
+  {
+    // --log-format json: every line dsv3d writes is one JSON object.
+    Dsv3d json_logs(dir_.path() / "json_state", 1, 20, {"--log-format", "json"});
+    json_logs.Start();
+    json_logs.Kill(SIGTERM);
+    std::istringstream lines(json_logs.log_text());
+    std::set<std::string> messages;
+    for (std::string line; std::getline(lines, line);) {
+      const json j = json::parse(line, nullptr, false);
+      ASSERT_TRUE(j.is_object() && j.value("program", "") == "dsv3d") << line;
+      messages.insert(j.value("message", "").substr(0, 6));
+    }
+    EXPECT_TRUE(messages.count("ready:")) << json_logs.log_text();
+    EXPECT_TRUE(messages.count("stoppe")) << json_logs.log_text();
+  }
   const auto expect_refusal = [&](const std::string& args, const std::string& reason) {
     int rc = 0;
     const std::string out = Shell(base + " " + args, &rc);
@@ -584,24 +660,44 @@ TEST_F(ControllerTest, CliSaysHowToStartAnUnreachableController) {
   EXPECT_NE(out.find("dsv3d --state-dir"), std::string::npos) << out;
 }
 
-// Remote submission from another language: a client generated from the .proto files by
-// protoc's grpc_python_plugin, run by Debian's python3 with python3-grpcio.
+// The Python client package (clients/python: stubs generated from the .proto files by
+// protoc's grpc_python_plugin, run by Debian's python3 with python3-grpcio) against a dsv3d
+// with users: it finds the controller and token in the file `dsv3ctl login` wrote.
 TEST_F(ControllerTest, PythonClientSubmitsAndListsJobs) {
-  Dsv3d d(dir_.path() / "state", 1);
+  // Users' jobs read shared inputs from a --read-root and write in their work root.
+  Dsv3d d(dir_.path() / "state", 1, 20, {"--read-root", Corpus().string()});
   d.Start();
+  ASSERT_EQ(d.Admin({"user", "add", "alice"}), 0);
+  const std::string token = d.Issue({"token", "create", "alice"});
+  const fs::path config_home = dir_.path() / "config";
+  setenv("XDG_CONFIG_HOME", config_home.c_str(), 1);
+  std::string out;
+  ASSERT_EQ(Cli({"login", "--controller", d.address(), "--token", token}, &out), 0) << out;
+  unsetenv("XDG_CONFIG_HOME");
   const fs::path cfg = dir_.path() / "quick.json";
-  std::ofstream(cfg) << QuickConfig(5, 5).dump(2);
+  json quick = QuickConfig(5, 5);
+  quick["data"]["cache_dir"] = "cache";
+  std::ofstream(cfg) << "// a comment, as configs have them\n" << quick.dump(2);
   int rc = 0;
-  const std::string out = Shell(std::string("/usr/bin/python3 ") + DSV3_SOURCE_DIR + "/tests/server/python_client.py --gen " +
-                                  DSV3_PYTHON_GEN_DIR + " --controller " + d.address() + " --config " + cfg.string(),
-                              &rc);
+  out = Shell("XDG_CONFIG_HOME=" + config_home.string() + " /usr/bin/python3 " + DSV3_SOURCE_DIR +
+                  "/tests/server/python_client.py --gen " + DSV3_PYTHON_GEN_DIR + " --config " + cfg.string(),
+              &rc);
   ASSERT_EQ(rc, 0) << out;
   const json report = json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(report["controller_from_login"], d.address());
   EXPECT_EQ(report["submitted"], 1);
   EXPECT_EQ(report["listed"], std::vector<int>{1});
   EXPECT_EQ(report["final_state"], "JOB_STATE_COMPLETED");
-  EXPECT_EQ(report["invalid_errors"], std::vector<std::string>{"/training/learning_rate"});
+  ASSERT_EQ(report["log_tail"].size(), 1u) << report;
+  EXPECT_NE(report["log_tail"][0].get<std::string>().find("[0] "), std::string::npos) << report;
+  EXPECT_EQ(report["loss_last_step"], 5);
+  EXPECT_EQ(report["refused"]["code"], "INVALID_ARGUMENT") << report;
+  EXPECT_EQ(report["refused"]["paths"], std::vector<std::string>{"/training/learning_rate"}) << report;
+  EXPECT_EQ(report["canceled_state"], "JOB_STATE_CANCELED");
   EXPECT_TRUE(report["reflection_lists_controller"].get<bool>());
+  EXPECT_EQ(report["wrong_token"], "UNAUTHENTICATED");
+  EXPECT_EQ(report["cli_exit"], 0) << report;
+  EXPECT_EQ(report["cli_state"], "JOB_STATE_COMPLETED") << report;
 }
 
 }  // namespace

@@ -146,6 +146,38 @@ TEST(JobStore, RanksMetricsCheckpointsAndEvaluations) {
   EXPECT_EQ(evals[0].sample, "The end");
 }
 
+// Ended jobs past the retention keep only each series' last point; running jobs and jobs
+// ended more recently keep everything.
+TEST(JobStore, PruneMetricsKeepsEachSeriesLastPointOfOldEndedJobs) {
+  auto store = OpenOrDie(":memory:");
+  JobRecord old_job = NewJob("old"), recent = NewJob("recent"), running = NewJob("running");
+  for (JobRecord* j : {&old_job, &recent, &running}) {
+    ASSERT_TRUE(store->CreateJob(*j).ok());
+    ASSERT_TRUE(store->AddMetrics(j->id, 1, {{10, "loss", 4.5, 1}, {10, "lr", 0.1, 1}, {20, "loss", 3.25, 2},
+                                             {20, "lr", 0.2, 2}, {30, "loss", 2.0, 3}})
+                    .ok());
+  }
+  ASSERT_TRUE(store->SetState(old_job.id, JobState::kCompleted, "done", 1).ok());
+  const int64_t after_old = NowMs() + 1;
+  ASSERT_TRUE(store->SetState(running.id, JobState::kRunning, "go", 1).ok());
+  auto pruned = store->PruneMetrics(after_old);
+  ASSERT_TRUE(pruned.ok()) << pruned.status();
+  EXPECT_EQ(*pruned, 3);
+  EXPECT_EQ(store->Metrics(old_job.id, {}, 0).size(), 2u);
+  const auto loss = store->Metrics(old_job.id, {"loss"}, 0), lr = store->Metrics(old_job.id, {"lr"}, 0);
+  ASSERT_EQ(loss.size(), 1u);
+  EXPECT_EQ(loss[0].step, 30);
+  EXPECT_DOUBLE_EQ(loss[0].value, 2.0);
+  ASSERT_EQ(lr.size(), 1u);
+  EXPECT_EQ(lr[0].step, 20);
+  EXPECT_DOUBLE_EQ(lr[0].value, 0.2);
+  EXPECT_DOUBLE_EQ(store->LatestMetrics(old_job.id).at("loss").value, 2.0);
+  EXPECT_EQ(store->Metrics(recent.id, {}, 0).size(), 5u);   // not ended
+  EXPECT_EQ(store->Metrics(running.id, {}, 0).size(), 5u);  // running
+  ASSERT_TRUE(store->SetState(recent.id, JobState::kFailed, "broke", 1).ok());
+  EXPECT_EQ(*store->PruneMetrics(after_old - 1000000), 0);  // ended after the cutoff
+}
+
 TEST(JobStore, SurvivesReopenAndRestartCounts) {
   test::TempDir dir;
   const std::string path = (dir.path() / "dsv3.db").string();

@@ -1,59 +1,73 @@
-"""A dsv3 client in Python, from stubs that protoc generated from proto/dsv3/v1/*.proto.
+"""The Python client package (clients/python, assembled by the build) against a real dsv3d.
 
-Submits a job, lists jobs, waits for the job to end, validates a broken config, and asks
-the server-reflection service which services it offers. Prints one JSON report.
+Connects with what `dsv3ctl login` saved (XDG_CONFIG_HOME is set by the test), submits a job,
+lists and waits for it, reads its logs and metrics, has a broken config refused with its field
+errors, cancels a second job, runs the package's command line, checks that a wrong token is
+refused, and asks the server-reflection service which services it offers. Prints one JSON
+report.
 """
 import argparse
 import json
+import os
+import subprocess
 import sys
-import time
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gen", required=True, help="folder with the generated dsv3/v1/*_pb2*.py")
-    ap.add_argument("--controller", required=True)
+    ap.add_argument("--gen", required=True, help="the assembled client: build/clients/python")
     ap.add_argument("--config", required=True)
     args = ap.parse_args()
     sys.path.insert(0, args.gen)
     import grpc
-    from dsv3.v1 import controller_pb2 as pb
-    from dsv3.v1 import controller_pb2_grpc as rpc
+    from dsv3_client import Client, Dsv3Error, load_config
 
-    channel = grpc.insecure_channel(args.controller)
-    stub = rpc.ControllerStub(channel)
-    with open(args.config) as f:
-        config = f.read()
-    job = stub.SubmitJob(pb.SubmitJobRequest(config_json=config, name="from-python", num_ranks=1)).job
-    listed = [j.id for j in stub.ListJobs(pb.ListJobsRequest()).jobs if j.name == "from-python"]
-    deadline = time.time() + 120
-    while True:
-        state = stub.GetJob(pb.GetJobRequest(job_id=job.id)).state
-        if state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELED) or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    report = {}
+    with Client() as c:  # the controller and token from dsv3ctl's login file
+        report["controller_from_login"] = c.controller
+        job = c.submit(args.config, name="from-python")
+        job_id = int(job["id"])
+        report["submitted"] = job_id
+        report["listed"] = [int(j["id"]) for j in c.status() if j.get("name") == "from-python"]
+        report["final_state"] = c.wait(job_id, timeout=120, poll=0.2)["state"]
+        report["log_tail"] = list(c.logs(job_id, tail=1))
+        loss = c.metrics(job_id, ["loss"]).get("loss", [])
+        report["loss_last_step"] = loss[-1][0] if loss else None
 
-    broken = json.loads(config)
-    broken["training"]["learning_rate"] = -1
-    check = stub.ValidateConfig(pb.ValidateConfigRequest(config_json=json.dumps(broken), num_ranks=1))
+        broken = load_config(args.config)
+        broken["training"]["learning_rate"] = -1
+        try:
+            c.submit(broken)
+            report["refused"] = None
+        except Dsv3Error as e:
+            report["refused"] = {"code": e.code, "paths": [f["path"] for f in e.errors]}
 
-    # grpc.reflection.v1alpha by hand (no reflection package in Debian's python3-grpcio):
-    # ServerReflectionRequest{list_services: "*"} is field 7, a string.
-    reflect = channel.stream_stream(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        request_serializer=lambda b: b,
-        response_deserializer=lambda b: b,
-    )
-    answers = list(reflect(iter([b"\x3a\x01*"])))
-    services = b"".join(answers)
+        long_run = load_config(args.config)
+        long_run["training"]["train_steps"] = 100000
+        second = int(c.submit(long_run, name="to-cancel")["id"])
+        report["canceled_state"] = c.cancel(second, reason="from python", wait=True, timeout=120)["state"]
 
-    print(json.dumps({
-        "submitted": job.id,
-        "listed": listed,
-        "final_state": pb.JobState.Name(state),
-        "invalid_errors": [e.path for e in check.errors],
-        "reflection_lists_controller": b"dsv3.v1.Controller" in services and b"dsv3.v1.WorkerReports" in services,
-    }))
+        # Server reflection by hand (Debian's python3-grpcio has no reflection package):
+        # ServerReflectionRequest{list_services: "*"} is field 7, a string.
+        reflect = c._channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        services = b"".join(reflect(iter([b"\x3a\x01*"]), metadata=c._metadata()))
+        report["reflection_lists_controller"] = b"dsv3.v1.Controller" in services
+
+    try:
+        Client(token="dsv3u_wrong").status()
+        report["wrong_token"] = None
+    except Dsv3Error as e:
+        report["wrong_token"] = e.code
+
+    cli = subprocess.run([sys.executable, "-m", "dsv3_client", "--output", "json", "status", str(job_id)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=args.gen))
+    report["cli_exit"] = cli.returncode
+    report["cli_state"] = json.loads(cli.stdout)["state"] if cli.returncode == 0 else cli.stderr
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

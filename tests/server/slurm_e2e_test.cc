@@ -157,10 +157,15 @@ TEST_F(SlurmTest, TimeLimitContinuesInANewAllocationWithTheSameLoss) {
   d.Start();
   auto stub = d.Stub();
   constexpr int64_t kSteps = 300;
+  // A loss logged every step: a log line averages the steps since the previous one, and an
+  // allocation ends at whatever step the signal found it.
   nlohmann::json limited = SlurmConfig(kSteps, 100000, true, "1");
+  limited["training"]["log_interval"] = 1;
   limited["max_restarts"] = 8;
+  nlohmann::json uninterrupted = SlurmConfig(kSteps, 100000, false);
+  uninterrupted["training"]["log_interval"] = 1;
   const int64_t id = Submit(*stub, limited, 0, 1);
-  const int64_t reference = Submit(*stub, SlurmConfig(kSteps, 100000, false), 0, 1);
+  const int64_t reference = Submit(*stub, uninterrupted, 0, 1);
   const v1::Job job = WaitEnded(*stub, id, seconds(600));
   ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString();
   ASSERT_GE(job.allocations_size(), 2) << "the run never met its time limit: " << job.DebugString();
@@ -198,7 +203,7 @@ TEST_F(SlurmTest, StandaloneScriptRunsUnderSlurm) {
   ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
   ASSERT_EQ(chdir(dir_.path().c_str()), 0);  // the script runs where it was made
   std::string out;
-  const int rc = Cli({"slurm", "submit", file.string(), "-o", "job.sh", "--worker", DSV3_WORKER_PATH}, &out);
+  const int rc = Cli({"slurm", "submit", file.string(), "--script-file", "job.sh", "--worker", DSV3_WORKER_PATH}, &out);
   ASSERT_EQ(chdir(cwd), 0);
   ASSERT_EQ(rc, 0) << out;
   std::smatch m;

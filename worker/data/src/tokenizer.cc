@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <stdexcept>
 
 #include "dsv3/common/env.h"
@@ -46,7 +47,12 @@ const SentencePiecePlugin& Plugin() {
   static const SentencePiecePlugin plugin = [] {
     SentencePiecePlugin p;
 #ifdef DSV3_SENTENCEPIECE_PLUGIN
-    std::string path = DSV3_SENTENCEPIECE_PLUGIN;
+    // $DSV3_SENTENCEPIECE_PLUGIN, else lib/dsv3/ beside the program's folder: <prefix>/lib/dsv3
+    // once installed, <build>/lib/dsv3 in the build tree (every program there is one folder
+    // deep). No build-tree path is compiled in.
+    std::error_code ec;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    std::string path = (exe.parent_path().parent_path() / "lib" / "dsv3" / DSV3_SENTENCEPIECE_PLUGIN).string();
     if (const char* env = std::getenv(env::kSentencepiecePlugin)) path = env;
     // Where LibTorch's libprotobuf is loaded, the plugin's protobuf-lite must bind to itself
     // (RTLD_DEEPBIND); elsewhere plain loading keeps sentencepiece's own logging (std::cerr

@@ -195,10 +195,11 @@ struct DeepSpeedConfig {
 
 struct SlurmConfig {
   bool enabled = false;
-  std::string partition = "gpu";
+  std::optional<std::string> partition;  // unset: the cluster's default partition
   int64_t nodes = 1;
   int64_t ntasks_per_node = 1;
-  int64_t gpus_per_node = 1;
+  // Unset: one GPU per task, or none with the gloo backend (ValidateAndDerive writes the 0).
+  std::optional<int64_t> gpus_per_node;
   int64_t cpus_per_task = 8;
   std::string time = "24:00:00";
   std::string mem = "64G";

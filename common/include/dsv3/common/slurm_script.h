@@ -35,6 +35,10 @@ std::optional<int64_t> SlurmTimeSeconds(const std::string& time);
 // partition still gets a signal in time).
 int64_t DefaultSignalMargin(const std::string& time);
 
+// GPUs asked per node: slurm.gpus_per_node, or one per task when the config leaves it unset
+// (a gloo config has its 0 written by ValidateAndDerive).
+inline int64_t SlurmGpusPerNode(const SlurmConfig& s) { return s.gpus_per_node.value_or(s.ntasks_per_node); }
+
 // The whole script. Values are shell-quoted; nothing in it is evaluated but the srun line.
 std::string RenderSlurmScript(const SlurmConfig& slurm, const SlurmScriptOptions& options);
 
