@@ -147,6 +147,7 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
 // exits with the job's outcome, like `submit --follow`.
 void WatchStatus(Common& common, const std::optional<int64_t>& job_id, double seconds, CliContext& ctx) {
   const bool tty = &ctx.out == &std::cout && isatty(STDOUT_FILENO);
+  const bool color = UseColor(ctx.out);
   auto stub = common.Stub();
   while (true) {
     std::ostringstream frame;
@@ -169,7 +170,7 @@ void WatchStatus(Common& common, const std::optional<int64_t>& job_id, double se
         return;
       }
       std::vector<std::vector<std::string>> rows = {kJobHeader};
-      for (const auto& j : resp.jobs()) rows.push_back(JobRow(j));
+      for (const auto& j : resp.jobs()) rows.push_back(JobRow(j, color));
       frame << (resp.jobs_size() == 0 ? "no jobs\n" : RenderTable(rows));
     }
     const std::time_t now = std::time(nullptr);
@@ -222,6 +223,7 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
       }
       auto stub = st->common.Stub();
       const bool json_out = st->common.format == OutputFormat::kJson;
+      const bool color = UseColor(ctx.out);
       if (st->job) {
         auto job = FetchJob(*stub, *st->job, st->common, ctx);
         if (!job) return;
@@ -259,7 +261,7 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
         ctx.out << "no jobs\n";
       } else {
         std::vector<std::vector<std::string>> rows = {kJobHeader};
-        for (const auto& j : resp.jobs()) rows.push_back(JobRow(j));
+        for (const auto& j : resp.jobs()) rows.push_back(JobRow(j, color));
         ctx.out << RenderTable(rows);
       }
       ctx.exit_code = kExitOk;

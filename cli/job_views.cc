@@ -61,11 +61,23 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::vector<std::string> JobRow(const v1::Job& j) {
+// The SGR colour of a state on a terminal: green done, red failed, yellow restarting,
+// cyan running, default otherwise.
+const char* StateColor(v1::JobState s) {
+  switch (s) {
+    case v1::JOB_STATE_COMPLETED: return "32";
+    case v1::JOB_STATE_FAILED: return "31";
+    case v1::JOB_STATE_RESTARTING: return "33";
+    case v1::JOB_STATE_RUNNING: return "36";
+    default: return "39";
+  }
+}
+
+std::vector<std::string> JobRow(const v1::Job& j, bool color) {
   const double age = NowSeconds() - j.created_unix_ms() / 1000.0;
   return {std::to_string(j.id()),
           j.name(),
-          StateName(j.state()),
+          Paint(StateName(j.state()), StateColor(j.state()), color),
           std::to_string(j.step()) + "/" + std::to_string(j.total_steps()),
           j.has_loss() ? Fixed(j.loss(), 4) : "-",
           j.has_tokens_per_second() ? HumanCount(j.tokens_per_second()) : "-",

@@ -27,7 +27,8 @@ std::string TimeOf(int64_t unix_ms);
 double NowSeconds();
 // The header and the row of a job in `dsv3ctl list`.
 inline const std::vector<std::string> kJobHeader = {"ID", "NAME", "STATE", "STEP", "LOSS", "TOK/S", "ETA", "AGE"};
-std::vector<std::string> JobRow(const v1::Job& j);
+// One row under kJobHeader; the state coloured when `color` (UseColor).
+std::vector<std::string> JobRow(const v1::Job& j, bool color = false);
 // "▁▂▃▄▅▆▇█" over the value range.
 std::string Sparkline(const std::vector<double>& values);
 // The detail view of `dsv3ctl status JOB`.

@@ -1,6 +1,10 @@
 #include "output.h"
 
+#include <unistd.h>
+
 #include <cctype>
+#include <cstdlib>
+#include <iostream>
 
 #include <algorithm>
 #include <cmath>
@@ -63,10 +67,18 @@ std::string Grouped(int64_t n) {
 
 namespace {
 
-// Terminal columns of UTF-8 text (sparklines are 3 bytes a column).
+// Terminal columns of UTF-8 text (sparklines are 3 bytes a column); SGR colour codes
+// (ESC [ ... m) take none.
 size_t DisplayWidth(const std::string& s) {
   size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80 ? 1 : 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\033' && i + 1 < s.size() && s[i + 1] == '[') {
+      i += 2;
+      while (i < s.size() && s[i] != 'm') ++i;
+      continue;
+    }
+    n += (static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 ? 1 : 0;
+  }
   return n;
 }
 
@@ -76,6 +88,20 @@ bool LooksNumeric(const std::string& s) {
 }
 
 }  // namespace
+
+bool ColorWanted(bool terminal, const char* no_color, const char* term) {
+  if (!terminal) return false;
+  if (no_color != nullptr && *no_color != '\0') return false;
+  return term == nullptr || std::string(term) != "dumb";
+}
+
+bool UseColor(const std::ostream& out) {
+  return &out == &std::cout && ColorWanted(isatty(STDOUT_FILENO) != 0, std::getenv("NO_COLOR"), std::getenv("TERM"));
+}
+
+std::string Paint(const std::string& text, const char* sgr, bool color) {
+  return color ? std::string("\033[") + sgr + "m" + text + "\033[0m" : text;
+}
 
 std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width;

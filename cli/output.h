@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,14 @@ std::string HumanBytes(double bytes);
 std::string HumanFlops(double flops);
 
 // A plain aligned table: the first row is the header, columns after the first are
-// right-aligned. Rows with a single cell are section titles.
+// right-aligned. Rows with a single cell are section titles. Colour codes take no width.
 std::string RenderTable(const std::vector<std::vector<std::string>>& rows);
+
+// Colour only on a terminal, never with NO_COLOR set to anything (no-color.org) or TERM=dumb.
+bool ColorWanted(bool terminal, const char* no_color, const char* term);
+// ColorWanted for `out`: true only when it is std::cout and that is a terminal.
+bool UseColor(const std::ostream& out);
+// `text` in the SGR colour `sgr` (e.g. "32" green) when `color`, else `text` itself.
+std::string Paint(const std::string& text, const char* sgr, bool color);
 
 }  // namespace dsv3::cli

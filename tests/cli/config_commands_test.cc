@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app.h"
+#include "output.h"
 #include "dsv3/common/config_io.h"
 #include "test_util.h"
 
@@ -226,6 +227,28 @@ TEST_F(ConfigCommandsTest, ImportHfJsonOutputAndErrors) {
   EXPECT_TRUE(j["config"].is_null());
   EXPECT_EQ(j["errors"][0]["path"], "/num_hidden_layers");
   EXPECT_EQ(Cli({"config", "import-hf", (dir_.path() / "missing.json").string()}).code, 1);
+}
+
+}  // namespace
+}  // namespace dsv3::cli
+
+namespace dsv3::cli {
+namespace {
+
+// Colour on a terminal only, never with NO_COLOR (any non-empty value) or TERM=dumb; tables
+// stay aligned around colour codes.
+TEST(Output, ColourOnlyOnATerminalWithoutNoColor) {
+  EXPECT_TRUE(ColorWanted(true, nullptr, "xterm-256color"));
+  EXPECT_TRUE(ColorWanted(true, "", nullptr));
+  EXPECT_FALSE(ColorWanted(false, nullptr, "xterm"));
+  EXPECT_FALSE(ColorWanted(true, "1", "xterm"));
+  EXPECT_FALSE(ColorWanted(true, nullptr, "dumb"));
+  std::ostringstream not_a_terminal;
+  EXPECT_FALSE(UseColor(not_a_terminal));
+  EXPECT_EQ(Paint("FAILED", "31", true), "\033[31mFAILED\033[0m");
+  EXPECT_EQ(Paint("FAILED", "31", false), "FAILED");
+  EXPECT_EQ(RenderTable({{"ID", "STATE", "X"}, {"1", Paint("FAILED", "31", true), "a"}, {"2", "QUEUED", "b"}}),
+            "ID  STATE   X\n1   \033[31mFAILED\033[0m  a\n2   QUEUED  b\n");
 }
 
 }  // namespace
