@@ -59,6 +59,7 @@ class Agent {
         credentials_(std::move(o.credentials)), rank_ca_(std::move(o.rank_ca)), stop_(stop),
         procs_(/*die_with_parent=*/true) {
     procs_.SetExitCallback([this](const RankExit& e) { OnExit(e); });
+    procs_.SetLogCap(o.max_rank_log_bytes);
   }
   ~Agent() { procs_.SetExitCallback(nullptr); }
 

@@ -25,6 +25,7 @@ struct AgentOptions {
   std::string work_dir;    // where rank output is spooled (<work_dir>/logs)
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   std::string rank_ca;     // the CA its ranks verify a TLS controller with ("" = plaintext)
+  int64_t max_rank_log_bytes = 0;  // each rank log's cap (procs::RankProcesses::SetLogCap)
 };
 
 // Connects, serves and reconnects until `stop` turns true (then kills its ranks), or until

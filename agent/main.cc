@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", tls_cert, "PEM client certificate, for a controller that asks for one");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--work-dir", work_dir, "Where rank output is spooled (default: /tmp/dsv3-agent-NAME)");
+  int64_t max_rank_log_bytes = int64_t{1} << 30;
+  app.add_option("--max-rank-log-bytes", max_rank_log_bytes,
+                 "Ranks' logs past this size move to <log>.1 and start over (0 = no cap)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   std::string log_level = "info", log_format = "text";
   app.add_option("--log-level", log_level, std::string("Least severe messages logged: ") + dsv3::log::kLevels)
       ->capture_default_str();
@@ -109,7 +114,8 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  const int status = dsv3::agent::RunAgent({controller, name, slots, advertise, token, work_dir, *credentials, tls_ca}, g_stop);
+  const int status = dsv3::agent::RunAgent(
+      {controller, name, slots, advertise, token, work_dir, *credentials, tls_ca, max_rank_log_bytes}, g_stop);
   dsv3::log::Info(name + " stopped");
   return status;
 }

@@ -151,7 +151,7 @@ absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o
     primary = std::move(hub);
   } else {
     const int slots = o.slots > 0 ? o.slots : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    primary = MakeLocalAllocator(slots);
+    primary = MakeLocalAllocator(slots, o.max_rank_log_bytes);
   }
   return MakeRoutingAllocator(std::move(primary), std::move(slurm), why_no_slurm);
 }
@@ -173,6 +173,10 @@ absl::Status CheckFlags(const DaemonOptions& options) {
   }
   if (options.heartbeat_timeout_s <= options.heartbeat_interval_s) {
     return absl::InvalidArgumentError("--heartbeat-timeout must exceed --heartbeat-interval");
+  }
+  if (options.max_rank_log_bytes < 0) {
+    return absl::InvalidArgumentError("--max-rank-log-bytes: " + std::to_string(options.max_rank_log_bytes) +
+                                      " must be >= 0 (0 = no cap)");
   }
   if (options.metrics_retention_h < 0) {
     return absl::InvalidArgumentError("--metrics-retention: " + std::to_string(options.metrics_retention_h) +

@@ -41,6 +41,7 @@ struct DaemonOptions {
   double startup_timeout_s = 600;
   double grace_period_s = 60;
   int metrics_retention_h = 24 * 30;           // ended jobs' metric points kept this long (0 = forever)
+  int64_t max_rank_log_bytes = int64_t{1} << 30;  // local ranks' logs rotate to <log>.1 past this (0 = never)
 };
 
 class Daemon {

@@ -114,6 +114,9 @@ int main(int argc, char** argv) {
                  "Hours after a job ends before its metric points are pruned to each series' last value "
                  "(0 = keep every point)")
       ->capture_default_str();
+  app.add_option("--max-rank-log-bytes", o.max_rank_log_bytes,
+                 "Local ranks' logs past this size move to <log>.1 and start over (0 = no cap)")
+      ->capture_default_str();
   std::string log_level = "info", log_format = "text";
   app.add_option("--log-level", log_level, std::string("Least severe messages logged: ") + dsv3::log::kLevels)
       ->capture_default_str();

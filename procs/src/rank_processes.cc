@@ -6,9 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -20,6 +22,7 @@ namespace dsv3::procs {
 namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(100);
+constexpr auto kLogCapInterval = std::chrono::seconds(2);
 
 std::string DescribeStatus(int status, int* exit_code) {
   if (WIFEXITED(status)) {
@@ -45,6 +48,7 @@ struct RankProcesses::State {
     pid_t pid;
     int64_t proc_start;
     bool child;  // false: adopted from an earlier process (not ours to wait for)
+    std::string log_path;
   };
 
   explicit State(bool die) : die_with_parent(die) {}
@@ -131,9 +135,30 @@ struct RankProcesses::State {
     return static_cast<int64_t>(pid);
   }
 
-  // Reaps children and polls adopted processes; reports the exits outside `mu`.
+  // Copies a log past the cap to <log>.1 and empties it (see SetLogCap). Runs without `mu`.
+  static void RotateIfOver(const std::string& path, int64_t cap) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (ec || static_cast<int64_t>(size) <= cap) return;
+    std::filesystem::copy_file(path, path + ".1", std::filesystem::copy_options::overwrite_existing, ec);
+    if (!ec) std::filesystem::resize_file(path, 0, ec);
+  }
+
+  // Reaps children and polls adopted processes; reports the exits outside `mu`; caps logs.
   void Watch(BackgroundLoop::Lock& lock) {
+    auto next_cap_check = std::chrono::steady_clock::now();
     while (loop.WaitFor(lock, kPollInterval)) {
+      if (log_cap > 0 && std::chrono::steady_clock::now() >= next_cap_check) {
+        next_cap_check = std::chrono::steady_clock::now() + kLogCapInterval;
+        std::vector<std::string> logs;
+        for (const Proc& p : procs) {
+          if (!p.log_path.empty()) logs.push_back(p.log_path);
+        }
+        const int64_t cap = log_cap;
+        lock.unlock();
+        for (const auto& path : logs) RotateIfOver(path, cap);
+        lock.lock();
+      }
       std::vector<RankExit> exits;
       for (auto it = procs.begin(); it != procs.end();) {
         RankExit e{it->job_id, it->attempt, it->rank, -1, ""};
@@ -181,6 +206,7 @@ struct RankProcesses::State {
   std::mutex cb_mu;  // held while the exit callback runs; taken before mu
   ExitCallback on_exit;
   std::vector<Proc> procs;
+  int64_t log_cap = 0;  // bytes; 0 = none
   BackgroundLoop loop{mu};  // last: stopped before the members it reads go away
 };
 
@@ -211,19 +237,26 @@ absl::StatusOr<std::vector<StartedRank>> RankProcesses::Start(int64_t job_id, in
     started.push_back({r.rank, *pid, ProcessStartTime(*pid)});
   }
   std::lock_guard<std::mutex> lock(s_->mu);
-  for (const auto& s : started) {
-    s_->procs.push_back({job_id, attempt, s.rank, static_cast<pid_t>(s.pid), s.proc_start, true});
+  for (size_t i = 0; i < started.size(); ++i) {
+    const StartedRank& s = started[i];
+    s_->procs.push_back({job_id, attempt, s.rank, static_cast<pid_t>(s.pid), s.proc_start, true, ranks[i].log_path});
   }
   return started;
 }
 
-bool RankProcesses::Adopt(int64_t job_id, int attempt, int rank, int64_t pid, int64_t proc_start) {
+bool RankProcesses::Adopt(int64_t job_id, int attempt, int rank, int64_t pid, int64_t proc_start,
+                          const std::string& log_path) {
   if (pid <= 0) return false;
   const int64_t start = ProcessStartTime(pid);
   if (start == 0 || (proc_start != 0 && start != proc_start)) return false;  // gone, or a reused pid
   std::lock_guard<std::mutex> lock(s_->mu);
-  s_->procs.push_back({job_id, attempt, rank, static_cast<pid_t>(pid), start, false});
+  s_->procs.push_back({job_id, attempt, rank, static_cast<pid_t>(pid), start, false, log_path});
   return true;
+}
+
+void RankProcesses::SetLogCap(int64_t max_bytes) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  s_->log_cap = std::max<int64_t>(0, max_bytes);
 }
 
 void RankProcesses::Signal(int64_t job_id, int signal) {

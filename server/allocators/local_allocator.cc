@@ -13,7 +13,9 @@ namespace {
 
 class LocalAllocator final : public Allocator {
  public:
-  explicit LocalAllocator(int slots) : slots_(slots), host_(procs::HostName()) {}
+  LocalAllocator(int slots, int64_t max_log_bytes) : slots_(slots), host_(procs::HostName()) {
+    procs_.SetLogCap(max_log_bytes);
+  }
 
   std::string Name() const override { return "local"; }
   int TotalSlots() const override { return slots_; }
@@ -69,7 +71,7 @@ class LocalAllocator final : public Allocator {
     std::vector<int> adopted;
     for (const auto& r : ranks) {
       if (r.state == "exited") continue;
-      if (procs_.Adopt(job.id, job.attempt, r.rank, r.pid, r.proc_start)) adopted.push_back(r.rank);
+      if (procs_.Adopt(job.id, job.attempt, r.rank, r.pid, r.proc_start, r.log_path)) adopted.push_back(r.rank);
     }
     return adopted;
   }
@@ -99,6 +101,8 @@ class LocalAllocator final : public Allocator {
 
 }  // namespace
 
-std::unique_ptr<Allocator> MakeLocalAllocator(int slots) { return std::make_unique<LocalAllocator>(slots); }
+std::unique_ptr<Allocator> MakeLocalAllocator(int slots, int64_t max_log_bytes) {
+  return std::make_unique<LocalAllocator>(slots, max_log_bytes);
+}
 
 }  // namespace dsv3::server

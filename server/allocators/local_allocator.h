@@ -10,6 +10,7 @@
 namespace dsv3::server {
 
 // `slots`: how many ranks may run at once. The destructor stops watching (ranks keep running).
-std::unique_ptr<Allocator> MakeLocalAllocator(int slots);
+// `max_log_bytes`: each rank log's cap (procs::RankProcesses::SetLogCap; 0 = none).
+std::unique_ptr<Allocator> MakeLocalAllocator(int slots, int64_t max_log_bytes = 0);
 
 }  // namespace dsv3::server

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <filesystem>
 #include <mutex>
 
 #include <gtest/gtest.h>
@@ -15,6 +17,7 @@
 namespace dsv3::server {
 namespace {
 
+namespace fs = std::filesystem;
 using test::ReadFile;
 using test::WaitFor;
 
@@ -73,6 +76,28 @@ TEST_F(LocalAllocatorTest, ReportsExitStatusAndCapturesOutput) {
   EXPECT_EQ(ExitOf(1)->how, "exited with status 3");
   EXPECT_EQ(ReadFile(dir_.path() / "job1.log"), "out\nerr\nrank=5\n" + dir_.path().string() + "\n");
   EXPECT_EQ(alloc_->LiveRanks(1), 0);
+}
+
+// A rank log past the cap (--max-rank-log-bytes) is copied to <log>.1 and emptied while the
+// rank keeps writing; its newest lines are in the log, the ones before in <log>.1.
+TEST_F(LocalAllocatorTest, RankLogsPastTheCapRotate) {
+  auto capped = MakeLocalAllocator(1, 1000);
+  std::atomic<bool> ended{false};
+  capped->SetExitCallback([&](const RankExit&) { ended = true; });
+  ASSERT_TRUE(capped->Reserve(Job(7, 1)).has_value());
+  // 50 lines of 60 bytes over 5 s: the 2 s checks find the log past 1000 bytes.
+  const std::string script =
+      "i=0; while [ $i -lt 50 ]; do echo line-$i-$(printf '%050d' 0); i=$((i+1)); sleep 0.1; done";
+  ASSERT_TRUE(capped->Launch(Shell(7, script)).ok());
+  ASSERT_TRUE(WaitFor([&] { return ended.load(); }, std::chrono::seconds(30)));
+  capped->SetExitCallback(nullptr);
+  const fs::path log = dir_.path() / "job7.log", rotated = dir_.path() / "job7.log.1";
+  ASSERT_TRUE(fs::exists(rotated));
+  EXPECT_GT(fs::file_size(rotated), 1000u);
+  EXPECT_LT(fs::file_size(log), 50u * 61u);  // not everything: it was emptied at least once
+  const std::string newest = ReadFile(log), older = ReadFile(rotated);
+  EXPECT_EQ(older.rfind("line-", 0), 0u) << older;  // whole lines: the rank started over at 0
+  EXPECT_NE(newest.find("line-49-"), std::string::npos) << newest;
 }
 
 TEST_F(LocalAllocatorTest, SignalsReachTheRankEvenWhenTheCallerBlocksThem) {

@@ -71,8 +71,16 @@ class RankProcesses {
 
   // Takes over a rank started by an earlier process (a controller restart). Returns false
   // when that process is gone or the pid now names another process (`proc_start` differs;
-  // 0 accepts any). Its exit is reported with exit_code -1: it is not our child.
-  bool Adopt(int64_t job_id, int attempt, int rank, int64_t pid, int64_t proc_start);
+  // 0 accepts any). Its exit is reported with exit_code -1: it is not our child. `log_path`
+  // ("" = unknown) is capped like a started rank's.
+  bool Adopt(int64_t job_id, int attempt, int rank, int64_t pid, int64_t proc_start, const std::string& log_path = "");
+
+  // Caps every rank log at `max_bytes` (0 = no cap, the default): checked every 2 s, a log
+  // past the cap is copied to <log>.1 (replacing the previous one) and emptied, so a rank's
+  // output takes at most about twice the cap. The rank keeps writing (its log is opened
+  // O_APPEND); lines it writes between the copy and the emptying are lost, as with
+  // logrotate's copytruncate.
+  void SetLogCap(int64_t max_bytes);
 
   // Sends `signal` to the process group of every live rank of the job.
   void Signal(int64_t job_id, int signal);
