@@ -73,11 +73,19 @@ void Walk(const CLI::App& app, const std::string& path, std::vector<std::pair<st
   for (const CLI::App* s : Subcommands(app)) Walk(*s, path + " " + s->get_name(), words, steps);
 }
 
-// The shared body: find the subcommand path from the words before the cursor.
-std::string PathCases(const std::vector<std::string>& steps) {
-  std::string cases;
-  for (const auto& s : steps) cases += (cases.empty() ? "" : "|") + ("\"" + s + "\"");
-  return cases;
+// What both shells' scripts are made of: the words each subcommand path completes to, and
+// the case patterns of every "path word" step (the words before the cursor give the path).
+struct CompletionTree {
+  std::vector<std::pair<std::string, std::string>> words;
+  std::string step_cases;
+};
+
+CompletionTree Tree(const CLI::App& app) {
+  CompletionTree t;
+  std::vector<std::string> steps;
+  Walk(app, "", t.words, steps);
+  for (const auto& s : steps) t.step_cases += (t.step_cases.empty() ? "" : "|") + ("\"" + s + "\"");
+  return t;
 }
 
 }  // namespace
@@ -108,9 +116,7 @@ std::string ManPage(const CLI::App& app, const std::string& version, const std::
 }
 
 std::string BashCompletion(const CLI::App& app) {
-  std::vector<std::pair<std::string, std::string>> words;
-  std::vector<std::string> steps;
-  Walk(app, "", words, steps);
+  const CompletionTree tree = Tree(app);
   const std::string fn = "_" + app.get_name();
   std::ostringstream out;
   out << "# bash completion for " << app.get_name() << " (generated from its CLI by `" << app.get_name()
@@ -119,11 +125,11 @@ std::string BashCompletion(const CLI::App& app) {
       << "  local cur=${COMP_WORDS[COMP_CWORD]} cmdpath=\"\" i words=\"\"\n"
       << "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
       << "    case \"$cmdpath ${COMP_WORDS[i]}\" in\n"
-      << "      " << PathCases(steps) << ") cmdpath=\"$cmdpath ${COMP_WORDS[i]}\" ;;\n"
+      << "      " << tree.step_cases << ") cmdpath=\"$cmdpath ${COMP_WORDS[i]}\" ;;\n"
       << "    esac\n"
       << "  done\n"
       << "  case \"$cmdpath\" in\n";
-  for (const auto& [path, w] : words) out << "    \"" << path << "\") words=\"" << w << "\" ;;\n";
+  for (const auto& [path, w] : tree.words) out << "    \"" << path << "\") words=\"" << w << "\" ;;\n";
   out << "  esac\n"
       << "  if [[ $cur == -* ]]; then\n"
       << "    COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n"
@@ -136,9 +142,7 @@ std::string BashCompletion(const CLI::App& app) {
 }
 
 std::string ZshCompletion(const CLI::App& app) {
-  std::vector<std::pair<std::string, std::string>> words;
-  std::vector<std::string> steps;
-  Walk(app, "", words, steps);
+  const CompletionTree tree = Tree(app);
   const std::string fn = "_" + app.get_name();
   std::ostringstream out;
   out << "#compdef " << app.get_name() << "\n"
@@ -149,11 +153,11 @@ std::string ZshCompletion(const CLI::App& app) {
       << "  local -a candidates\n"
       << "  for ((i = 2; i < CURRENT; i++)); do\n"
       << "    case \"$cmdpath ${words[i]}\" in\n"
-      << "      " << PathCases(steps) << ") cmdpath=\"$cmdpath ${words[i]}\" ;;\n"
+      << "      " << tree.step_cases << ") cmdpath=\"$cmdpath ${words[i]}\" ;;\n"
       << "    esac\n"
       << "  done\n"
       << "  case \"$cmdpath\" in\n";
-  for (const auto& [path, w] : words) out << "    \"" << path << "\") candidates=(" << w << ") ;;\n";
+  for (const auto& [path, w] : tree.words) out << "    \"" << path << "\") candidates=(" << w << ") ;;\n";
   out << "  esac\n"
       << "  compadd -- $candidates\n"
       << "  _files\n"

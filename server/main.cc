@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
     }
   };
   AddAdminCommands(app, run_admin, o.state_dir);
-  app.set_version_flag("--version", dsv3::VersionLine("dsv3d"), "Print the version, the commit and the build's options");
+  app.set_version_flag("--version", dsv3::VersionLine("dsv3d"),
+                       "Print the version, the commit and the build's options");
   app.add_flag_callback("--man", [&app] {
        std::cout << dsv3::cli::ManPage(app, dsv3::GetBuildInfo().version,
                                        "0 after a clean shutdown (SIGTERM, SIGINT) or an administration command; "

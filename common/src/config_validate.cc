@@ -460,7 +460,8 @@ void CheckSlurm(Config& c, Checker& ck) {
   }
   if (s.enabled && s.gpus_per_node && *s.gpus_per_node > 0 && *s.gpus_per_node != s.ntasks_per_node) {
     ck.Warn("/slurm/ntasks_per_node", Num(s.ntasks_per_node) + " differs from gpus_per_node (" +
-                                          Num(*s.gpus_per_node) + "); dsv3 runs one rank per task, one task per GPU is usual");
+                                          Num(*s.gpus_per_node) +
+                                          "); dsv3 runs one rank per task, one task per GPU is usual");
   }
 }
 

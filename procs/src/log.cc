@@ -98,7 +98,8 @@ std::mutex g_mu;
 std::shared_ptr<spdlog::logger> g_logger;
 
 std::shared_ptr<spdlog::logger> MakeLogger(const std::string& program, Format format, spdlog::level::level_enum l) {
-  auto logger = std::make_shared<spdlog::logger>(program, std::make_shared<LineSink>(program, format, StderrIsJournal()));
+  auto sink = std::make_shared<LineSink>(program, format, StderrIsJournal());
+  auto logger = std::make_shared<spdlog::logger>(program, std::move(sink));
   logger->set_level(l);
   return logger;
 }

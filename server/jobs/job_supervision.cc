@@ -207,8 +207,8 @@ void JobManager::Loop() {
     if (stopping_) break;
     if (options_.metrics_retention.count() > 0 && Clock::now() >= next_prune) {
       next_prune = Clock::now() + std::chrono::hours(1);
-      const int64_t cutoff = NowMs() - std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_retention).count();
-      const absl::StatusOr<int64_t> pruned = store_.PruneMetrics(cutoff);
+      const auto retention = std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_retention);
+      const absl::StatusOr<int64_t> pruned = store_.PruneMetrics(NowMs() - retention.count());
       if (!pruned.ok()) log::Warning(std::string(pruned.status().message()));
       if (pruned.ok() && *pruned > 0) {
         log::Info("pruned " + std::to_string(*pruned) + " metric points of jobs ended over " +

@@ -97,13 +97,15 @@ TEST_F(ConfigCommandsTest, VersionNamesTheCommitAndTheBuildOptions) {
 // A config that does not write its slurm section leaves Slurm's defaults: no partition, and
 // no GPUs for the gloo nano config; one GPU per task for the NCCL tiny config.
 TEST_F(ConfigCommandsTest, SlurmScriptAsksOnlyForWhatTheConfigNeeds) {
-  const CliRun cpu = Cli({"slurm", "script", Config("train_config_nano.json"), "--worker", "/bin/true", "--output", "json"});
+  const CliRun cpu =
+      Cli({"slurm", "script", Config("train_config_nano.json"), "--worker", "/bin/true", "--output", "json"});
   ASSERT_EQ(cpu.code, 0) << cpu.err;
   const std::string script = json::parse(cpu.out)["script"].get<std::string>();
   EXPECT_EQ(script.find("--partition"), std::string::npos) << script;
   EXPECT_EQ(script.find("--gres"), std::string::npos) << script;
   EXPECT_NE(script.find("#SBATCH --ntasks-per-node=1\n"), std::string::npos) << script;
-  const CliRun gpu = Cli({"slurm", "script", Config("train_config_tiny.json"), "--worker", "/bin/true", "--output", "json"});
+  const CliRun gpu =
+      Cli({"slurm", "script", Config("train_config_tiny.json"), "--worker", "/bin/true", "--output", "json"});
   ASSERT_EQ(gpu.code, 0) << gpu.err;
   EXPECT_NE(json::parse(gpu.out)["script"].get<std::string>().find("#SBATCH --gres=gpu:1\n"), std::string::npos);
 }
@@ -117,7 +119,8 @@ TEST_F(ConfigCommandsTest, BashCompletionCompletesSubcommandsAndOptions) {
   std::ofstream(dir.path() / "dsv3ctl.bash") << bash.out;
   const auto complete = [&](const std::string& words, int cword) {
     const std::string script = "source '" + (dir.path() / "dsv3ctl.bash").string() + "'; COMP_WORDS=(" + words +
-                               "); COMP_CWORD=" + std::to_string(cword) + "; _dsv3ctl; printf '%s\\n' \"${COMPREPLY[@]}\"";
+                               "); COMP_CWORD=" + std::to_string(cword) +
+                               "; _dsv3ctl; printf '%s\\n' \"${COMPREPLY[@]}\"";
     std::ofstream(dir.path() / "run.sh") << script;
     FILE* p = popen(("cd '" + dir.path().string() + "' && bash run.sh 2>&1").c_str(), "r");
     std::string out;

@@ -40,7 +40,8 @@ template <class F> std::vector<std::string> CaptureStderr(F body) {
 }
 
 TEST(LogTest, BadLevelsAndFormatsAreRefusedNamingWhatIsValid) {
-  EXPECT_EQ(log::Setup("t", "loud", "text"), "--log-level: \"loud\" is not a level; valid: debug, info, warning, error");
+  EXPECT_EQ(log::Setup("t", "loud", "text"),
+            "--log-level: \"loud\" is not a level; valid: debug, info, warning, error");
   EXPECT_EQ(log::Setup("t", "info", "xml"), "--log-format: \"xml\" is not a format; valid: text, json");
   EXPECT_EQ(log::Setup("t", "warning", "json"), "");
 }
