@@ -33,10 +33,11 @@ install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
 # Man pages (every program that has a CLI11 tree prints its own with the hidden --man) and
 # dsv3ctl's completion scripts, generated from the built programs so they match the flags.
+# Not in sanitizer builds: nothing is installed from those.
 set(DSV3_DOCS_DIR ${CMAKE_BINARY_DIR}/share)
 set(dsv3_docs)
 foreach(program dsv3ctl dsv3d dsv3-agent)
-  if(TARGET ${program})
+  if(TARGET ${program} AND NOT DSV3_SANITIZE)
     add_custom_command(OUTPUT ${DSV3_DOCS_DIR}/man/man1/${program}.1
       COMMAND ${CMAKE_COMMAND} -E make_directory ${DSV3_DOCS_DIR}/man/man1
       COMMAND sh -c "'$<TARGET_FILE:${program}>' --man > '${DSV3_DOCS_DIR}/man/man1/${program}.1'"
@@ -45,7 +46,7 @@ foreach(program dsv3ctl dsv3d dsv3-agent)
     install(FILES ${DSV3_DOCS_DIR}/man/man1/${program}.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
   endif()
 endforeach()
-if(TARGET dsv3ctl)
+if(TARGET dsv3ctl AND NOT DSV3_SANITIZE)
   add_custom_command(OUTPUT ${DSV3_DOCS_DIR}/bash-completion/completions/dsv3ctl ${DSV3_DOCS_DIR}/zsh/vendor-completions/_dsv3ctl
     COMMAND ${CMAKE_COMMAND} -E make_directory ${DSV3_DOCS_DIR}/bash-completion/completions
     COMMAND ${CMAKE_COMMAND} -E make_directory ${DSV3_DOCS_DIR}/zsh/vendor-completions
