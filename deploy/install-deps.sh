@@ -22,8 +22,9 @@ PACKAGES=(
   libssl-dev
   # tests: GoogleTest, promtool for the metrics format, a Python gRPC client, openssl
   libgtest-dev libgmock-dev prometheus python3 python3-grpcio python3-protobuf openssl
-  # tests: groff checks the generated man pages; bash runs the generated completion
-  groff-base bash
+  # tests: groff checks the generated man pages; bash runs the generated completion;
+  # systemd-analyze checks the units and dpkg-shlibdeps gives the DEB its dependencies
+  groff-base bash systemd dpkg-dev
   # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator
   munge slurm-wlm slurmctld slurmd slurm-client
   # bench: the PyTorch-eager Python peer of the model (bench/peer/) on the same LibTorch

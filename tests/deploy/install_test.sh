@@ -37,11 +37,10 @@ for unit in dsv3d dsv3-agent; do
   grep -qx "KillMode=process" "$file" || fail "$unit.service must keep KillMode=process (rank adoption)"
   # verify resolves ExecStart on this host: check a copy that points at the scratch root.
   sed "s|=/usr/bin/|=$root/usr/bin/|" "$file" > "$root/$unit.service"
-  # Documentation=man: pages are looked up with man(1): point it at the installed ones.
-  out=$(MANPATH=$root/usr/share/man systemd-analyze verify "$root/$unit.service" 2>&1) ||
-    fail "systemd-analyze verify $unit.service: $out"
-  # Only warnings about this host's missing dsv3 user and folders are expected here.
-  if echo "$out" | grep -v -e "Failed to resolve user" -e "dsv3" | grep -q .; then
+  # --man=no: the Documentation= pages are checked above, not through this host's man(1).
+  out=$(systemd-analyze verify --man=no "$root/$unit.service" 2>&1) || fail "systemd-analyze verify $unit.service: $out"
+  # Nothing but this host's lack of the dsv3 user (sysusers creates it on install) may be said.
+  if echo "$out" | grep -v -e "Failed to resolve user" -e "^$" | grep -q .; then
     fail "systemd-analyze verify $unit.service: $out"
   fi
   score=$(systemd-analyze security --offline=true "$root/$unit.service" 2>/dev/null | tail -1)
