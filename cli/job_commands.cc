@@ -142,6 +142,14 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
 }
 
 // ------------------------------------------------------------------ status / list
+// The jobs table of `status`, `list` and `status --watch` ("no jobs" when there are none).
+std::string JobsTable(const v1::ListJobsResponse& resp, bool color) {
+  if (resp.jobs_size() == 0) return "no jobs\n";
+  std::vector<std::vector<std::string>> rows = {kJobHeader};
+  for (const auto& j : resp.jobs()) rows.push_back(JobRow(j, color));
+  return RenderTable(rows);
+}
+
 // `status --watch`: the table (or one job) again every `seconds`, like `watch dsv3ctl status`;
 // on a terminal the screen is redrawn in place. With a job id it stops when the job ends and
 // exits with the job's outcome, like `submit --follow`.
@@ -169,9 +177,7 @@ void WatchStatus(Common& common, const std::optional<int64_t>& job_id, double se
         ctx.exit_code = quiet.exit_code;
         return;
       }
-      std::vector<std::vector<std::string>> rows = {kJobHeader};
-      for (const auto& j : resp.jobs()) rows.push_back(JobRow(j, color));
-      frame << (resp.jobs_size() == 0 ? "no jobs\n" : RenderTable(rows));
+      frame << JobsTable(resp, color);
     }
     const std::time_t now = std::time(nullptr);
     char when[32];
@@ -257,12 +263,8 @@ void AddStatusAndList(CLI::App& app, CliContext& ctx) {
         ctx.out << ToJsonText(resp) << "\n";
       } else if (st->quiet) {
         for (const auto& j : resp.jobs()) ctx.out << j.id() << "\n";
-      } else if (resp.jobs_size() == 0) {
-        ctx.out << "no jobs\n";
       } else {
-        std::vector<std::vector<std::string>> rows = {kJobHeader};
-        for (const auto& j : resp.jobs()) rows.push_back(JobRow(j, color));
-        ctx.out << RenderTable(rows);
+        ctx.out << JobsTable(resp, color);
       }
       ctx.exit_code = kExitOk;
     });

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "dsv3/procs/host.h"
+#include "dsv3/procs/log.h"
 #include "jobs/job_config.h"
 #include "allocators/slurm_allocator.h"
 #include "jobs/job_manager_internal.h"
@@ -379,7 +380,7 @@ absl::StatusOr<std::string> JobManager::RequestDump(int64_t job_id) {
   Live& l = *it->second;
   const std::string dir = DiagnosticsDir(l.job, l.job.attempt) + "/dump_" + std::to_string(NowMs());
   AddDumpRequestLocked(l, dir);
-  LogEvent("job " + std::to_string(job_id) + ": dumps requested from " + std::to_string(l.ranks.size()) +
+  log::Info("job " + std::to_string(job_id) + ": dumps requested from " + std::to_string(l.ranks.size()) +
            " rank(s) into " + dir);
   return dir;
 }

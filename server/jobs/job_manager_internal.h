@@ -83,9 +83,6 @@ inline std::string DiagnosticsDir(const JobRecord& job, int attempt) {
   return job.job_dir + "/diagnostics/" + std::to_string(attempt);
 }
 
-// The daemon's log: one timestamped line per job event, on stdout.
-void LogEvent(const std::string& line);
-
 inline std::string RankLogPath(const JobRecord& job, int rank) {
   return job.job_dir + "/logs/rank_" + std::to_string(rank) + ".log";
 }

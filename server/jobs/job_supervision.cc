@@ -75,7 +75,6 @@ std::string ExternalId(const JobStore& store, const JobRecord& job) {
 
 }  // namespace
 
-void LogEvent(const std::string& line) { log::Info(line); }
 
 void JobManager::SetStateLocked(Live& live, JobState state, const std::string& reason) {
   if (absl::Status s = store_.SetState(live.job.id, state, reason, live.job.attempt); !s.ok()) {
@@ -84,7 +83,7 @@ void JobManager::SetStateLocked(Live& live, JobState state, const std::string& r
   }
   live.job.state = state;
   live.job.state_reason = reason;
-  LogEvent("job " + std::to_string(live.job.id) + " (" + live.job.name + ") " + JobStateName(state) + ": " + reason);
+  log::Info("job " + std::to_string(live.job.id) + " (" + live.job.name + ") " + JobStateName(state) + ": " + reason);
 }
 
 void JobManager::EndJobLocked(Live& live, JobState state, const std::string& reason) {
@@ -404,7 +403,7 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
     // A job that moves again was slow, not hung: keep it (the dumps stay for a look).
     for (const RankLive& r : l.ranks) {
       if (r.progressed_at > l.hang.detected_at) {
-        LogEvent(job + ": progress resumed after the watchdog found it stalled (" + l.hang.reason +
+        log::Info(job + ": progress resumed after the watchdog found it stalled (" + l.hang.reason +
                  "); not stopped; dumps in " + l.hang.dir);
         l.hang.active = false;
         return;
@@ -428,7 +427,7 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
     std::ofstream(l.hang.dir + "/summary.txt") << l.hang.summary << "\n" << dumps << "\ndetected at unix ms "
                                                 << l.hang.detected_ms << ", dumps collected at unix ms " << NowMs()
                                                 << "\n";
-    LogEvent(job + ": hang: " + l.hang.reason + "; " + dumps);
+    log::Info(job + ": hang: " + l.hang.reason + "; " + dumps);
     l.hang.active = false;
     FailAttemptLocked(l, l.hang.reason);
     return;
@@ -472,7 +471,7 @@ void JobManager::WatchLocked(Live& l, Clock::time_point now) {
                    std::to_string(l.job.attempt) + "\n" + v.summary + "\nno rank made progress for " +
                    std::to_string(static_cast<int64_t>(stalled)) + " s; " + timeout.why + "\n";
   l.hang.request = AddDumpRequestLocked(l, l.hang.dir);
-  LogEvent(job + ": hang detected (" + v.reason + "); collecting the ranks' dumps");
+  log::Info(job + ": hang detected (" + v.reason + "); collecting the ranks' dumps");
 }
 
 void JobManager::OnAllocationLocked(const AllocationUpdate& u) {
@@ -492,7 +491,7 @@ void JobManager::OnAllocationLocked(const AllocationUpdate& u) {
   if (l.job.state == JobState::kStarting) {
     SetStateLocked(l, JobState::kStarting, "attempt " + std::to_string(l.job.attempt) + ": " + what);
   } else {
-    LogEvent("job " + std::to_string(l.job.id) + ": " + what);
+    log::Info("job " + std::to_string(l.job.id) + ": " + what);
   }
 }
 

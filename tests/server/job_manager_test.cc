@@ -183,13 +183,13 @@ class JobManagerTest : public ::testing::Test {
       ASSERT_TRUE(s.ok()) << s.status();
     }
   }
-  // Starts `m` and gets one single-rank job launched and registered.
-  int64_t LaunchOne(JobManager& m, ScriptedAllocator& alloc, int max_restarts = 2) {
+  // Starts `m` and gets one job of `ranks` ranks launched and registered.
+  int64_t LaunchOne(JobManager& m, ScriptedAllocator& alloc, int max_restarts = 2, int ranks = 1) {
     EXPECT_TRUE(m.Recover().ok());
     m.Start();
-    const int64_t id = Submit(m, 1, 0, max_restarts);
+    const int64_t id = Submit(m, ranks, 0, max_restarts);
     EXPECT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
-    RegisterAll(m, id, 1);
+    RegisterAll(m, id, ranks);
     return id;
   }
   void FinishAll(JobManager& m, ScriptedAllocator& a, int64_t id, int ranks) {
@@ -244,11 +244,7 @@ TEST_F(JobManagerTest, QueueRunsByPriorityThenSubmissionOrder) {
 TEST_F(JobManagerTest, FailedRankRestartsUntilMaxRestartsThenFails) {
   ScriptedAllocator alloc(2, *store_);
   auto m = MakeManager(alloc);
-  ASSERT_TRUE(m->Recover().ok());
-  m->Start();
-  const int64_t id = Submit(*m, 2, 0, /*max_restarts=*/1);
-  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
-  RegisterAll(*m, id, 2);
+  const int64_t id = LaunchOne(*m, alloc, /*max_restarts=*/1, /*ranks=*/2);
   ASSERT_TRUE(WaitState(id, JobState::kRunning));
   alloc.End(id, 1, 0, 1);  // rank 0 fails
   ASSERT_TRUE(WaitFor([&] { return alloc.Signaled(id, SIGKILL); }, std::chrono::seconds(10)));  // peers stopped
@@ -276,11 +272,7 @@ TEST_F(JobManagerTest, FailedRankRestartsUntilMaxRestartsThenFails) {
 TEST_F(JobManagerTest, RankThatRefusesItsConfigFailsTheJobWithoutRestarts) {
   ScriptedAllocator alloc(2, *store_);
   auto m = MakeManager(alloc);
-  ASSERT_TRUE(m->Recover().ok());
-  m->Start();
-  const int64_t id = Submit(*m, 2, 0, /*max_restarts=*/3);
-  ASSERT_TRUE(WaitFor([&] { return alloc.NumLaunches() == 1; }, std::chrono::seconds(10)));
-  RegisterAll(*m, id, 2);
+  const int64_t id = LaunchOne(*m, alloc, /*max_restarts=*/3, /*ranks=*/2);
   ASSERT_TRUE(WaitState(id, JobState::kRunning));
   ASSERT_TRUE(m->ReportEnd(Ref(id, 1), RankOutcome::kFailed, 0, "/training/use_fp8: true is not supported").ok());
   alloc.End(id, 1, 1, 3);
