@@ -18,6 +18,8 @@ PACKAGES=(
   libboost-dev libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   # metrics: prometheus-cpp's registry and text serializer (not its web server)
   prometheus-cpp-dev
+  # web dashboard: Chart.js served by dsv3d from Debian's copy (no CDN)
+  libjs-chart.js
   # security: TLS for gRPC (grpc links it; dsv3d checks certificates itself), token hashes
   libssl-dev
   # tests: GoogleTest, promtool for the metrics format, a Python gRPC client, openssl
@@ -25,6 +27,8 @@ PACKAGES=(
   # tests: groff checks the generated man pages; bash runs the generated completion;
   # systemd-analyze checks the units and dpkg-shlibdeps gives the DEB its dependencies
   groff-base bash systemd dpkg-dev
+  # tests: the web dashboard in a headless browser
+  chromium
   # tests: a real single-node Slurm (tests/slurm/start-local-slurm.sh) for the slurm allocator
   munge slurm-wlm slurmctld slurmd slurm-client
   # bench: the PyTorch-eager Python peer of the model (bench/peer/) on the same LibTorch

@@ -21,6 +21,7 @@
 #include "dsv3/procs/host.h"
 #include "http/http_server.h"
 #include "http/prometheus.h"
+#include "web/web_frontend.h"
 #include "jobs/job_manager.h"
 #include "rpc/rpc_stats.h"
 #include "rpc/services.h"
@@ -94,6 +95,7 @@ struct Daemon::Parts {
   std::unique_ptr<ControllerService> controller;
   std::unique_ptr<WorkerService> worker;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<web::WebFrontend> web;
   std::unique_ptr<HttpServer> http;
   int grpc_port = 0;
   std::string grpc_host, http_host;
@@ -267,7 +269,7 @@ int Daemon::http_port() const { return p_->http ? p_->http->port() : 0; }
 
 std::string Daemon::Summary() const {
   return "gRPC on " + p_->grpc_host + ":" + std::to_string(grpc_port()) + ", HTTP" +
-         std::string(p_->options.http_tls ? "S" : "") + " /metrics on " + p_->http_host + ":" +
+         std::string(p_->options.http_tls ? "S" : "") + " /metrics and the dashboard on " + p_->http_host + ":" +
          std::to_string(http_port()) + ", state in " + p_->options.state_dir + ", allocator " +
          p_->allocator->Name() + " with " + std::to_string(p_->allocator->TotalSlots()) + " slot(s)" +
          (p_->agents != nullptr ? "; agents join with a credential from `dsv3d agent add NAME`" : "") +
@@ -371,19 +373,29 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   JobManager* manager_ptr = p->manager.get();
   Allocator* allocator_ptr = p->allocator.get();
   RpcStats* stats_ptr = &p->rpc_stats;
+  // The dashboard's API calls the Controller service in-process, so its authentication and
+  // ownership rules are the ones that answer.
+  web::WebOptions web_options;
+  web_options.pass_untokened = IsLoopbackHost(http_addr->host);
+  web_options.https = options.http_tls;
+  web_options.chartjs_path = options.chartjs;
+  p->web = std::make_unique<web::WebFrontend>(p->server->InProcessChannel(grpc::ChannelArguments()), web_options);
+  const web::WebFrontend* web_ptr = p->web.get();
   HttpLimits http_limits;
   http_limits.request_timeout = Ms(options.http_timeout_s);
   std::optional<HttpTls> http_tls;
   if (options.http_tls) http_tls = HttpTls{options.tls_cert, options.tls_key};
   auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, http_tls,
-                              [=](const std::string& target) -> HttpResponse {
-    const std::string path = target.substr(0, target.find('?'));
+                              [=](const HttpRequest& request) -> HttpResponse {
+    const std::string path = request.target.substr(0, request.target.find('?'));
+    if (auto page = web_ptr->Handle(request)) return std::move(*page);
+    if (request.method == "POST") return {405, "text/plain; charset=utf-8", "POST is for /api/v1 only\n", {}};
     if (path == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8",
-              RenderMetrics(*store_ptr, *manager_ptr, *allocator_ptr, *stats_ptr)};
+              RenderMetrics(*store_ptr, *manager_ptr, *allocator_ptr, *stats_ptr), {}};
     }
-    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
+    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n", {}};
+    return {404, "text/plain; charset=utf-8", "not found: try /, /metrics, /healthz or /api/v1/jobs\n", {}};
   });
   if (!http.ok()) return fail(http.status());
   p->http = std::move(*http);

@@ -13,7 +13,7 @@ namespace dsv3::server {
 
 struct DaemonOptions {
   std::string listen = "127.0.0.1:50051";     // gRPC
-  std::string http_listen = "127.0.0.1:9400";  // /metrics, /healthz
+  std::string http_listen = "127.0.0.1:9400";  // /metrics, /healthz, the dashboard and /api/v1
   std::string state_dir = "./var/dsv3";        // dsv3.db and jobs/<id>/
   std::string allocator = "local";             // local | static | slurm
   int slots = 0;                               // 0: the number of CPU cores (local)
@@ -28,7 +28,8 @@ struct DaemonOptions {
   std::string tls_client_ca;                   // PEM: CA of client certificates dsv3ctl must present
   std::string tls_ca;                          // PEM ranks and agents trust ("" = tls_cert itself)
   bool insecure = false;                       // plaintext beyond loopback, warned about at every start
-  bool http_tls = false;                       // /metrics over HTTPS with tls_cert/tls_key
+  bool http_tls = false;                       // the HTTP port over HTTPS with tls_cert/tls_key
+  std::string chartjs = "/usr/share/javascript/chart.js/chart.min.js";  // the dashboard's charts (libjs-chart.js)
   std::string work_root;                       // users' folders <work_root>/<user> ("" = <state-dir>/work)
   std::vector<std::string> read_roots;         // shared inputs users' jobs may read
   int max_jobs_per_user = 0;                   // jobs not yet ended per user (0 = no limit)

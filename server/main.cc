@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
   CLI::App app{"dsv3d: the dsv3 controller (job queue, store, supervision, metrics)", "dsv3d"};
   app.set_config("--config", "", "TOML file with any of these options as keys (listen = \"0.0.0.0:50051\")");
   app.add_option("--listen", o.listen, "gRPC address HOST:PORT")->capture_default_str();
-  app.add_option("--http-listen", o.http_listen, "HTTP address for /metrics and /healthz")->capture_default_str();
+  app.add_option("--http-listen", o.http_listen, "HTTP address for /metrics, /healthz, the web dashboard and /api/v1")
+      ->capture_default_str();
   app.add_option("--state-dir", o.state_dir, "Job store (dsv3.db) and job folders")->capture_default_str();
   app.add_option("--allocator", o.allocator,
                  "Where ranks run: local (this machine), static (hosts running dsv3-agent), slurm (sbatch/srun)")
@@ -87,7 +88,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", o.tls_client_ca,
                  "PEM CA: dsv3ctl calls must present a client certificate it signed (mTLS)");
   app.add_option("--tls-ca", o.tls_ca, "PEM CA that signed --tls-cert, for ranks and agents (default: --tls-cert)");
-  app.add_flag("--http-tls", o.http_tls, "Serve /metrics and /healthz over HTTPS with --tls-cert/--tls-key");
+  app.add_flag("--http-tls", o.http_tls,
+               "Serve the HTTP port (metrics, dashboard, API) over HTTPS with --tls-cert/--tls-key");
+  app.add_option("--chartjs", o.chartjs, "Chart.js file the dashboard draws its curves with (Debian's libjs-chart.js)")
+      ->capture_default_str();
   app.add_flag("--insecure", o.insecure, "Allow plaintext gRPC on a non-loopback --listen (warned at every start)");
   app.add_option("--work-root", o.work_root,
                  "Users' folders <work-root>/<user>: their jobs write and read only there (default: <state-dir>/work)");

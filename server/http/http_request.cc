@@ -13,15 +13,33 @@ void LimitParser(RequestParser& parser, const HttpLimits& limits) {
 
 int RefusalStatus(const boost::beast::error_code& ec) {
   if (!ec) return 0;
-  if (ec == http::error::header_limit || ec == http::error::body_limit) return 431;
+  if (ec == http::error::header_limit) return 431;
+  if (ec == http::error::body_limit) return 413;
   return 400;
 }
 
 int RefusalStatus(const RequestParser::value_type& request) {
-  return request.method() == http::verb::get || request.method() == http::verb::head ? 0 : 405;
+  const auto m = request.method();
+  return m == http::verb::get || m == http::verb::head || m == http::verb::post ? 0 : 405;
 }
 
-int ParseOneRequest(std::string_view bytes, const HttpLimits& limits, std::string* target) {
+HttpRequest ToHttpRequest(const RequestParser::value_type& request) {
+  HttpRequest r;
+  r.method = std::string(request.method_string());
+  r.target = std::string(request.target());
+  const auto field = [&](auto name) {
+    auto it = request.find(name);
+    return it == request.end() ? std::string() : std::string(it->value());
+  };
+  r.authorization = field(http::field::authorization);
+  r.cookie = field(http::field::cookie);
+  r.content_type = field(http::field::content_type);
+  r.csrf = field("X-Dsv3-Request");
+  r.body = request.body();
+  return r;
+}
+
+int ParseOneRequest(std::string_view bytes, const HttpLimits& limits, HttpRequest* request) {
   RequestParser parser;
   LimitParser(parser, limits);
   parser.eager(true);
@@ -36,7 +54,7 @@ int ParseOneRequest(std::string_view bytes, const HttpLimits& limits, std::strin
   }
   if (!parser.is_done()) return -1;
   const int refusal = RefusalStatus(parser.get());
-  if (refusal == 0 && target != nullptr) *target = std::string(parser.get().target());
+  if (refusal == 0 && request != nullptr) *request = ToHttpRequest(parser.get());
   return refusal;
 }
 

@@ -12,6 +12,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
+#include "http/http_request.h"
+
 namespace dsv3::server {
 namespace {
 
@@ -58,8 +60,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void OnRead(beast::error_code ec) {
     if (ec) {
-      if (RefusalStatus(ec) == 431) {
-        Reply(http::status::request_header_fields_too_large, "request too large\n", false);
+      if (const int refusal = RefusalStatus(ec); refusal == 431 || refusal == 413) {
+        Reply(static_cast<http::status>(refusal), "request too large\n", false);
         return;
       }
       Close();
@@ -68,24 +70,26 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     auto& req = parser_->get();
     const bool keep_alive = req.keep_alive();
     if (RefusalStatus(req) == 405) {
-      Reply(http::status::method_not_allowed, "only GET\n", false);
+      Reply(http::status::method_not_allowed, "only GET, HEAD and POST\n", false);
       return;
     }
     HttpResponse r;
     try {
-      r = handler_(std::string(req.target()));
+      r = handler_(ToHttpRequest(req));
     } catch (const std::exception& e) {
-      r = {500, "text/plain; charset=utf-8", std::string("error: ") + e.what() + "\n"};
+      r = {500, "text/plain; charset=utf-8", std::string("error: ") + e.what() + "\n", {}};
     }
     Reply(static_cast<http::status>(r.status), std::move(r.body), keep_alive, r.content_type,
-          req.method() == http::verb::head);
+          req.method() == http::verb::head, r.headers);
   }
 
   void Reply(http::status status, std::string body, bool keep_alive,
-             const std::string& content_type = "text/plain; charset=utf-8", bool head = false) {
+             const std::string& content_type = "text/plain; charset=utf-8", bool head = false,
+             const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     auto res = std::make_shared<http::response<http::string_body>>(status, 11);
     res->set(http::field::server, "dsv3d");
     res->set(http::field::content_type, content_type);
+    for (const auto& [name, value] : headers) res->insert(name, value);
     res->keep_alive(keep_alive);
     const size_t size = body.size();
     if (!head) res->body() = std::move(body);

@@ -1,6 +1,7 @@
-// A small HTTP/1.1 server (Boost.Beast, optionally over TLS) for GET /metrics and /healthz on its own port and
-// thread. Requests are bounded (HttpLimits: 8 KiB of headers, no body, 10 s to send a
-// request, 64 connections), so a slow or hostile client cannot hold the endpoint.
+// A small HTTP/1.1 server (Boost.Beast, optionally over TLS) on its own port and thread: /metrics,
+// /healthz, the web dashboard and /api/v1. Requests are bounded (HttpLimits: 8 KiB of headers,
+// 4 KiB of body, 10 s to send a request, 64 connections), so a slow or hostile client cannot
+// hold the endpoint.
 #pragma once
 
 #include <functional>
@@ -9,18 +10,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "http/http_request.h"
+#include "http/http_types.h"
 
 namespace dsv3::server {
-
-struct HttpResponse {
-  int status = 200;
-  std::string content_type = "text/plain; charset=utf-8";
-  std::string body;
-};
-
-// Called on the server thread for every GET; `target` is the path with any query string.
-using HttpHandler = std::function<HttpResponse(const std::string& target)>;
 
 class HttpServer {
  public:

@@ -222,15 +222,28 @@ TEST_F(PathPolicyTest, EscapesAreRefusedWithTheirField) {
 
 TEST(HttpRequest, LimitsAndRefusalsAreThoseOfTheEndpoint) {
   HttpLimits limits;
-  std::string target;
-  EXPECT_EQ(ParseOneRequest("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", limits, &target), 0);
-  EXPECT_EQ(target, "/metrics?x=1");
-  EXPECT_EQ(ParseOneRequest("HEAD /healthz HTTP/1.0\r\n\r\n", limits, &target), 0);
-  EXPECT_EQ(ParseOneRequest("GET /metrics HTTP/1.1\r\nHost: a\r\n", limits, &target), -1);  // more to come
-  EXPECT_EQ(ParseOneRequest("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", limits, &target), 405);
-  EXPECT_EQ(ParseOneRequest("POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", limits, &target), 431);
-  EXPECT_EQ(ParseOneRequest("GET / HTTP/1.1\r\nX: " + std::string(9000, 'a') + "\r\n\r\n", limits, &target), 431);
-  EXPECT_EQ(ParseOneRequest("\x01\x02 nonsense\r\n\r\n", limits, &target), 400);
+  HttpRequest r;
+  EXPECT_EQ(ParseOneRequest("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nCookie: a=1; dsv3_token=t\r\n\r\n", limits, &r),
+            0);
+  EXPECT_EQ(r.method, "GET");
+  EXPECT_EQ(r.target, "/metrics?x=1");
+  EXPECT_EQ(r.cookie, "a=1; dsv3_token=t");
+  EXPECT_EQ(ParseOneRequest("HEAD /healthz HTTP/1.0\r\n\r\n", limits, &r), 0);
+  EXPECT_EQ(ParseOneRequest("GET /metrics HTTP/1.1\r\nHost: a\r\n", limits, &r), -1);  // more to come
+  EXPECT_EQ(ParseOneRequest("POST /api/v1/login HTTP/1.1\r\nAuthorization: Bearer x\r\nX-Dsv3-Request: 1\r\n"
+                            "Content-Type: application/json\r\nContent-Length: 5\r\n\r\nhello",
+                            limits, &r),
+            0);
+  EXPECT_EQ(r.method, "POST");
+  EXPECT_EQ(r.authorization, "Bearer x");
+  EXPECT_EQ(r.csrf, "1");
+  EXPECT_EQ(r.content_type, "application/json");
+  EXPECT_EQ(r.body, "hello");
+  EXPECT_EQ(ParseOneRequest("DELETE /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", limits, &r), 405);
+  EXPECT_EQ(ParseOneRequest("POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + std::string(5000, 'a'), limits, &r),
+            413);
+  EXPECT_EQ(ParseOneRequest("GET / HTTP/1.1\r\nX: " + std::string(9000, 'a') + "\r\n\r\n", limits, &r), 431);
+  EXPECT_EQ(ParseOneRequest("\x01\x02 nonsense\r\n\r\n", limits, &r), 400);
 }
 
 }  // namespace

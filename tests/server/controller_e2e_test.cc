@@ -645,7 +645,7 @@ TEST_F(ControllerTest, HttpEndpointAnswersHealthAndBoundsRequests) {
   Dsv3d d(dir_.path() / "state", 1);
   d.Start();
   EXPECT_EQ(HttpGet(d.http(), "/healthz"), "ok\n");
-  EXPECT_EQ(HttpGet(d.http(), "/nothing"), "not found: try /metrics or /healthz\n");
+  EXPECT_EQ(HttpGet(d.http(), "/nothing"), "not found: try /, /metrics, /healthz or /api/v1/jobs\n");
   EXPECT_NE(HttpGet(d.http(), "/metrics?x=1").find("# TYPE dsv3_queue_length gauge"), std::string::npos);
   // 16 KiB of headers is over the 8 KiB limit: refused with 431, not buffered.
   const std::string big = "/metrics HTTP/1.1\r\nX-Padding: " + std::string(16 * 1024, 'a') + "\r\nX-End: 1";

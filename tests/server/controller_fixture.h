@@ -35,9 +35,9 @@ namespace dsv3::test {
 
 namespace fs = std::filesystem;
 
-// GET http://<host:port><path> over a plain socket; returns the body ("" on failure), or
-// the whole response with its status line and headers.
-inline std::string HttpGet(const std::string& host_port, const std::string& path, bool whole_response = false) {
+// Sends `request` (a whole HTTP/1.1 request) to host:port over a plain socket and returns the
+// whole response ("" when it could not connect).
+inline std::string HttpExchange(const std::string& host_port, const std::string& request) {
   const auto colon = host_port.rfind(':');
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_INET;
@@ -47,15 +47,21 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   const bool connected = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0;
   freeaddrinfo(res);
   std::string response;
-  if (connected) {
-    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + host_port + "\r\nConnection: close\r\n\r\n";
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, static_cast<size_t>(n));
-    }
+  if (connected && write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, static_cast<size_t>(n));
   }
   if (fd >= 0) close(fd);
+  return response;
+}
+
+// GET http://<host:port><path>; returns the body ("" on failure), or the whole response with
+// its status line and headers. `headers`: more header lines, each ending in \r\n.
+inline std::string HttpGet(const std::string& host_port, const std::string& path, bool whole_response = false,
+                           const std::string& headers = "") {
+  const std::string response = HttpExchange(
+      host_port, "GET " + path + " HTTP/1.1\r\nHost: " + host_port + "\r\n" + headers + "Connection: close\r\n\r\n");
   if (whole_response) return response;
   const auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
