@@ -236,13 +236,15 @@ function summary(job) {
     ['ETA', ENDED.has(stateName(job.state)) ? '' : duration(job.etaSeconds)],
     ['Attempt', job.attempt], ['Restarts', `${job.restarts} / ${job.maxRestarts}`], ['Ranks', job.numRanks],
     ['Priority', job.priority], ['Submitted', time(job.createdUnixMs)], ['Started', time(job.startedUnixMs)],
-    ['Finished', time(job.finishedUnixMs)], ['Reason', job.stateReason],
-    ['Last checkpoint', job.lastCheckpoint ? `step ${job.lastCheckpointStep}` : ''], ['Folder', job.jobDir],
+    ['Finished', time(job.finishedUnixMs)],
+    ['Last checkpoint', job.lastCheckpoint ? `step ${job.lastCheckpointStep}` : ''],
+    ['Reason', job.stateReason], ['Folder', job.jobDir],
   ];
   const dl = $('summary');
   dl.replaceChildren();
   for (const [k, v] of items) {
     const dd = document.createElement('dd');
+    if (k === 'Reason' || k === 'Folder') dd.className = 'wide';
     if (v instanceof Node) dd.appendChild(v); else dd.textContent = v === undefined ? '' : String(v);
     dl.append(el('dt', k), dd);
   }
