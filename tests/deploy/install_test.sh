@@ -68,6 +68,7 @@ for f in ./usr/bin/dsv3d ./usr/bin/dsv3-worker ./usr/lib/systemd/system/dsv3d.se
   echo "$listing" | grep -q " $f\$" || fail "the DEB lacks $f"
 done
 dpkg-deb -f "$deb" Depends | grep -q "libtorch" || fail "the DEB does not depend on libtorch: $(dpkg-deb -f "$deb" Depends)"
+dpkg-deb -f "$deb" Recommends | grep -q "libjs-chart.js" || fail "the DEB does not recommend libjs-chart.js"
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx "/etc/dsv3/dsv3d.toml" || fail "dsv3d.toml is not a conffile"
 echo "install_test: $(basename "$deb"), $(du -k "$deb" | cut -f1) KiB"
 echo "install_test: ok"
