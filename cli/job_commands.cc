@@ -118,7 +118,8 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
     // Follow: JSON output gets only the final job; text gets the logs as they come.
     std::ostringstream sink;
     const grpc::Status ls =
-        StreamLogs(*stub, st->common, job.id(), std::nullopt, true, 0, job.num_ranks() > 1, json_out ? sink : ctx.out);
+        StreamLogs(*stub, st->common, job.id(), LogRequest{std::nullopt, true, 0, 0, job.num_ranks() > 1, false},
+                   json_out ? sink : ctx.out);
     if (!ls.ok()) {
       ReportRpcError(ls, st->common, ctx);
       return;
@@ -276,34 +277,50 @@ void AddLogs(CLI::App& app, CliContext& ctx) {
   struct State {
     Common common;
     int64_t job = 0;
-    std::optional<int> rank;
-    int tail = 0;
-    bool follow = false;
+    LogRequest request;
+    std::string since;
   };
   auto st = std::make_shared<State>();
   CLI::App* verb = app.add_subcommand("logs", "Print a job's rank logs (stdout and stderr)");
   verb->add_option("JOB", st->job, "Job id")->required();
-  verb->add_flag("-f,--follow", st->follow, "Keep printing until the job ends");
-  verb->add_option("--rank", st->rank, "Only this rank (default: every rank, prefixed [rank])");
-  verb->add_option("--tail", st->tail, "Start with the last N lines of each rank")->check(CLI::NonNegativeNumber);
+  verb->add_flag("-f,--follow", st->request.follow, "Keep printing until the job ends");
+  verb->add_option("--rank", st->request.rank, "Only this rank (default: every rank, prefixed [rank])");
+  verb->add_option("--tail", st->request.tail, "Start with the last N lines of each rank")
+      ->check(CLI::NonNegativeNumber);
+  verb->add_option("--since", st->since,
+                   "Only lines written since then: a duration before now (90s, 10m, 2h, 1d) or a UTC time "
+                   "(2026-12-02T19:00:00Z)");
+  verb->add_flag("-t,--timestamps", st->request.timestamps,
+                 "Start each line with its time (UTC; lines without a time of their own take the one before)");
   st->common.Add(*verb);
   verb->callback([st, &ctx] {
+    LogRequest r = st->request;
+    if (!st->since.empty()) {
+      const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      const auto since = ParseSince(st->since, now);
+      if (!since) {
+        ctx.err << "dsv3ctl: --since: '" << st->since
+                << "' is neither a duration (90s, 10m, 2h, 1d) nor a UTC time like 2026-12-02T19:00:00Z\n";
+        ctx.exit_code = kExitUsage;
+        return;
+      }
+      r.since_unix_ms = *since;
+    }
     auto stub = st->common.Stub();
     auto job = FetchJob(*stub, st->job, st->common, ctx);
     if (!job) return;
-    const bool prefix = !st->rank && job->num_ranks() > 1;
+    r.prefix_rank = !r.rank && job->num_ranks() > 1;
     if (st->common.format == OutputFormat::kJson) {
       grpc::ClientContext rpc;
       st->common.Prepare(rpc);
-      v1::StreamLogsRequest req;
-      req.set_job_id(st->job);
-      if (st->rank) req.set_rank(*st->rank);
-      req.set_follow(st->follow);
-      req.set_tail_lines(st->tail);
-      auto reader = stub->StreamLogs(&rpc, req);
+      auto reader = stub->StreamLogs(&rpc, ToStreamLogsRequest(st->job, r));
       v1::LogChunk chunk;
       while (reader->Read(&chunk)) {
-        for (const auto& l : chunk.lines()) ctx.out << json{{"rank", l.rank()}, {"text", l.text()}}.dump() << "\n";
+        for (const auto& l : chunk.lines()) {
+          ctx.out << json{{"rank", l.rank()}, {"time_unix_ms", l.time_unix_ms()}, {"text", l.text()}}.dump() << "\n";
+        }
       }
       const grpc::Status s = reader->Finish();
       if (!s.ok()) {
@@ -311,7 +328,7 @@ void AddLogs(CLI::App& app, CliContext& ctx) {
         return;
       }
     } else {
-      const grpc::Status s = StreamLogs(*stub, st->common, st->job, st->rank, st->follow, st->tail, prefix, ctx.out);
+      const grpc::Status s = StreamLogs(*stub, st->common, st->job, r, ctx.out);
       if (!s.ok()) {
         ReportRpcError(s, st->common, ctx);
         return;

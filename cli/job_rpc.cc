@@ -1,6 +1,11 @@
 #include "job_rpc.h"
 
+#include <chrono>
+#include <regex>
+
 #include <google/protobuf/util/json_util.h>
+
+#include "dsv3/common/message_log.h"
 
 namespace dsv3::cli {
 
@@ -64,25 +69,50 @@ std::optional<v1::Job> FetchJob(v1::Controller::Stub& stub, int64_t id, const Co
   return job;
 }
 
-grpc::Status StreamLogs(v1::Controller::Stub& stub, const Common& c, int64_t id, std::optional<int> rank, bool follow,
-                        int tail, bool prefix_rank, std::ostream& os) {
-  grpc::ClientContext rpc;
-  c.Prepare(rpc);
+v1::StreamLogsRequest ToStreamLogsRequest(int64_t id, const LogRequest& r) {
   v1::StreamLogsRequest req;
   req.set_job_id(id);
-  if (rank) req.set_rank(*rank);
-  req.set_follow(follow);
-  req.set_tail_lines(tail);
-  auto reader = stub.StreamLogs(&rpc, req);
+  if (r.rank) req.set_rank(*r.rank);
+  req.set_follow(r.follow);
+  req.set_tail_lines(r.tail);
+  req.set_since_unix_ms(r.since_unix_ms);
+  return req;
+}
+
+grpc::Status StreamLogs(v1::Controller::Stub& stub, const Common& c, int64_t id, const LogRequest& r, std::ostream& os) {
+  grpc::ClientContext rpc;
+  c.Prepare(rpc);
+  auto reader = stub.StreamLogs(&rpc, ToStreamLogsRequest(id, r));
   v1::LogChunk chunk;
   while (reader->Read(&chunk)) {
     for (const auto& l : chunk.lines()) {
-      if (prefix_rank) os << "[" << l.rank() << "] ";
+      if (r.timestamps) {
+        os << (l.time_unix_ms() > 0 ? msg::LogStamp(std::chrono::system_clock::time_point(
+                                          std::chrono::milliseconds(l.time_unix_ms())))
+                                    : std::string(24, '-'))
+           << " ";
+      }
+      if (r.prefix_rank) os << "[" << l.rank() << "] ";
       os << l.text() << "\n";
     }
     os.flush();
   }
   return reader->Finish();
+}
+
+std::optional<int64_t> ParseSince(const std::string& text, int64_t now_ms) {
+  static const std::regex duration(R"(^(\d{1,9})([smhd])$)");
+  std::smatch m;
+  if (std::regex_match(text, m, duration)) {
+    const int64_t unit = m[2] == "s" ? 1000 : m[2] == "m" ? 60000 : m[2] == "h" ? 3600000 : 86400000;
+    return now_ms - std::stoll(m[1]) * unit;
+  }
+  // The stamp form ranks write, with the milliseconds made optional.
+  std::string stamp = text;
+  if (stamp.size() == 20 && stamp.back() == 'Z') stamp.insert(19, ".000");
+  const msg::StampedLine parsed = msg::SplitLogStamp(stamp + " ");
+  if (stamp.size() == 24 && parsed.unix_ms) return *parsed.unix_ms;
+  return std::nullopt;
 }
 
 }  // namespace dsv3::cli

@@ -74,8 +74,22 @@ bool Call(const Common& c, CliContext& ctx,
 // GetJob; nullopt (reported) when it fails.
 std::optional<v1::Job> FetchJob(v1::Controller::Stub& stub, int64_t id, const Common& c, CliContext& ctx);
 
+// What a logs stream asks for, and how its lines are printed.
+struct LogRequest {
+  std::optional<int> rank;   // unset: every rank
+  bool follow = false;
+  int tail = 0;              // 0: from the beginning
+  int64_t since_unix_ms = 0; // 0: every line
+  bool prefix_rank = false;  // "[r] " before each line
+  bool timestamps = false;   // each line's time first (UTC, as the rank's logger wrote it)
+};
+v1::StreamLogsRequest ToStreamLogsRequest(int64_t id, const LogRequest& r);
+
 // Streams logs to `os`; returns the RPC status (OK when the stream ended normally).
-grpc::Status StreamLogs(v1::Controller::Stub& stub, const Common& c, int64_t id, std::optional<int> rank, bool follow,
-                        int tail, bool prefix_rank, std::ostream& os);
+grpc::Status StreamLogs(v1::Controller::Stub& stub, const Common& c, int64_t id, const LogRequest& r, std::ostream& os);
+
+// `logs --since`: "90s", "10m", "2h" or "1d" before `now_ms`, or a UTC time
+// "2026-12-02T19:00:00Z" (milliseconds optional). nullopt when it is neither.
+std::optional<int64_t> ParseSince(const std::string& text, int64_t now_ms);
 
 }  // namespace dsv3::cli

@@ -65,6 +65,8 @@ fi
 echo
 echo "dsv3d keeps running (pid $(cat "$state_dir/dsv3d.pid" 2> /dev/null || echo '?')): try"
 echo "  $ctl status; $ctl logs ${job:-JOB} --tail 5; $ctl submit configs/train_config_nano.json"
+echo "  the web dashboard: http://$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' \
+  "$state_dir/dsv3d.json" 2> /dev/null || echo 127.0.0.1:9400)/"
 echo "  tensorboard --logdir $state_dir/jobs   # if TensorBoard is installed"
 echo "stop it with: kill \$(cat $state_dir/dsv3d.pid)"
 exit "$outcome"

@@ -19,6 +19,7 @@
 
 #include "dsv3/common/background_loop.h"
 #include "dsv3/common/env.h"
+#include "dsv3/common/message_log.h"
 #include "dsv3/dist/flight_recorder.h"
 #include "dsv3/procs/pem.h"
 #include "dsv3/v1/worker.grpc.pb.h"
@@ -232,8 +233,7 @@ class GrpcControllerReporter final : public ControllerReporter {
       if (rejections_ == kStopAfterRejections) handler = on_command_;
     }
     if (handler) {
-      std::cerr << "dsv3-worker: the controller no longer runs this attempt (" << s.error_message()
-                << "); stopping" << std::endl;
+      msg::Warning("the controller no longer runs this attempt (" + s.error_message() + "); stopping");
       handler(ControllerCommand::kStop);
     }
   }
@@ -275,8 +275,8 @@ class GrpcControllerReporter final : public ControllerReporter {
           registered = true;
           if (resp.heartbeat_interval_ms() > 0) interval = std::chrono::milliseconds(resp.heartbeat_interval_ms());
         } else if (!warned_) {
-          std::cerr << "dsv3-worker: cannot register with the controller at " << address_ << ": "
-                    << s.error_message() << " (retrying)" << std::endl;
+          msg::Warning("cannot register with the controller at " + address_ + ": " + s.error_message() +
+                       " (retrying)");
           warned_ = true;
         }
         next_heartbeat = Clock::now() + (s.ok() ? interval : std::chrono::milliseconds(1000));

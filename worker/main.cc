@@ -22,6 +22,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
 #include "dsv3/common/exit_codes.h"
+#include "dsv3/common/message_log.h"
 #include "dsv3/common/threads.h"
 #include "dsv3/dist/communicator.h"
 #include "dsv3/dist/faults.h"
@@ -93,13 +94,14 @@ class Forward final : public dsv3::train::Reporter {
 int Usage(const std::string& problem) {
   std::cerr << "dsv3-worker: " << problem << "\n"
             << "usage: dsv3-worker --config FILE [--resume PATH|latest] [--output-dir DIR] [--threads N] "
-               "[--max-steps N] | --version\n";
+               "[--max-steps N] [--log-level debug|info|warning|error] [--log-format text|json] | --version\n";
   return 2;
 }
 
 // Reads the flags into `config_path` and `options`; returns an exit status when the process
 // should end here (help, or a usage error), or -1 to go on.
-int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::TrainerOptions& options) {
+int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::TrainerOptions& options,
+              std::string& log_level, std::string& log_format) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -125,6 +127,12 @@ int ParseArgs(int argc, char** argv, std::string& config_path, dsv3::train::Trai
     } else if (a == "--max-steps") {
       if (!(v = value()) || std::atoi(v) < 0) return Usage("--max-steps needs a number >= 0");
       options.max_steps = std::atoi(v);
+    } else if (a == "--log-level") {
+      if (!(v = value())) return Usage(std::string("--log-level needs one of ") + dsv3::msg::kLevels);
+      log_level = v;
+    } else if (a == "--log-format") {
+      if (!(v = value())) return Usage(std::string("--log-format needs one of ") + dsv3::msg::kFormats);
+      log_format = v;
     } else {
       return Usage("unknown argument " + a);
     }
@@ -148,13 +156,16 @@ std::unique_ptr<dsv3::dist::Communicator> ConnectWorld(const dsv3::dist::LaunchI
   const auto t0 = std::chrono::steady_clock::now();
   auto world = dsv3::dist::Connect(launch, connect);
   // bench/launch_bench reads this line: the rendezvous share of a job's start-up.
-  std::cout << "dsv3-worker: rank " << launch.rank << " joined " << launch.world_size << " ranks at "
-            << launch.master_addr << ":" << launch.master_port << " in "
-            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
-            << " ms (done at unix time "
-            << std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::system_clock::now().time_since_epoch()).count()
-            << " ms)" << std::endl;
+  dsv3::msg::Info(
+      "dsv3-worker: rank " + std::to_string(launch.rank) + " joined " + std::to_string(launch.world_size) +
+      " ranks at " + launch.master_addr + ":" + std::to_string(launch.master_port) + " in " +
+      std::to_string(
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()) +
+      " ms (done at unix time " +
+      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count()) +
+      " ms)");
   return world;
 }
 
@@ -165,7 +176,10 @@ int main(int argc, char** argv) {
   dsv3::LimitOpenBlasThreads(1);  // LibTorch owns the threads (2.5x slower otherwise)
   std::string config_path;
   dsv3::train::TrainerOptions options;
-  if (const int status = ParseArgs(argc, argv, config_path, options); status >= 0) return status;
+  std::string log_level = "info", log_format = "text";
+  if (const int status = ParseArgs(argc, argv, config_path, options, log_level, log_format); status >= 0) {
+    return status;
+  }
   InstallSignalHandlers();
   dsv3::dist::LaunchInfo launch;
   try {
@@ -174,13 +188,17 @@ int main(int argc, char** argv) {
     std::cerr << "dsv3-worker: " << e.what() << std::endl;
     return 1;
   }
+  if (const std::string problem = dsv3::msg::Setup("dsv3-worker", launch.rank, log_level, log_format);
+      !problem.empty()) {
+    return Usage(problem);
+  }
   options.rank = launch.rank;
   options.world_size = launch.world_size;
   options.local_rank = launch.local_rank;
   try {
     dsv3::dist::Faults::Install(launch.rank);
   } catch (const std::exception& e) {
-    std::cerr << "dsv3-worker: " << e.what() << std::endl;
+    dsv3::msg::Error(std::string(e.what()));
     return dsv3::exit_status::kUsage;
   }
   dsv3::worker::InstallStackDumpHandler();
@@ -190,7 +208,7 @@ int main(int argc, char** argv) {
   try {
     controller = dsv3::worker::MakeControllerReporterFromEnv(options.rank, options.world_size);
   } catch (const std::exception& e) {
-    std::cerr << "dsv3-worker: " << e.what() << std::endl;
+    dsv3::msg::Error(std::string(e.what()));
     return 1;
   }
   const auto finish = [&](bool finished, bool failed, int64_t step, const std::string& message) {
@@ -198,8 +216,8 @@ int main(int argc, char** argv) {
   };
 #else
   if (const char* c = std::getenv(dsv3::env::kController); c != nullptr && *c != '\0') {
-    std::cerr << "dsv3-worker: " << dsv3::env::kController
-              << " is set but this dsv3-worker was built without gRPC and cannot report to a controller" << std::endl;
+    dsv3::msg::Error(std::string(dsv3::env::kController) +
+                     " is set but this dsv3-worker was built without gRPC and cannot report to a controller");
     return 1;
   }
   const auto finish = [](bool, bool, int64_t, const std::string&) {};
@@ -208,14 +226,14 @@ int main(int argc, char** argv) {
   // to dsv3d first so the job fails at once with the reason.
   const auto fail = [&](int status, const std::string& message) {
     g_trainer.store(nullptr);
-    std::cerr << "dsv3-worker: error: " << message << std::endl;
+    dsv3::msg::Error(message);
     finish(false, true, 0, message);
     return status;
   };
   dsv3::config::LoadOptions load;
   load.world_size = options.world_size;
   const dsv3::config::LoadResult cfg = dsv3::config::LoadConfigFile(config_path, load);
-  for (const auto& w : cfg.warnings) std::cerr << config_path << ": warning: " << w.ToString() << "\n";
+  for (const auto& w : cfg.warnings) dsv3::msg::Warning(config_path + ": " + w.ToString());
   if (!cfg.ok()) {
     std::string all;
     for (const auto& e : cfg.errors) all += (all.empty() ? "" : "; ") + e.ToString();
@@ -262,8 +280,8 @@ int main(int argc, char** argv) {
                             : g_time_limit.load() ? "stopped for the time limit (SIGUSR2 from Slurm)"
                                                   : "stopped";
     finish(r.finished, false, r.step, how);
-    std::cout << "dsv3-worker: " << how << " at step " << r.step
-              << (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint) << std::endl;
+    dsv3::msg::Info("dsv3-worker: " + how + " at step " + std::to_string(r.step) +
+                    (r.last_checkpoint.empty() ? "" : "; checkpoint saved to " + r.last_checkpoint));
     return 0;
   } catch (const dsv3::PermanentError& e) {
     return fail(e.status(), e.what());

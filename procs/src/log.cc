@@ -67,8 +67,8 @@ class LineSink final : public spdlog::sinks::base_sink<std::mutex> {
       std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
       char with_ms[48];
       std::snprintf(with_ms, sizeof(with_ms), "%s.%03dZ", stamp, ms);
-      line = nlohmann::json{{"time", with_ms}, {"level", LevelName(msg.level)}, {"program", program_},
-                            {"message", text}}
+      line = nlohmann::ordered_json{{"time", with_ms}, {"level", LevelName(msg.level)}, {"program", program_},
+                                    {"message", text}}
                  .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     } else {
       const std::string level = msg.level == spdlog::level::info ? "" : std::string(LevelName(msg.level)) + ": ";

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <thread>
 
+#include "dsv3/common/message_log.h"
 #include "jobs/job_config.h"
 #include "rpc/services.h"
 
@@ -72,10 +73,26 @@ struct LogTail {
   int rank = 0;
   std::string path;
   int64_t offset = 0;
-  std::string partial;  // a line not yet terminated
+  std::string partial;     // a line not yet terminated
+  int64_t last_time = 0;   // of the newest line with a time (lines without one inherit it)
+  int64_t since = 0;       // lines before this time are skipped (0: none)
 };
 
-// Reads what was appended since the last pass; complete lines go to `out`.
+// One line of a rank log into `out`, with its time and without the stamp it began with;
+// false when it is older than the tail's `since`.
+bool AddLine(LogTail& t, std::string_view text, v1::LogChunk* out) {
+  const msg::StampedLine stamped = msg::SplitLogStamp(text);
+  if (stamped.unix_ms) t.last_time = *stamped.unix_ms;
+  if (t.since > 0 && t.last_time < t.since) return false;
+  auto* line = out->add_lines();
+  line->set_rank(t.rank);
+  line->set_text(std::string(stamped.text));
+  line->set_time_unix_ms(t.last_time);
+  return true;
+}
+
+// Reads what was appended since the last pass; complete lines go to `out`. Returns how many
+// lines were read (sent or skipped as older than `since`).
 size_t ReadNewLines(LogTail& t, v1::LogChunk* out, bool flush_partial) {
   std::ifstream f(t.path, std::ios::binary);
   size_t lines = 0;
@@ -91,9 +108,7 @@ size_t ReadNewLines(LogTail& t, v1::LogChunk* out, bool flush_partial) {
       t.offset += static_cast<int64_t>(want);
       size_t start = 0;
       for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
-        auto* line = out->add_lines();
-        line->set_rank(t.rank);
-        line->set_text(t.partial + buf.substr(start, nl - start));
+        AddLine(t, t.partial + buf.substr(start, nl - start), out);
         t.partial.clear();
         ++lines;
       }
@@ -101,9 +116,7 @@ size_t ReadNewLines(LogTail& t, v1::LogChunk* out, bool flush_partial) {
     }
   }
   if (flush_partial && !t.partial.empty()) {
-    auto* line = out->add_lines();
-    line->set_rank(t.rank);
-    line->set_text(t.partial);
+    AddLine(t, t.partial, out);
     t.partial.clear();
     ++lines;
   }
@@ -226,7 +239,7 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
   if (j.state == JobState::kFailed) {
     // The end of each rank's log: usually the error that failed the job.
     for (int r = 0; r < j.num_ranks; ++r) {
-      LogTail t{r, manager_.LogPath(j, r), OffsetOfLastLines(manager_.LogPath(j, r), 20), ""};
+      LogTail t{r, manager_.LogPath(j, r), OffsetOfLastLines(manager_.LogPath(j, r), 20), "", 0, 0};
       v1::LogChunk chunk;
       ReadNewLines(t, &chunk, true);
       for (const auto& l : chunk.lines()) {
@@ -405,6 +418,10 @@ grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::S
                         "rank: " + std::to_string(req->rank()) + " is not a rank of job " + std::to_string(job->id) +
                             " (0.." + std::to_string(job->num_ranks - 1) + ")");
   }
+  if (req->since_unix_ms() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "since_unix_ms: " + std::to_string(req->since_unix_ms()) + " is negative");
+  }
   if (req->tail_lines() < 0 || req->tail_lines() > limits_.max_log_lines_per_request) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "tail_lines: " + std::to_string(req->tail_lines()) + " is outside 0.." +
@@ -413,7 +430,7 @@ grpc::Status ControllerService::StreamLogs(grpc::ServerContext* ctx, const v1::S
   std::vector<LogTail> tails;
   for (int r = 0; r < job->num_ranks; ++r) {
     if (req->has_rank() && r != req->rank()) continue;
-    LogTail t{r, manager_.LogPath(*job, r), 0, ""};
+    LogTail t{r, manager_.LogPath(*job, r), 0, "", 0, req->since_unix_ms()};
     // A request reads at most the last max_log_lines_per_request lines of what is there.
     const int tail = req->tail_lines() > 0 ? req->tail_lines() : limits_.max_log_lines_per_request;
     t.offset = OffsetOfLastLines(t.path, tail);

@@ -225,6 +225,9 @@ HttpResponse Api::Get(const std::string& path, const HttpRequest& request, grpc:
     auto tail = IntParam(q, "tail", 200, 1, 10000);
     if (!tail.ok()) return Error(tail.status());
     req.set_tail_lines(static_cast<int32_t>(*tail));
+    auto since = IntParam(q, "since_unix_ms", 0, 0, INT64_MAX);
+    if (!since.ok()) return Error(since.status());
+    req.set_since_unix_ms(*since);
     if (q.count("rank") != 0) {
       auto rank = IntParam(q, "rank", 0, 0, INT32_MAX);
       if (!rank.ok()) return Error(rank.status());

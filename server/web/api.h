@@ -4,7 +4,7 @@
 //   GET  /api/v1/jobs?state=RUNNING&owner=U&name=S&limit=N
 //   GET  /api/v1/jobs/N                      (with its resolved config)
 //   GET  /api/v1/jobs/N/metrics?name=loss&name=lr&since_step=S&max_points=P
-//   GET  /api/v1/jobs/N/logs?tail=200&rank=R
+//   GET  /api/v1/jobs/N/logs?tail=200&rank=R&since_unix_ms=T
 //   GET  /api/v1/jobs/N/checkpoints
 //   GET  /api/v1/nodes
 //   POST /api/v1/jobs/N/cancel                (header X-Dsv3-Request; body {"reason": "..."} optional)

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app.h"
+#include "job_rpc.h"
 #include "output.h"
 #include "dsv3/common/config_io.h"
 #include "test_util.h"
@@ -252,6 +253,19 @@ TEST(Output, ColourOnlyOnATerminalWithoutNoColor) {
   EXPECT_EQ(Paint("FAILED", "31", false), "FAILED");
   EXPECT_EQ(RenderTable({{"ID", "STATE", "X"}, {"1", Paint("FAILED", "31", true), "a"}, {"2", "QUEUED", "b"}}),
             "ID  STATE   X\n1   \033[31mFAILED\033[0m  a\n2   QUEUED  b\n");
+}
+
+TEST(Logs, SinceTakesADurationOrAUtcTime) {
+  const int64_t now = 1796241447123;
+  EXPECT_EQ(*ParseSince("90s", now), now - 90000);
+  EXPECT_EQ(*ParseSince("10m", now), now - 600000);
+  EXPECT_EQ(*ParseSince("2h", now), now - 7200000);
+  EXPECT_EQ(*ParseSince("1d", now), now - 86400000);
+  EXPECT_EQ(*ParseSince("2026-12-02T19:57:27Z", now), 1796241447000);
+  EXPECT_EQ(*ParseSince("2026-12-02T19:57:27.123Z", now), 1796241447123);
+  for (const char* bad : {"", "10", "10 m", "-5m", "2026-12-02", "2026-12-02 19:57:27", "yesterday"}) {
+    EXPECT_FALSE(ParseSince(bad, now).has_value()) << bad;
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "app.h"
 #include "controller_fixture.h"
+#include "dsv3/common/message_log.h"
 
 namespace dsv3::test {
 namespace {
@@ -123,6 +124,27 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
   ASSERT_EQ(Cli({"logs", "1", "--tail", "1", "--controller", d.address()}, &out), 0) << out;
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   EXPECT_NE(out.find("dsv3-worker: finished at step 20"), std::string::npos) << out;
+  // The stamp the rank wrote is not part of the text; --timestamps prints it, --since filters by it.
+  EXPECT_EQ(out.rfind("dsv3-worker: finished at step 20", 0), 0u) << out;
+  ASSERT_EQ(Cli({"logs", "1", "--tail", "1", "--timestamps", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z dsv3-worker: finished)")))
+      << out;
+  const int64_t finished_ms = msg::SplitLogStamp(out).unix_ms.value_or(0);
+  EXPECT_NEAR(static_cast<double>(finished_ms), static_cast<double>(job.finished_unix_ms()), 5000.0);
+  ASSERT_EQ(Cli({"logs", "1", "--since", "1h", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_NE(out.find("step 20/20"), std::string::npos) << out;  // every line is younger than that
+  ASSERT_EQ(Cli({"logs", "1", "--since", msg::LogStamp(std::chrono::system_clock::time_point(
+                                                          std::chrono::milliseconds(finished_ms))),
+                 "--controller", d.address()},
+                &out),
+            0)
+      << out;
+  // Only the lines of that millisecond on: the end, not the training before it.
+  EXPECT_NE(out.find("dsv3-worker: finished at step 20"), std::string::npos) << out;
+  EXPECT_EQ(out.find("step 20/20"), std::string::npos) << out;
+  EXPECT_LE(std::count(out.begin(), out.end(), '\n'), 2) << out;
+  EXPECT_EQ(Cli({"logs", "1", "--since", "yesterday", "--controller", d.address()}, &out), 2);
+  EXPECT_NE(out.find("--since: 'yesterday' is neither a duration"), std::string::npos) << out;
 
   // Prometheus: the real parser accepts the page, and the job's series are on it.
   const std::string scrape = Scrape(d.http());

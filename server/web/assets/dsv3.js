@@ -298,7 +298,9 @@ async function updateLogs(id) {
   const logs = await api(`/api/v1/jobs/${id}/logs?${q}`);
   const pre = $('logs');
   const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-  pre.textContent = (logs.lines || []).map((l) => `[${l.rank}] ${l.text}`).join('\n');
+  const times = $('log-times').checked;
+  pre.textContent = (logs.lines || []).map((l) =>
+    (times ? (Number(l.timeUnixMs) > 0 ? time(l.timeUnixMs) : '-') + ' ' : '') + `[${l.rank}] ${l.text}`).join('\n');
   if (atBottom || $('follow').checked) pre.scrollTop = pre.scrollHeight;
 }
 
@@ -307,7 +309,7 @@ function jobPage() {
   document.title = `dsv3 · job ${id}`;
   $('title').textContent = `Job ${id}`;
   let charts = null, first = true, ended = false, config = false;
-  $('log-rank').onchange = $('log-tail').onchange = () => updateLogs(id).catch(showError);
+  $('log-rank').onchange = $('log-tail').onchange = $('log-times').onchange = () => updateLogs(id).catch(showError);
   const refresh = async () => {
     const job = await api(`/api/v1/jobs/${id}`);
     $('title').textContent = `Job ${job.id}: ${job.name}`;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "dsv3/common/env.h"
+#include "dsv3/common/message_log.h"
 
 namespace dsv3::dist {
 namespace {
@@ -106,8 +107,8 @@ void Faults::Install(int rank) {
     }
   }
   if (!me.faults_.empty()) {
-    std::fprintf(stderr, "dsv3-worker: rank %d: %s=%s is set: faults will be injected (a testing aid)\n", rank,
-                 env::kFault, text);
+    msg::Warning("rank " + std::to_string(rank) + ": " + env::kFault + "=" + text +
+                 " is set: faults will be injected (a testing aid)");
   }
 }
 
@@ -143,8 +144,7 @@ bool Faults::CorruptCheckpoint(int64_t step) const {
 }
 
 void HangForever(const std::string& why) {
-  std::fprintf(stderr, "dsv3-worker: %s\n", why.c_str());
-  std::fflush(stderr);
+  msg::Warning(why);
   for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 

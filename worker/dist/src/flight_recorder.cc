@@ -6,6 +6,7 @@
 #include <sstream>
 #include <thread>
 
+#include "dsv3/common/message_log.h"
 #include "dsv3/dist/faults.h"
 
 namespace dsv3::dist {
@@ -72,8 +73,7 @@ void FlightRecorder::SetPhase(TrainPhase phase) {
       HangForever("DSV3_FAULT: hanging the training thread in " + where + " (at unix ms " + std::to_string(UnixMs()) +
                   ")");
     }
-    std::fprintf(stderr, "dsv3-worker: DSV3_FAULT: exiting with status %d in %s\n", f->code, where.c_str());
-    std::fflush(stderr);
+    msg::Warning("DSV3_FAULT: exiting with status " + std::to_string(f->code) + " in " + where);
     std::_Exit(f->code);
   }
 }

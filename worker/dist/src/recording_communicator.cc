@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "backends.h"
+#include "dsv3/common/message_log.h"
 #include "dsv3/dist/faults.h"
 #include "dsv3/dist/flight_recorder.h"
 
@@ -135,8 +136,7 @@ class RecordingCommunicator final : public Communicator {
   bool Skipped() {
     ++issued_;
     if (!Faults::Get().SkipCollective(name(), issued_)) return false;
-    std::fprintf(stderr, "dsv3-worker: DSV3_FAULT: skipping operation #%llu of group %s\n",
-                 static_cast<unsigned long long>(issued_), name().c_str());
+    msg::Warning("DSV3_FAULT: skipping operation #" + std::to_string(issued_) + " of group " + name());
     return true;
   }
 

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dsv3/common/message_log.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/tfevents.h"
 
@@ -30,17 +31,21 @@ std::string Fmt(const char* format, double v) {
 class ConsoleReporter final : public Reporter {
  public:
   void OnStart(const RunInfo& r) override {
-    std::printf("dsv3-worker %s: rank %d/%d, %s on %s, %d intra-op threads\n", r.experiment.c_str(), r.rank,
-                r.world_size, r.precision.c_str(), r.device.c_str(), r.threads);
-    std::printf("  parameters %.2fM (%.2fM activated per token), %.3g FLOPs/token\n", r.parameters / 1e6,
-                r.activated_parameters / 1e6, r.flops_per_token);
-    std::printf("  steps %lld -> %lld, %lld tokens/step (%lld accumulation steps), %.3gB tokens planned\n",
-                static_cast<long long>(r.start_step), static_cast<long long>(r.train_steps),
-                static_cast<long long>(r.tokens_per_step), static_cast<long long>(r.gradient_accumulation_steps),
-                r.tokens_planned / 1e9);
-    std::printf("  output %s, checkpoints %s%s\n", r.output_dir.c_str(), r.checkpoint_dir.c_str(),
-                r.resumed_from.empty() ? "" : (", resumed from " + r.resumed_from).c_str());
-    std::fflush(stdout);
+    char line[1024];
+    std::snprintf(line, sizeof(line), "dsv3-worker %s: rank %d/%d, %s on %s, %d intra-op threads", r.experiment.c_str(),
+                  r.rank, r.world_size, r.precision.c_str(), r.device.c_str(), r.threads);
+    msg::Info(line);
+    std::snprintf(line, sizeof(line), "  parameters %.2fM (%.2fM activated per token), %.3g FLOPs/token",
+                  r.parameters / 1e6, r.activated_parameters / 1e6, r.flops_per_token);
+    msg::Info(line);
+    std::snprintf(line, sizeof(line),
+                  "  steps %lld -> %lld, %lld tokens/step (%lld accumulation steps), %.3gB tokens planned",
+                  static_cast<long long>(r.start_step), static_cast<long long>(r.train_steps),
+                  static_cast<long long>(r.tokens_per_step), static_cast<long long>(r.gradient_accumulation_steps),
+                  r.tokens_planned / 1e9);
+    msg::Info(line);
+    msg::Info("  output " + r.output_dir + ", checkpoints " + r.checkpoint_dir +
+              (r.resumed_from.empty() ? "" : ", resumed from " + r.resumed_from));
     total_ = r.train_steps;
   }
   void OnMetrics(const StepMetrics& m) override {
@@ -57,20 +62,22 @@ class ConsoleReporter final : public Reporter {
        << Fmt("%.1f", 100 * m.Get("expert_dropped_fraction")) << "%";
     for (const auto& [k, v] : m.values)
       if (k == "loss_scale") os << " | scale " << Fmt("%.0f", v);
-    std::cout << os.str() << std::endl;
+    msg::Info(os.str());
   }
   void OnEval(const EvalResult& e) override {
-    std::cout << "eval step " << e.step << " | loss " << Fmt("%.4f", e.loss) << " | ppl " << Fmt("%.2f", e.perplexity);
-    for (const auto& [source, loss] : e.per_source_loss) std::cout << " | " << source << " " << Fmt("%.3f", loss);
-    std::cout << "\n  sample: " << json(e.sample_prompt + e.sample).dump() << std::endl;
+    std::ostringstream os;
+    os << "eval step " << e.step << " | loss " << Fmt("%.4f", e.loss) << " | ppl " << Fmt("%.2f", e.perplexity);
+    for (const auto& [source, loss] : e.per_source_loss) os << " | " << source << " " << Fmt("%.3f", loss);
+    msg::Info(os.str());
+    msg::Info("  sample: " + json(e.sample_prompt + e.sample).dump());
   }
   void OnCheckpoint(const CheckpointEvent& c) override {
-    std::cout << "checkpoint step " << c.step << " (" << c.reason << ") -> " << c.path << " ("
-              << Fmt("%.2f", c.seconds) << " s" << (c.async ? ", writing in the background" : "") << ")" << std::endl;
+    msg::Info("checkpoint step " + std::to_string(c.step) + " (" + c.reason + ") -> " + c.path + " (" +
+              Fmt("%.2f", c.seconds) + " s" + (c.async ? ", writing in the background" : "") + ")");
   }
-  void OnMessage(const std::string& m) override { std::cout << m << std::endl; }
+  void OnMessage(const std::string& m) override { msg::Info(m); }
   void OnEnd(int64_t step, const std::string& message) override {
-    std::cout << "finished at step " << step << ": " << message << std::endl;
+    msg::Info("finished at step " + std::to_string(step) + ": " + message);
   }
 
  private:
