@@ -2,12 +2,15 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -18,30 +21,12 @@
 #include "dsv3/data/synth.h"
 #include "dsv3/data/tokenizer.h"
 #include "output.h"
+#include "progress.h"
 
 namespace dsv3::cli {
 namespace {
 
 using nlohmann::json;
-
-// Progress goes to stderr, on a terminal only: piped output stays clean.
-class Progress {
- public:
-  explicit Progress(bool enabled) : enabled_(enabled && isatty(STDERR_FILENO)) {}
-  ~Progress() {
-    if (printed_) std::fputc('\n', stderr);
-  }
-  void Line(const std::string& text) {
-    if (!enabled_) return;
-    std::fprintf(stderr, "\r%-100s", text.c_str());
-    std::fflush(stderr);
-    printed_ = true;
-  }
-
- private:
-  bool enabled_;
-  bool printed_ = false;
-};
 
 std::optional<config::Config> LoadOrReport(const std::string& file, CliContext& ctx) {
   config::LoadResult r = config::LoadConfigFile(file);
@@ -65,12 +50,17 @@ void AddSynth(CLI::App& parent, CliContext& ctx) {
   verb->add_option("--seed", st->seed, "Random seed")->default_str("0");
   AddOutputOption(*verb, st->format);
   verb->callback([st, &ctx] {
-    Progress progress(st->format == OutputFormat::kText);
+    std::optional<Progress> progress;  // its total comes with the first report
     data::SynthReport r;
     try {
       r = data::SynthesizeDolma(st->out, st->docs, st->seed, [&](int64_t done, int64_t total) {
-        progress.Line("synth: " + std::to_string(done) + "/" + std::to_string(total) + " documents");
+        if (!progress) {
+          progress.emplace(ProgressStream(st->format == OutputFormat::kJson), "synth", static_cast<double>(total),
+                           "documents");
+        }
+        progress->Update(static_cast<double>(done));
       });
+      if (progress) progress->Finish();
     } catch (const std::exception& e) {
       ctx.err << "dsv3ctl data synth: " << e.what() << "\n";
       ctx.exit_code = kExitFailed;
@@ -105,19 +95,23 @@ void AddPrepare(CLI::App& parent, CliContext& ctx) {
     data::PrepareReport r;
     try {
       const auto tokenizer = data::MakeTokenizer(cfg->data.tokenizer, cfg->model.vocab_size);
-      Progress progress(st->format == OutputFormat::kText);
+      std::optional<Progress> progress;  // its total comes with the first report
       r = data::PrepareCache(*cfg, *tokenizer, workers, [&](const data::PrepareProgress& p) {
+        if (!progress) {
+          progress.emplace(ProgressStream(st->format == OutputFormat::kJson), "prepare",
+                           static_cast<double>(p.files_total), "files");
+        }
         const double rate = p.seconds > 0 ? static_cast<double>(p.bytes) / p.seconds : 0;
         const double eta = p.files_done > 0 ? p.seconds * static_cast<double>(p.files_total - p.files_done) /
                                                   static_cast<double>(p.files_done)
                                             : 0;
-        char line[200];
-        std::snprintf(line, sizeof line, "prepare: %lld/%lld files, %lld documents, %s tokens, %s/s, ETA %.0f s",
-                      static_cast<long long>(p.files_done), static_cast<long long>(p.files_total),
+        char note[200];
+        std::snprintf(note, sizeof note, "| %lld documents, %s tokens, %s/s, ETA %.0f s",
                       static_cast<long long>(p.documents), HumanCount(static_cast<double>(p.tokens)).c_str(),
                       HumanBytes(rate).c_str(), eta);
-        progress.Line(line);
+        progress->Update(static_cast<double>(p.files_done), note);
       });
+      if (progress) progress->Finish();
     } catch (const std::exception& e) {
       ctx.err << st->config << ": " << e.what() << "\n";
       ctx.exit_code = kExitFailed;
@@ -182,8 +176,12 @@ void AddTrainTokenizer(CLI::App& parent, CliContext& ctx) {
                                             ? std::filesystem::path(".")
                                             : std::filesystem::path(prefix).parent_path());
     const std::string sample_path = prefix + ".sample.txt";
+    std::ostream* progress_out = ProgressStream(st->format == OutputFormat::kJson);
     int64_t sampled = 0;
     {
+      double planned = 0;
+      for (const auto& source : cfg->data.sources) planned += st->sample_mb * 1e6 * source.weight;
+      Progress progress(progress_out, "sampling text", planned, "B");
       std::ofstream sample(sample_path);
       for (const auto& source : cfg->data.sources) {
         const int64_t budget = static_cast<int64_t>(st->sample_mb * 1e6 * source.weight);
@@ -194,18 +192,37 @@ void AddTrainTokenizer(CLI::App& parent, CliContext& ctx) {
             if (taken >= budget) return;
             sample << doc.text << "\n";  // SentencePiece reads one sentence per line
             taken += static_cast<int64_t>(doc.text.size());
+            progress.Update(static_cast<double>(sampled + taken));
           });
         }
         sampled += taken;
       }
     }
+    // SentencePiece says nothing while it trains (minutes on a large sample): a spinner does.
+    std::atomic<bool> training{true};
+    std::thread spinner;
+    if (progress_out != nullptr) {
+      spinner = std::thread([&] {
+        Progress progress(progress_out, "training SentencePiece");
+        while (training.load()) {
+          progress.Update(0);
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      });
+    }
+    const auto stop_spinner = [&] {
+      training.store(false);
+      if (spinner.joinable()) spinner.join();
+    };
     try {
       data::TrainSentencePiece(sample_path, prefix, st->vocab, 2);
     } catch (const std::exception& e) {
+      stop_spinner();
       ctx.err << "dsv3ctl data train-tokenizer: " << e.what() << "\n";
       ctx.exit_code = kExitFailed;
       return;
     }
+    stop_spinner();
     std::filesystem::remove(sample_path);
     if (st->format == OutputFormat::kJson) {
       ctx.out << json{{"model", prefix + ".model"}, {"vocab", st->vocab}, {"sampled_bytes", sampled}}.dump(2) << "\n";

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -10,11 +11,41 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/hf_import.h"
 #include "output.h"
+#include "progress.h"
 
 namespace dsv3::cli {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+
+// Copies `from` to `to` in 8 MiB pieces, with a progress bar on `progress_out` (nullptr: none);
+// "" or what went wrong.
+std::string CopyWithProgress(const fs::path& from, const fs::path& to, std::ostream* progress_out) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) return "cannot read " + from.string();
+  std::error_code ec;
+  const double total = static_cast<double>(fs::file_size(from, ec));
+  std::ofstream out(to, std::ios::binary | std::ios::trunc);
+  if (!out) return "cannot write " + to.string();
+  Progress progress(progress_out, "copying the weights", total, "B");
+  std::vector<char> buf(8 << 20);
+  double done = 0;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const std::streamsize n = in.gcount();
+    if (n <= 0) break;
+    if (!out.write(buf.data(), n)) return "cannot write " + to.string() + " (disk full?)";
+    done += static_cast<double>(n);
+    progress.Update(done);
+  }
+  out.close();
+  if (!out || in.bad()) return "cannot write " + to.string();
+  return "";
+}
+
+}  // namespace
 
 void AddExportCommand(CLI::App& app, CliContext& ctx) {
   struct State {
@@ -51,9 +82,10 @@ void AddExportCommand(CLI::App& app, CliContext& ctx) {
     fs::create_directories(st->out, ec);
     const fs::path model = fs::path(ckpt::ResolveCheckpointPath(st->checkpoint)) / "model.safetensors";
     // The weights already carry HF's names and layout (see worker/model/hf_state_dict.h).
-    fs::copy_file(model, fs::path(st->out) / "model.safetensors", fs::copy_options::overwrite_existing, ec);
-    if (ec) {
-      ctx.err << "dsv3ctl export-hf: cannot write " << st->out << "/model.safetensors: " << ec.message() << "\n";
+    const std::string error = CopyWithProgress(model, fs::path(st->out) / "model.safetensors",
+                                               ProgressStream(st->format == OutputFormat::kJson));
+    if (!error.empty()) {
+      ctx.err << "dsv3ctl export-hf: " << error << "\n";
       return;
     }
     std::ofstream(fs::path(st->out) / "config.json") << hf.config.dump(2) << "\n";

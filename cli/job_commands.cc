@@ -20,6 +20,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
 #include "job_rpc.h"
+#include "progress.h"
 #include "job_views.h"
 
 namespace dsv3::cli {
@@ -361,12 +362,16 @@ void AddCancel(CLI::App& app, CliContext& ctx) {
     if (!Call(st->common, ctx, &v1::Controller::Stub::CancelJob, req, &resp)) return;
     auto stub = st->common.Stub();
     v1::Job job = resp.job();
+    Progress waiting(st->wait ? ProgressStream(st->common.format == OutputFormat::kJson) : nullptr,
+                     "waiting for job " + std::to_string(st->job) + " to end");
     while (st->wait && !IsTerminal(job.state())) {
+      waiting.Update(0, StateName(job.state()));
       usleep(250 * 1000);
       auto j = FetchJob(*stub, st->job, st->common, ctx);
       if (!j) return;
       job = *j;
     }
+    waiting.Finish();
     if (st->common.format == OutputFormat::kJson) {
       ctx.out << ToJsonText(job) << "\n";
     } else {

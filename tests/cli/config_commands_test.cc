@@ -10,6 +10,7 @@
 
 #include "app.h"
 #include "job_rpc.h"
+#include "progress.h"
 #include "output.h"
 #include "dsv3/common/config_io.h"
 #include "test_util.h"
@@ -266,6 +267,30 @@ TEST(Logs, SinceTakesADurationOrAUtcTime) {
   for (const char* bad : {"", "10", "10 m", "-5m", "2026-12-02", "2026-12-02 19:57:27", "yesterday"}) {
     EXPECT_FALSE(ParseSince(bad, now).has_value()) << bad;
   }
+}
+
+TEST(Progress, BarsAndSpinnersDrawInPlaceAndClearTheLine) {
+  using std::chrono::milliseconds;
+  Progress bytes(nullptr, "copying the weights", 200e6, "B");
+  EXPECT_EQ(bytes.Frame(50e6, "", milliseconds(3400)),
+            "copying the weights [######..................]  25% 47.68 MiB / 190.73 MiB 3 s");
+  EXPECT_EQ(bytes.Frame(400e6, "", milliseconds(0)),  // never past the end
+            "copying the weights [########################] 100% 381.47 MiB / 190.73 MiB 0 s");
+  Progress spinner(nullptr, "waiting for job 3 to end");
+  EXPECT_EQ(spinner.Frame(0, "RUNNING", milliseconds(1250)), "waiting for job 3 to end | 1 s RUNNING");
+  EXPECT_EQ(spinner.Frame(0, "RUNNING", milliseconds(1350)), "waiting for job 3 to end / 1 s RUNNING");
+  std::ostringstream out;
+  {
+    Progress drawn(&out, "sampling text", 10, "pieces");
+    drawn.Update(5);
+    drawn.Update(6);  // within 100 ms of the last frame: not drawn
+    drawn.Update(10, "", true);
+  }
+  EXPECT_EQ(out.str(), "\rsampling text [############............]  50% 5 pieces / 10 pieces 0 s"
+                       "\rsampling text [########################] 100% 10 pieces / 10 pieces 0 s"
+                       "\r" + std::string(71, ' ') + "\r");
+  // Not on a terminal (as under ctest), or with --output json: nothing is drawn.
+  EXPECT_EQ(ProgressStream(true), nullptr);
 }
 
 }  // namespace
