@@ -46,6 +46,11 @@ foreach(program dsv3ctl dsv3d dsv3-agent)
     install(FILES ${DSV3_DOCS_DIR}/man/man1/${program}.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
   endif()
 endforeach()
+# dsv3-worker parses its few flags by hand (the engine builds without CLI11 on GPU machines):
+# its page is written by hand, and worker_man_page checks it against --help.
+if(TARGET dsv3-worker AND NOT DSV3_SANITIZE)
+  install(FILES worker/docs/dsv3-worker.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+endif()
 if(TARGET dsv3ctl AND NOT DSV3_SANITIZE)
   add_custom_command(OUTPUT ${DSV3_DOCS_DIR}/bash-completion/completions/dsv3ctl ${DSV3_DOCS_DIR}/zsh/vendor-completions/_dsv3ctl
     COMMAND ${CMAKE_COMMAND} -E make_directory ${DSV3_DOCS_DIR}/bash-completion/completions

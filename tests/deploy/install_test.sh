@@ -23,7 +23,7 @@ for f in usr/bin/dsv3d usr/bin/dsv3ctl usr/bin/dsv3-agent usr/bin/dsv3-worker \
          usr/lib/sysusers.d/dsv3.conf etc/dsv3/dsv3d.toml etc/dsv3/dsv3-agent.toml \
          usr/share/dsv3/grafana/dsv3-dashboard.json usr/share/dsv3/prometheus/dsv3-alerts.yml \
          usr/share/dsv3/prometheus/prometheus.yml usr/share/man/man1/dsv3ctl.1 usr/share/man/man1/dsv3d.1 \
-         usr/share/man/man1/dsv3-agent.1 usr/share/bash-completion/completions/dsv3ctl \
+         usr/share/man/man1/dsv3-agent.1 usr/share/man/man1/dsv3-worker.1 usr/share/bash-completion/completions/dsv3ctl \
          usr/share/zsh/vendor-completions/_dsv3ctl; do
   [ -e "$root/$f" ] || fail "missing /$f"
 done
