@@ -119,6 +119,7 @@ absl::StatusOr<std::unique_ptr<Allocator>> MakeAllocators(const DaemonOptions& o
   // Only a Slurm daemon waits for the cluster at start; the others take jobs that ask for
   // Slurm when its tools are installed, and sbatch's answer says the rest.
   so.probe = o.allocator == "slurm";
+  so.max_rank_log_bytes = o.max_rank_log_bytes;
   std::unique_ptr<Allocator> slurm;
   std::string why_no_slurm;
   if (auto made = MakeSlurmAllocator(so); made.ok()) {

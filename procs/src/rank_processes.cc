@@ -22,7 +22,6 @@ namespace dsv3::procs {
 namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(100);
-constexpr auto kLogCapInterval = std::chrono::seconds(2);
 
 std::string DescribeStatus(int status, int* exit_code) {
   if (WIFEXITED(status)) {
@@ -135,28 +134,19 @@ struct RankProcesses::State {
     return static_cast<int64_t>(pid);
   }
 
-  // Copies a log past the cap to <log>.1 and empties it (see SetLogCap). Runs without `mu`.
-  static void RotateIfOver(const std::string& path, int64_t cap) {
-    std::error_code ec;
-    const auto size = std::filesystem::file_size(path, ec);
-    if (ec || static_cast<int64_t>(size) <= cap) return;
-    std::filesystem::copy_file(path, path + ".1", std::filesystem::copy_options::overwrite_existing, ec);
-    if (!ec) std::filesystem::resize_file(path, 0, ec);
-  }
-
   // Reaps children and polls adopted processes; reports the exits outside `mu`; caps logs.
   void Watch(BackgroundLoop::Lock& lock) {
     auto next_cap_check = std::chrono::steady_clock::now();
     while (loop.WaitFor(lock, kPollInterval)) {
       if (log_cap > 0 && std::chrono::steady_clock::now() >= next_cap_check) {
-        next_cap_check = std::chrono::steady_clock::now() + kLogCapInterval;
+        next_cap_check = std::chrono::steady_clock::now() + RankProcesses::kLogCapInterval;
         std::vector<std::string> logs;
         for (const Proc& p : procs) {
           if (!p.log_path.empty()) logs.push_back(p.log_path);
         }
         const int64_t cap = log_cap;
         lock.unlock();
-        for (const auto& path : logs) RotateIfOver(path, cap);
+        for (const auto& path : logs) RotateLogIfOver(path, cap);  // without `mu`
         lock.lock();
       }
       std::vector<RankExit> exits;
@@ -252,6 +242,15 @@ bool RankProcesses::Adopt(int64_t job_id, int attempt, int rank, int64_t pid, in
   std::lock_guard<std::mutex> lock(s_->mu);
   s_->procs.push_back({job_id, attempt, rank, static_cast<pid_t>(pid), start, false, log_path});
   return true;
+}
+
+bool RotateLogIfOver(const std::string& path, int64_t cap) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || static_cast<int64_t>(size) <= cap) return false;
+  std::filesystem::copy_file(path, path + ".1", std::filesystem::copy_options::overwrite_existing, ec);
+  if (!ec) std::filesystem::resize_file(path, 0, ec);
+  return !ec;
 }
 
 void RankProcesses::SetLogCap(int64_t max_bytes) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -14,6 +15,7 @@
 #include "dsv3/common/env.h"
 #include "dsv3/common/slurm_script.h"
 #include "dsv3/procs/command.h"
+#include "dsv3/procs/rank_processes.h"
 
 namespace dsv3::server {
 
@@ -136,7 +138,7 @@ class SlurmAllocator final : public Allocator {
     if (id.empty() || id.find_first_not_of("0123456789") != std::string::npos) {
       return absl::InternalError("sbatch --parsable printed '" + r.out + "', not a job id");
     }
-    Track t = MakeTrack(spec.job_id, spec.attempt, spec.job.num_ranks, id);
+    Track t = MakeTrack(spec.job, spec.attempt, id);
     {
       // Delivered by the poller: the caller holds its own lock, which the callback takes.
       std::lock_guard<std::mutex> lock(mu_);
@@ -171,7 +173,7 @@ class SlurmAllocator final : public Allocator {
     if (external_id.empty()) return {};
     {
       std::lock_guard<std::mutex> lock(mu_);
-      tracked_[job.id] = MakeTrack(job.id, job.attempt, job.num_ranks, external_id);
+      tracked_[job.id] = MakeTrack(job, job.attempt, external_id);
     }
     poller_.Wake();
     // Slurm knows whether the ranks still run; the next poll reports them if they ended.
@@ -215,15 +217,17 @@ class SlurmAllocator final : public Allocator {
     int attempt = 0, num_ranks = 0;
     std::string slurm_id;
     std::string state, reason;
+    std::string log_dir;  // where srun writes rank_<r>.log
     bool ended = false;
     int misses = 0;  // polls in a row where neither squeue nor scontrol knew the job
   };
-  static Track MakeTrack(int64_t job_id, int attempt, int num_ranks, const std::string& slurm_id) {
+  static Track MakeTrack(const JobRecord& job, int attempt, const std::string& slurm_id) {
     Track t;
-    t.job_id = job_id;
+    t.job_id = job.id;
     t.attempt = attempt;
-    t.num_ranks = num_ranks;
+    t.num_ranks = job.num_ranks;
     t.slurm_id = slurm_id;
+    t.log_dir = job.job_dir + "/logs";
     return t;
   }
 
@@ -242,7 +246,7 @@ class SlurmAllocator final : public Allocator {
       if (!IsPerRankVariable(k)) o.env[k] = v;
     }
     o.chdir = spec.job.job_dir;
-    o.rank_output = spec.job.job_dir + "/logs/rank_%t.log";
+    o.rank_output = spec.job.job_dir + "/logs/rank_%t.log";  // Track::log_dir
     o.signal_margin_s = options_.signal_margin_s;
     o.header_comment = "dsv3 job " + std::to_string(spec.job_id) + " (" + spec.job.name + "), attempt " +
                        std::to_string(spec.attempt) + ", written by dsv3d";
@@ -272,6 +276,7 @@ class SlurmAllocator final : public Allocator {
 
   void Poll(BackgroundLoop::Lock& lock) {
     int cycle = 0;
+    auto next_cap_check = std::chrono::steady_clock::now();
     // The first poll runs at once, the others every poll_interval or when woken.
     for (bool first = true; first ? !poller_.Stopping() : poller_.WaitFor(lock, options_.poll_interval);
          first = false) {
@@ -285,6 +290,14 @@ class SlurmAllocator final : public Allocator {
       const bool refresh_cpus = (options_.probe || !tracks.empty()) && cycle++ % 60 == 0;
       lock.unlock();
       if (refresh_cpus) RefreshCpus();
+      if (options_.max_rank_log_bytes > 0 && std::chrono::steady_clock::now() >= next_cap_check) {
+        next_cap_check = std::chrono::steady_clock::now() + procs::RankProcesses::kLogCapInterval;
+        for (const auto& t : tracks) {
+          for (int r = 0; r < t.num_ranks; ++r) {
+            procs::RotateLogIfOver(t.log_dir + "/rank_" + std::to_string(r) + ".log", options_.max_rank_log_bytes);
+          }
+        }
+      }
       std::map<std::string, std::pair<std::string, std::string>> states;
       if (!tracks.empty()) {
         const procs::CommandResult q =

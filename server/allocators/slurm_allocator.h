@@ -20,6 +20,10 @@ struct SlurmOptions {
   std::chrono::milliseconds command_timeout{30000};
   int64_t signal_margin_s = -1;  // SIGUSR2 before the time limit; -1: DefaultSignalMargin
   bool probe = true;             // ask the cluster (sinfo) before saying it is there
+  // The rank logs srun writes (<job>/logs/rank_<r>.log, opened for appending) are capped as
+  // the local ones are (procs::RotateLogIfOver) while their Slurm job runs; 0 = no cap. dsv3d
+  // reads them where it serves `logs`, so it can rotate them there.
+  int64_t max_rank_log_bytes = 0;
 };
 
 // Fails when the Slurm client tools are not in PATH or (with `probe`) the cluster does not

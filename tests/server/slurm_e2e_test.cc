@@ -47,9 +47,10 @@ class SlurmTest : public ::testing::Test {
 
 // A managed job of 2 ranks under `dsv3d --allocator slurm`: the dry run shows the sbatch
 // script, the job trains to COMPLETED with metrics and checkpoints in the store, and the
-// Slurm job behind it is COMPLETED too.
+// Slurm job behind it is COMPLETED too. srun's rank logs are capped as local ones are.
 TEST_F(SlurmTest, ManagedTwoRankJobCompletes) {
-  Dsv3d d(dir_.path() / "state", 2, 30, {"--allocator", "slurm", "--slurm-poll", "0.5"});
+  Dsv3d d(dir_.path() / "state", 2, 30,
+          {"--allocator", "slurm", "--slurm-poll", "0.5", "--max-rank-log-bytes", "1024"});
   d.Start();
   auto stub = d.Stub();
   nlohmann::json config = SlurmConfig(20, 10, false);
@@ -79,7 +80,11 @@ TEST_F(SlurmTest, ManagedTwoRankJobCompletes) {
   ASSERT_EQ(job.ranks_size(), 2);
   for (const auto& r : job.ranks()) {
     EXPECT_GT(r.pid(), 0);  // told by the rank itself: Slurm started it
-    EXPECT_NE(ReadFile(r.log_path()).find("finished at step 20"), std::string::npos) << r.log_path();
+    // The log went past 1 KiB while the job ran: its older part is in <log>.1.
+    ASSERT_TRUE(fs::exists(r.log_path() + ".1")) << r.log_path();
+    EXPECT_LE(fs::file_size(r.log_path() + ".1"), 4096u);
+    const std::string both = ReadFile(r.log_path() + ".1") + ReadFile(r.log_path());
+    EXPECT_NE(both.find("finished at step 20"), std::string::npos) << r.log_path();
   }
   ASSERT_EQ(Cli({"status", std::to_string(id), "--controller", d.address()}, &out), 0);
   EXPECT_NE(out.find("slurm jobs:   " + job.allocations(0).external_id() + " COMPLETED"), std::string::npos) << out;

@@ -6,6 +6,7 @@
 // so it outlives a controller crash and keeps its logs.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -41,6 +42,12 @@ struct StartedRank {
   int64_t pid = 0;
   int64_t proc_start = 0;
 };
+
+// One log past `cap` bytes is copied to <log>.1 (replacing the previous one) and emptied, as
+// logrotate's copytruncate does: the writer keeps appending (O_APPEND) to the emptied file.
+// Returns whether it rotated. What SetLogCap does every kLogCapInterval, and what dsv3d does
+// for the rank logs Slurm's srun writes.
+bool RotateLogIfOver(const std::string& path, int64_t cap);
 
 // Thread-safety: every method may be called from any thread. The exit callback runs on the
 // watcher thread, never while this object's own lock is held, so it may call Signal or
@@ -81,6 +88,8 @@ class RankProcesses {
   // O_APPEND); lines it writes between the copy and the emptying are lost, as with
   // logrotate's copytruncate.
   void SetLogCap(int64_t max_bytes);
+  // How often a capped log's size is checked.
+  static constexpr std::chrono::seconds kLogCapInterval{2};
 
   // Sends `signal` to the process group of every live rank of the job.
   void Signal(int64_t job_id, int signal);
