@@ -380,12 +380,16 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   web_options.pass_untokened = IsLoopbackHost(http_addr->host);
   web_options.https = options.http_tls;
   web_options.chartjs_path = options.chartjs;
+  // Under mTLS the HTTPS endpoint checks the browser's certificate itself; the API's calls say so.
+  if (options.http_tls && !options.tls_client_ca.empty()) {
+    web_options.in_process_secret = p->auth->in_process_secret();
+  }
   p->web = std::make_unique<web::WebFrontend>(p->server->InProcessChannel(grpc::ChannelArguments()), web_options);
   const web::WebFrontend* web_ptr = p->web.get();
   HttpLimits http_limits;
   http_limits.request_timeout = Ms(options.http_timeout_s);
   std::optional<HttpTls> http_tls;
-  if (options.http_tls) http_tls = HttpTls{options.tls_cert, options.tls_key};
+  if (options.http_tls) http_tls = HttpTls{options.tls_cert, options.tls_key, options.tls_client_ca};
   auto http = StartHttpServer(http_addr->host, http_addr->port, http_limits, http_tls,
                               [=](const HttpRequest& request) -> HttpResponse {
     const std::string path = request.target.substr(0, request.target.find('?'));

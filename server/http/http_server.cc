@@ -134,6 +134,11 @@ class BeastServer final : public HttpServer {
     if (ec) {
       return absl::InvalidArgumentError("--http-tls: cannot load " + tls.cert + " / " + tls.key + ": " + ec.message());
     }
+    if (!tls.client_ca.empty()) {
+      tls_->load_verify_file(tls.client_ca, ec);
+      if (ec) return absl::InvalidArgumentError("--tls-client-ca: cannot load " + tls.client_ca + ": " + ec.message());
+      tls_->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+    }
     return absl::OkStatus();
   }
 

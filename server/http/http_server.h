@@ -24,6 +24,7 @@ class HttpServer {
 // HTTPS with dsv3d's gRPC certificate (dsv3d --http-tls).
 struct HttpTls {
   std::string cert, key;  // PEM paths
+  std::string client_ca;  // PEM: clients must present a certificate it signed (mTLS); "" = none asked
 };
 
 // Binds `host:port` and starts serving (HTTPS when `tls` is given); fails when the address

@@ -41,10 +41,17 @@ class Authenticator {
   absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& ctx) const;
   absl::StatusOr<Caller> AuthenticateToken(const std::string& token) const;
 
+  // The metadata by which dsv3d's own web API, on its in-process channel, says that the HTTPS
+  // endpoint has already verified the browser's client certificate (mTLS): a random secret made
+  // at start that never leaves the process. The caller's token is still required as usual.
+  static constexpr const char* kInProcessKey = "x-dsv3-in-process";
+  const std::string& in_process_secret() const { return in_process_secret_; }
+
  private:
   const JobStore& store_;
   const std::string local_user_;
   const bool trust_local_, require_client_cert_;
+  const std::string in_process_secret_;
 };
 
 // The outcome of authentication for each call in flight. Thread-safe.

@@ -6,6 +6,7 @@
 #include <grpcpp/client_context.h>
 #include <nlohmann/json.hpp>
 
+#include "rpc/auth.h"
 #include "web/request_parts.h"
 
 namespace dsv3::server::web {
@@ -139,6 +140,7 @@ HttpResponse Api::Handle(const HttpRequest& request) const {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
   if (token->has_value()) ctx.AddMetadata("authorization", "Bearer " + **token);
+  if (!options_.in_process_secret.empty()) ctx.AddMetadata(Authenticator::kInProcessKey, options_.in_process_secret);
   return request.method == "POST" ? Post(path, request, ctx) : Get(path, request, ctx);
 }
 
@@ -154,6 +156,7 @@ HttpResponse Api::Login(const HttpRequest& request) const {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
   ctx.AddMetadata("authorization", "Bearer " + **token);
+  if (!options_.in_process_secret.empty()) ctx.AddMetadata(Authenticator::kInProcessKey, options_.in_process_secret);
   v1::WhoAmIResponse who;
   const grpc::Status s = stub_->WhoAmI(&ctx, v1::WhoAmIRequest(), &who);
   if (!s.ok()) return Error(s);

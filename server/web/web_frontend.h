@@ -23,6 +23,10 @@ struct WebOptions {
   // Otherwise a request without a token is refused here.
   bool pass_untokened = false;
   bool https = false;        // the login cookie is then Secure
+  // Set when the HTTPS endpoint verifies client certificates (dsv3d --tls-client-ca with
+  // --http-tls): sent with every call, it tells the gRPC service that mTLS was done here
+  // (Authenticator::in_process_secret). Empty otherwise, and mTLS then refuses the API.
+  std::string in_process_secret;
   std::string chartjs_path;  // Chart.js (Debian's libjs-chart.js), served as /static/chart.js
 };
 

@@ -113,10 +113,10 @@ class Page:
         while time.time() < deadline:
             try:
                 last = self.eval(expression)
-            except RuntimeError as e:  # a navigation in flight destroys the context
+                if last:
+                    return last
+            except RuntimeError as e:  # a navigation in flight destroys the context: try again
                 last = str(e)
-            if last:
-                return last
             time.sleep(0.1)
         raise RuntimeError("timed out waiting for %s (last: %r) on %s" % (expression, last, self.eval("location.href")))
 

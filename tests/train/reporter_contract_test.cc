@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "dsv3/common/message_log.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/tfevents.h"
 #include "test_util.h"
@@ -52,7 +53,11 @@ struct ConsoleKind {
     std::vector<Record> out;
     std::istringstream lines(printed);
     const std::regex train(R"(^step (\d+)/\d+ \| loss (\S+))"), eval(R"(^eval step (\d+) \| loss (\S+))");
-    for (std::string line; std::getline(lines, line);) {
+    for (std::string stamped; std::getline(lines, stamped);) {
+      // Each line starts with its time, which dsv3d reads off (message_log.h).
+      const msg::StampedLine parts = msg::SplitLogStamp(stamped);
+      if (!parts.unix_ms) continue;
+      const std::string line(parts.text);
       std::smatch m;
       if (std::regex_search(line, m, train)) out.push_back({"train/loss", std::stoll(m[1]), std::stod(m[2])});
       if (std::regex_search(line, m, eval)) out.push_back({"eval/loss", std::stoll(m[1]), std::stod(m[2])});
