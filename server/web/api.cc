@@ -138,10 +138,14 @@ HttpResponse Api::Handle(const HttpRequest& request) const {
                  "create NAME` on the controller host)");
   }
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
-  if (token->has_value()) ctx.AddMetadata("authorization", "Bearer " + **token);
-  if (!options_.in_process_secret.empty()) ctx.AddMetadata(Authenticator::kInProcessKey, options_.in_process_secret);
+  Prepare(ctx, *token);
   return request.method == "POST" ? Post(path, request, ctx) : Get(path, request, ctx);
+}
+
+void Api::Prepare(grpc::ClientContext& ctx, const std::optional<std::string>& token) const {
+  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  if (token) ctx.AddMetadata("authorization", "Bearer " + *token);
+  if (!options_.in_process_secret.empty()) ctx.AddMetadata(Authenticator::kInProcessKey, options_.in_process_secret);
 }
 
 HttpResponse Api::Login(const HttpRequest& request) const {
@@ -154,9 +158,7 @@ HttpResponse Api::Login(const HttpRequest& request) const {
   if (!token.ok()) return Error(token.status());
   if (!token->has_value()) return Error(400, "INVALID_ARGUMENT", "the token is empty");
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
-  ctx.AddMetadata("authorization", "Bearer " + **token);
-  if (!options_.in_process_secret.empty()) ctx.AddMetadata(Authenticator::kInProcessKey, options_.in_process_secret);
+  Prepare(ctx, *token);
   v1::WhoAmIResponse who;
   const grpc::Status s = stub_->WhoAmI(&ctx, v1::WhoAmIRequest(), &who);
   if (!s.ok()) return Error(s);

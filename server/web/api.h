@@ -36,6 +36,9 @@ class Api {
   HttpResponse Get(const std::string& path, const HttpRequest& request, grpc::ClientContext& ctx) const;
   HttpResponse Post(const std::string& path, const HttpRequest& request, grpc::ClientContext& ctx) const;
   HttpResponse Login(const HttpRequest& request) const;
+  // A call's deadline, the caller's token and, under mTLS, the word that HTTPS checked the
+  // client's certificate.
+  void Prepare(grpc::ClientContext& ctx, const std::optional<std::string>& token) const;
 
   std::unique_ptr<v1::Controller::Stub> stub_;
   const WebOptions options_;
