@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -19,6 +20,7 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/env.h"
+#include "dsv3/common/hf_import.h"
 #include "job_rpc.h"
 #include "progress.h"
 #include "job_views.h"
@@ -36,11 +38,29 @@ namespace {
 
 using nlohmann::json;
 
+// A HF directory readable here must describe the config's model; the controller and the
+// worker check again where it is elsewhere.
+void CheckHfDirectory(const config::Config& c, const std::string& dir, std::vector<config::Diagnostic>& errors) {
+  const std::string file = dir + "/config.json";
+  std::ifstream in(file);
+  if (!in) return;  // not on this host: the controller's, or the compute nodes'
+  const json hf = json::parse(in, nullptr, false);
+  if (hf.is_discarded()) {
+    errors.push_back({"--init-from-hf", file + " is not valid JSON"});
+    return;
+  }
+  std::vector<config::Diagnostic> problems = config::CompareWithHfConfig(c, hf);
+  if (problems.empty()) return;
+  for (auto& p : problems) errors.push_back(std::move(p));
+  errors.push_back({"--init-from-hf", file + " describes another model; `dsv3ctl config import-hf " + file +
+                                          "` writes a config whose model section matches"});
+}
+
 // ------------------------------------------------------------------ submit
 void AddSubmit(CLI::App& app, CliContext& ctx) {
   struct State {
     Common common;
-    std::string file, resume, name;
+    std::string file, resume, name, init_from_hf;
     int gpus = 0, priority = 0;
     bool follow = false, dry_run = false, deepspeed = false;
   };
@@ -52,6 +72,9 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
                    "when enabled, else distributed.data_parallel_size, else 1")
       ->check(CLI::PositiveNumber);
   verb->add_option("--resume", st->resume, "Checkpoint to start from (a path or 'latest')");
+  verb->add_option("--init-from-hf", st->init_from_hf,
+                   "Start from the weights of this HuggingFace DeepSeek-V2/V3 directory (sets "
+                   "checkpointing.init_from_hf; the config's model must match its config.json)");
   verb->add_option("--name", st->name, "Job name (default: experiment_name)");
   verb->add_option("--priority", st->priority, "Higher runs first; equal priorities run in submission order");
   verb->add_flag("--follow,-f", st->follow, "Stream the job's logs until it ends; exit with its outcome");
@@ -64,7 +87,11 @@ void AddSubmit(CLI::App& app, CliContext& ctx) {
     config::LoadOptions lo;
     if (st->gpus > 0) lo.world_size = st->gpus;
     lo.enable_deepspeed = st->deepspeed;
-    const config::LoadResult loaded = config::LoadConfigFile(st->file, lo);
+    config::LoadResult loaded = config::LoadConfigFile(st->file, lo);
+    if (loaded.ok() && !st->init_from_hf.empty()) {
+      loaded.config.checkpointing.init_from_hf = st->init_from_hf;
+      CheckHfDirectory(loaded.config, st->init_from_hf, loaded.errors);
+    }
     for (const auto& w : loaded.warnings) ctx.err << st->file << ": warning: " << w.ToString() << "\n";
     if (!loaded.ok()) {
       if (st->common.format == OutputFormat::kJson) {

@@ -232,6 +232,7 @@ template <class V> void Visit(V& v, CheckpointingConfig& c) {
   v.Field("save_optimizer_state", c.save_optimizer_state, None());
   v.Field("save_final", c.save_final, None());
   v.Field("resume_from", c.resume_from, NonEmpty());
+  v.Field("init_from_hf", c.init_from_hf, NonEmpty());
 }
 
 template <class V> void Visit(V& v, ValidationConfig& c) {

@@ -251,4 +251,47 @@ HfImportResult ExportHfConfig(const Config& c) {
   return out;
 }
 
+int64_t HfMtpLayers(const json& hf) {
+  const auto it = hf.find("num_nextn_predict_layers");
+  return it != hf.end() && it->is_number_integer() && it->get<int64_t>() > 0 ? it->get<int64_t>() : 0;
+}
+
+std::vector<Diagnostic> CompareWithHfConfig(const Config& config, const json& hf) {
+  const HfImportResult imported = ImportHfConfig(hf);
+  if (!imported.ok()) return imported.errors;
+  // Their model in our config (our data, tokenizer and layout), resolved the same way.
+  json merged = ToJson(config);
+  merged["model"] = imported.config["model"];
+  const LoadResult theirs = LoadConfigText(merged.dump());
+  if (!theirs.ok()) return theirs.errors;
+  // Every field that decides a weight's shape or what the weights compute.
+  static const char* const kFields[] = {
+      "/model/num_layers", "/model/vocab_size", "/model/norm_type", "/model/norm_eps",
+      "/model/tie_word_embeddings", "/model/dense_layer_interval", "/model/first_k_dense_layers",
+      "/model/dense_intermediate_size", "/model/mla/d_model", "/model/mla/d_latent", "/model/mla/num_heads",
+      "/model/mla/num_kv_heads", "/model/mla/q_lora_rank", "/model/mla/qk_nope_head_dim",
+      "/model/mla/qk_rope_head_dim", "/model/mla/v_head_dim", "/model/mla/rope_theta", "/model/mla/use_rope",
+      "/model/mla/sliding_window", "/model/moe/num_experts", "/model/moe/num_experts_per_token",
+      "/model/moe/expert_intermediate_size", "/model/moe/num_shared_experts", "/model/moe/shared_intermediate_size",
+      "/model/moe/score_func", "/model/moe/n_group", "/model/moe/topk_group", "/model/moe/routed_scaling_factor",
+      "/model/moe/norm_topk_prob", "/model/moe/use_aux_loss_free", "/model/moe/router_temperature"};
+  const json ours = ToJson(config), hf_as_ours = ToJson(theirs.config);
+  std::vector<Diagnostic> out;
+  for (const char* field : kFields) {
+    const json::json_pointer p(field);
+    const json a = ours.contains(p) ? ours.at(p) : json(), b = hf_as_ours.contains(p) ? hf_as_ours.at(p) : json();
+    const bool same = a.is_number() && b.is_number() ? a.get<double>() == b.get<double>() : a == b;
+    if (!same) out.push_back({field, Show(a) + " here, " + Show(b) + " in the HF config"});
+  }
+  const int64_t predicted = config.training.use_mtp ? config.training.num_predict_tokens - 1 : 0;
+  if (predicted > HfMtpLayers(hf)) {
+    out.push_back({"/training/num_predict_tokens",
+                   std::to_string(config.training.num_predict_tokens) + " needs " + std::to_string(predicted) +
+                       " MTP layer(s); the HF model has " + std::to_string(HfMtpLayers(hf)) +
+                       " (num_nextn_predict_layers); set training.use_mtp false or num_predict_tokens to " +
+                       std::to_string(HfMtpLayers(hf) + 1)});
+  }
+  return out;
+}
+
 }  // namespace dsv3::config

@@ -96,6 +96,15 @@ int64_t VirtualStages(const Config& c) {
          std::max<int64_t>(1, c.distributed.virtual_pipeline_stages);
 }
 
+int64_t StageOfLayer(const std::vector<int64_t>& stage_layers, int64_t pp, int64_t layer) {
+  int64_t end = 0;
+  for (size_t k = 0; k < stage_layers.size(); ++k) {
+    end += stage_layers[k];
+    if (layer < end) return static_cast<int64_t>(k) % pp;
+  }
+  return pp - 1;
+}
+
 std::vector<int64_t> StageLayers(const Config& c) {
   const int64_t n = VirtualStages(c), L = c.model.num_layers;
   if (!c.distributed.pipeline_layout.empty()) return c.distributed.pipeline_layout;

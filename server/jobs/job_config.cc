@@ -2,9 +2,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "dsv3/common/checkpoint_layout.h"
 #include "dsv3/common/estimator.h"
+#include "dsv3/common/hf_import.h"
 #include "dsv3/common/parallel_layout.h"
 
 namespace dsv3::server {
@@ -137,6 +139,24 @@ void CheckPaths(const nlohmann::json& j, const PathPolicy& policy, std::vector<F
   if (j.contains("checkpointing")) {
     const std::string resume = str(j["checkpointing"], "resume_from");
     if (resume != "latest") check.Input("/checkpointing/resume_from", resume);
+    check.Input("/checkpointing/init_from_hf", str(j["checkpointing"], "init_from_hf"));
+  }
+}
+
+// A HF directory that dsv3d can read must describe the config's model (the worker checks
+// again, and is the only check where the directory is on the compute nodes only).
+void CheckHfInit(const config::Config& c, const std::string& dir, std::vector<FieldProblem>& errors) {
+  std::ifstream in(dir + "/config.json");
+  if (!in) return;
+  const nlohmann::json hf = nlohmann::json::parse(in, nullptr, false);
+  if (hf.is_discarded()) {
+    errors.push_back({"/checkpointing/init_from_hf", dir + "/config.json is not valid JSON", kProblemInvalidConfig});
+    return;
+  }
+  for (const config::Diagnostic& d : config::CompareWithHfConfig(c, hf)) {
+    errors.push_back({d.path, d.message + " (" + dir + "/config.json; `dsv3ctl config import-hf " + dir +
+                                  "/config.json` writes a matching model section)",
+                      kProblemInvalidConfig});
   }
 }
 
@@ -192,6 +212,10 @@ PreparedConfig PrepareJobConfig(const std::string& config_json, int num_ranks, c
   auto& ckpt = j["checkpointing"];
   if (ckpt.contains("resume_from") && ckpt["resume_from"].is_string() && ckpt["resume_from"] != "latest") {
     AbsolutizeString(ckpt, "resume_from", base_dir);
+  }
+  AbsolutizeString(ckpt, "init_from_hf", base_dir);
+  if (ckpt.contains("init_from_hf") && ckpt["init_from_hf"].is_string()) {
+    CheckHfInit(c, ckpt["init_from_hf"].get<std::string>(), out.errors);
   }
   if (policy.confined) {
     CheckPaths(j, policy, out.errors);

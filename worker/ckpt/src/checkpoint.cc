@@ -116,6 +116,7 @@ std::string WriteCheckpointFiles(const std::string& dir, const CheckpointData& d
                      {"val_loss", d.val_loss ? json(*d.val_loss) : json()},
                      {"files", files},
                      {"config", d.config}};
+    if (!d.weights_from.empty()) manifest["weights_from"] = d.weights_from;
     WriteText(tmp / "manifest.json", manifest.dump(2));
     FsyncPath(tmp, true);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older save of the same step

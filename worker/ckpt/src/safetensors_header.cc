@@ -19,7 +19,8 @@ std::runtime_error Bad(const std::string& why) { return std::runtime_error("not 
 
 int64_t SafetensorsElementSize(const std::string& dtype) {
   static const std::map<std::string, int64_t> kSizes = {{"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8},
-                                                        {"I32", 4}, {"I16", 2}, {"I8", 1},  {"U8", 1},   {"BOOL", 1}};
+                                                        {"I32", 4}, {"I16", 2}, {"I8", 1},  {"U8", 1},   {"BOOL", 1},
+                                                        {"F8_E4M3", 1}, {"F8_E5M2", 1}};
   const auto it = kSizes.find(dtype);
   return it == kSizes.end() ? 0 : it->second;
 }

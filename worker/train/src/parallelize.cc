@@ -104,13 +104,7 @@ namespace {
 int64_t OwnerStage(const std::string& name, const std::vector<int64_t>& stage_layers, int64_t pp) {
   if (name.rfind("embed_tokens.", 0) == 0) return 0;
   if (name.rfind("layers.", 0) != 0) return pp - 1;
-  const int64_t layer = std::stoll(name.substr(7, name.find('.', 7) - 7));
-  int64_t end = 0;
-  for (size_t k = 0; k < stage_layers.size(); ++k) {
-    end += stage_layers[k];
-    if (layer < end) return static_cast<int64_t>(k) % pp;
-  }
-  return pp - 1;
+  return config::StageOfLayer(stage_layers, pp, std::stoll(name.substr(7, name.find('.', 7) - 7)));
 }
 
 }  // namespace

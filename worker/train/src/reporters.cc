@@ -45,7 +45,8 @@ class ConsoleReporter final : public Reporter {
                   r.tokens_planned / 1e9);
     msg::Info(line);
     msg::Info("  output " + r.output_dir + ", checkpoints " + r.checkpoint_dir +
-              (r.resumed_from.empty() ? "" : ", resumed from " + r.resumed_from));
+              (r.resumed_from.empty() ? "" : ", resumed from " + r.resumed_from) +
+              (r.weights_from.empty() ? "" : ", initial weights from " + r.weights_from));
     total_ = r.train_steps;
   }
   void OnMetrics(const StepMetrics& m) override {
@@ -94,7 +95,8 @@ class JsonlReporter final : public Reporter {
   void OnStart(const RunInfo& r) override {
     Write({{"event", "start"},        {"time", WallTime()},        {"experiment", r.experiment},
            {"parameters", r.parameters}, {"start_step", r.start_step}, {"train_steps", r.train_steps},
-           {"world_size", r.world_size}, {"precision", r.precision}, {"resumed_from", r.resumed_from}});
+           {"world_size", r.world_size}, {"precision", r.precision}, {"resumed_from", r.resumed_from},
+           {"weights_from", r.weights_from}});
   }
   void OnMetrics(const StepMetrics& m) override {
     json j = {{"event", "train"}, {"step", m.step}, {"time", WallTime()}};

@@ -109,6 +109,16 @@ void Trainer::State::OpenDataAndCheckpoints() {
       throw PermanentError(exit_status::kCheckpointUnreadable, "cannot resume from " + resume + ": " + e.what());
     }
   }
+  if (c.checkpointing.init_from_hf && resumed_from.empty()) {
+    try {
+      InitFromHf(*c.checkpointing.init_from_hf);
+    } catch (const std::exception& e) {
+      throw PermanentError(exit_status::kCheckpointUnreadable,
+                           "cannot initialise from " + *c.checkpointing.init_from_hf + ": " + e.what());
+    }
+  } else if (c.checkpointing.init_from_hf) {
+    Message("checkpointing.init_from_hf ignored: the run resumed from " + resumed_from);
+  }
 }
 
 // After the full weights are in place: experts split over the ranks, the sharded optimizer,
@@ -158,6 +168,7 @@ RunInfo Trainer::State::Info() const {
   info.output_dir = output_dir;
   info.checkpoint_dir = checkpoint_dir;
   info.resumed_from = resumed_from;
+  info.weights_from = weights_from;
   return info;
 }
 

@@ -10,6 +10,7 @@
 #include "dsv3/dist/faults.h"
 #include "dsv3/model/hf_state_dict.h"
 #include "dsv3/model/torch_compat.h"
+#include "dsv3/train/hf_weights.h"
 #include "trainer_state.h"
 
 namespace dsv3::train {
@@ -83,11 +84,37 @@ void Trainer::State::Resume(const std::string& requested) {
   // same (it reads every shard anyway).
   RestoreRng(loaded.state_tensors);
   resumed_from = loaded.path;
+  weights_from = loaded.manifest.value("weights_from", std::string());
   checkpoints->Protect(loaded.path);
   pending_optimizer = std::move(loaded);
   last_saved_step = step;
 }
 
+void Trainer::State::InitFromHf(const std::string& dir) {
+  ckpt::HfCheckpoint hf(dir);
+  ModelShare share;
+  share.stage = groups.coord.pp;
+  share.pp = groups.grid.pp;
+  share.ep_index = groups.coord.ep;
+  share.ep = groups.grid.ep;
+  const HfLoadReport r = LoadHfWeights(cfg, share, *master, hf);
+  if (mixed) CopyMasterToCompute(*master, *compute);
+  weights_from = dir;
+  char line[400];
+  std::snprintf(line, sizeof(line),
+                "initial weights from %s: %lld tensors read (%lld held by other ranks or shared), %.1f of %.1f MiB "
+                "in %.2f s (%.0f MiB/s)",
+                dir.c_str(), static_cast<long long>(r.tensors_read), static_cast<long long>(r.tensors_skipped),
+                r.bytes_read / 1048576.0, r.total_bytes / 1048576.0, r.seconds,
+                r.seconds > 0 ? r.bytes_read / 1048576.0 / r.seconds : 0.0);
+  Message(line);
+  if (!r.skipped_mtp_layers.empty()) {
+    std::string layers;
+    for (int64_t l : r.skipped_mtp_layers) layers += (layers.empty() ? "" : ", ") + std::to_string(l);
+    Message("skipped the HF MTP layer(s) " + layers + ": this config does not predict that many tokens "
+            "(training.use_mtp, num_predict_tokens)");
+  }
+}
 
 namespace {
 
@@ -153,6 +180,7 @@ std::string Trainer::State::SaveCheckpoint(const std::string& reason) {
                      {"zero_stage", cfg.derived.effective_zero_stage},
                      {"sampler", {{"next_sample", sampler.next_sample}, {"taken", sampler.taken}}}};
   d.config = config::ToJson(cfg);
+  d.weights_from = weights_from;
   if (eval_step == step && eval_loss_at_step) d.val_loss = *eval_loss_at_step;
   std::string path;
   // A distributed save is collective, so it runs in the foreground.

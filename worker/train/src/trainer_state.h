@@ -77,6 +77,7 @@ struct Trainer::State {
   std::unique_ptr<ckpt::CheckpointManager> checkpoints;
   config::Estimate estimate;
   std::string output_dir, checkpoint_dir, resumed_from;
+  std::string weights_from;  // the HF directory of the initial weights, kept through resumes
   double peak_flops = 0;
   int threads = 1;
   int64_t step = 0, tokens_seen = 0;
@@ -114,6 +115,8 @@ struct Trainer::State {
   void RestoreRng(const std::map<std::string, torch::Tensor>& saved);
   void LoadOptimizerState();
   void Resume(const std::string& requested);
+  // checkpointing.init_from_hf on a run that did not resume: this rank's share of the weights.
+  void InitFromHf(const std::string& dir);
   std::string SaveCheckpoint(const std::string& reason);
 
   // evaluation.cc: a collective over every rank.

@@ -241,6 +241,9 @@ struct CheckpointingConfig {  // (dsv3) the guide names the section without fiel
   bool save_optimizer_state = true;
   bool save_final = true;
   std::optional<std::string> resume_from;  // a checkpoint path or "latest"
+  // A HuggingFace DeepSeek-V2/V3 directory whose weights start the run (a fresh optimizer,
+  // step 0); ignored when the run resumes from a checkpoint (train/hf_weights.h).
+  std::optional<std::string> init_from_hf;
 };
 
 struct ValidationConfig {  // (dsv3) the guide names the section without fields

@@ -25,4 +25,14 @@ HfImportResult ImportHfConfig(const nlohmann::json& hf_config);
 // layer interval other than 0 or 2, GQA inside MLA, softmax routing with aux-loss-free bias).
 HfImportResult ExportHfConfig(const Config& config);
 
+// Whether HF weights described by `hf_config` (a config.json) load into a model of the
+// validated `config`: one error per model field that differs (path /model/..., both values),
+// errors for HF fields dsv3 cannot import, and an error when the config predicts more tokens
+// (training.num_predict_tokens) than the HF model has MTP layers. Fields that do not shape
+// or route (dropouts, balance-loss weights, capacity, initialisation) may differ.
+std::vector<Diagnostic> CompareWithHfConfig(const Config& config, const nlohmann::json& hf_config);
+
+// The MTP layers a HF config.json holds (num_nextn_predict_layers; 0 when absent).
+int64_t HfMtpLayers(const nlohmann::json& hf_config);
+
 }  // namespace dsv3::config

@@ -59,6 +59,9 @@ struct ParallelGrid {
 // embedding is on the first; the final norm, head, loss and MTP modules are on the last.
 std::vector<int64_t> StageLayers(const Config& c);
 int64_t VirtualStages(const Config& c);  // pp x virtual_pipeline_stages
+// The pipeline stage (0 .. pp - 1) that runs decoder layer `layer` under StageLayers'
+// split `stage_layers`; the last stage for layers past the end (the MTP modules).
+int64_t StageOfLayer(const std::vector<int64_t>& stage_layers, int64_t pp, int64_t layer);
 
 // What rank `rank` holds of the model: its stage's layers, its heads and vocabulary rows,
 // its routed experts. One line per rank, for `config show` and `submit --dry-run`.

@@ -4,7 +4,8 @@
 //   trainer_state.json  step, tokens, data-sampler state, loss scale, layout, ...
 //   shard_<r>.safetensors  rank r's optimizer state (its ZeRO shard) and per-rank tensors;
 //                       the metadata says which parameter elements the state covers
-//   manifest.json       format, step, world size, validation loss, the resolved config, and
+//   manifest.json       format, step, world size, validation loss, the resolved config, where
+//                       the initial weights came from (weights_from, when not random), and
 //                       the size and CRC-32 of every file above
 // A checkpoint is written into checkpoint_<step>.tmp-<pid> (.tmp-dist by a distributed run,
 // whose ranks all write into it), every file fsynced, then renamed by rank 0: a crash at
@@ -40,6 +41,9 @@ struct CheckpointData {
   nlohmann::json trainer_state = nlohmann::json::object();
   nlohmann::json config = nlohmann::json::object();
   std::optional<double> val_loss;
+  // Where the run's initial weights came from (a HF directory; "" = random initialisation),
+  // kept through resumes; the manifest's "weights_from".
+  std::string weights_from;
   // Written by every rank: its shard_<rank>.safetensors.
   std::vector<std::pair<std::string, torch::Tensor>> shard;
   std::map<std::string, std::string> shard_metadata;

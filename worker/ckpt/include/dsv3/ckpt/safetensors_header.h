@@ -13,7 +13,8 @@
 namespace dsv3::ckpt {
 
 struct SafetensorsEntry {
-  std::string name, dtype;      // dtype: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL
+  std::string name, dtype;      // dtype: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, and the
+                                // FP8 formats F8_E4M3 and F8_E5M2 (read by hf_checkpoint.h only)
   std::vector<int64_t> shape;
   int64_t begin = 0, end = 0;   // byte range within the data section
 };

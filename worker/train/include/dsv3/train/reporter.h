@@ -19,6 +19,7 @@ struct RunInfo {
   double flops_per_token = 0, peak_flops = 0;
   int rank = 0, world_size = 1, threads = 1;
   std::string precision, device, output_dir, checkpoint_dir, resumed_from;
+  std::string weights_from;  // the HF directory the initial weights came from ("" = random)
 };
 
 struct StepMetrics {
