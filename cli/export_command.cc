@@ -10,6 +10,7 @@
 #include "dsv3/ckpt/manifest.h"
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/hf_import.h"
+#include "dsv3/data/tokenizer.h"
 #include "output.h"
 #include "progress.h"
 
@@ -45,6 +46,20 @@ std::string CopyWithProgress(const fs::path& from, const fs::path& to, std::ostr
   return "";
 }
 
+// HF's generate() starts with bos_token_id and stops at eos_token_id: the ids of the
+// tokenizer the model was trained with (without them HF falls back to 0 and 1). "" or why not.
+std::string AddTokenIds(const config::Config& cfg, json& hf) {
+  try {
+    const std::unique_ptr<data::Tokenizer> tokenizer = data::MakeTokenizer(cfg.data.tokenizer, cfg.model.vocab_size);
+    hf["bos_token_id"] = tokenizer->bos_id();
+    hf["eos_token_id"] = tokenizer->eos_id();
+    hf["pad_token_id"] = tokenizer->pad_id() >= 0 ? json(tokenizer->pad_id()) : json();
+  } catch (const std::exception& e) {
+    return std::string("config.json needs the tokenizer's BOS/EOS/PAD ids: ") + e.what();
+  }
+  return "";
+}
+
 }  // namespace
 
 void AddExportCommand(CLI::App& app, CliContext& ctx) {
@@ -54,7 +69,8 @@ void AddExportCommand(CLI::App& app, CliContext& ctx) {
   };
   auto st = std::make_shared<State>();
   CLI::App* verb = app.add_subcommand(
-      "export-hf", "Write a checkpoint as a HuggingFace DeepseekV3 folder (config.json + model.safetensors)");
+      "export-hf", "Write a checkpoint as a HuggingFace folder (config.json + model.safetensors): DeepseekV3 for "
+      "sigmoid routers, DeepseekV2 for softmax ones; what neither computes the same is refused");
   verb->add_option("CHECKPOINT", st->checkpoint, "Checkpoint directory (or checkpoint_<step>.pt)")->required();
   verb->add_option("OUT_DIR", st->out, "Output folder")->required();
   AddOutputOption(*verb, st->format);
@@ -74,7 +90,11 @@ void AddExportCommand(CLI::App& app, CliContext& ctx) {
     }
     config::HfImportResult hf = config::ExportHfConfig(cfg.config);
     if (!hf.ok()) {
-      for (const auto& e : hf.errors) ctx.err << "dsv3ctl export-hf: cannot express in HF DeepseekV3: " << e.ToString() << "\n";
+      for (const auto& e : hf.errors) ctx.err << "dsv3ctl export-hf: " << e.ToString() << "\n";
+      return;
+    }
+    if (const std::string why = AddTokenIds(cfg.config, hf.config); !why.empty()) {
+      ctx.err << "dsv3ctl export-hf: " << why << "\n";
       return;
     }
     hf.config["torch_dtype"] = "float32";  // checkpoints hold the fp32 master weights

@@ -164,6 +164,14 @@ HfImportResult ImportHfConfig(const json& hf) {
     e.router_aux_loss_weight = alpha;
     e.balance_loss_type = alpha > 0 ? "load" : "none";
   }
+  // DeepSeek-V2 normalises the top-k gates (k > 1) instead of scaling them; dsv3 normalises
+  // and then scales, so the same model has a factor of 1.
+  const auto model_type = hf.find("model_type");
+  const bool v2 = model_type != hf.end() && *model_type == "deepseek_v2";
+  if (v2 && e.norm_topk_prob && e.num_experts_per_token > 1 && e.routed_scaling_factor != 1.0) {
+    out.warnings.push_back({"/routed_scaling_factor", "DeepSeek-V2 does not scale normalised gates; imported as 1"});
+    e.routed_scaling_factor = 1.0;
+  }
   if (e.score_func != "softmax" && e.score_func != "sigmoid") {
     out.errors.push_back({"/scoring_func", "\"" + e.score_func + "\" is not one of: softmax, sigmoid"});
   }
@@ -182,34 +190,64 @@ HfImportResult ExportHfConfig(const Config& c) {
   const ModelConfig& m = c.model;
   const MlaConfig& a = m.mla;
   const MoeConfig& e = m.moe;
-  if (m.norm_type != "rmsnorm") out.errors.push_back({"/model/norm_type", "HF DeepseekV3 uses RMSNorm only"});
-  if (m.dense_layer_interval != 0 && m.dense_layer_interval != 2) {
-    out.errors.push_back({"/model/dense_layer_interval", std::to_string(m.dense_layer_interval) +
-                                                             " has no moe_layer_freq equivalent (0 or 2 have)"});
+  // Sigmoid routers are HF's DeepseekV3 (transformers' native port: sigmoid scores plus the
+  // aux-loss-free bias, every layer from first_k_dense_replace on an MoE layer); softmax
+  // routers are DeepseekV2 (softmax scores, moe_layer_freq, the top-k gates normalised only
+  // when k > 1, and then without routed_scaling_factor). What neither computes as dsv3 does
+  // is refused with the reason, never written.
+  const bool v3 = e.score_func == "sigmoid";
+  const std::string type = v3 ? "DeepseekV3" : "DeepseekV2";
+  const auto refuse = [&](const std::string& path, const std::string& why) { out.errors.push_back({path, why}); };
+  if (m.norm_type != "rmsnorm") refuse("/model/norm_type", "HF DeepSeek models use RMSNorm only");
+  if (m.norm_eps != 1e-6) {
+    refuse("/model/norm_eps", "HF's latent norms (q_a_layernorm, kv_a_layernorm) always use eps 1e-6; dsv3's use "
+                              "norm_eps, so only 1e-6 exports");
+  }
+  if (v3 && m.dense_layer_interval != 0) {
+    refuse("/model/dense_layer_interval", "HF's DeepseekV3 ignores moe_layer_freq (every layer from "
+                                          "first_k_dense_replace on is MoE); only 0 exports with a sigmoid router");
+  } else if (m.dense_layer_interval != 0 && m.dense_layer_interval != 2) {
+    refuse("/model/dense_layer_interval", std::to_string(m.dense_layer_interval) +
+                                              " has no moe_layer_freq equivalent (0 or 2 have)");
   }
   if (a.num_kv_heads != a.num_heads) {
-    out.errors.push_back({"/model/mla/num_kv_heads", "HF DeepseekV3 has one key/value head per query head"});
+    refuse("/model/mla/num_kv_heads", "HF DeepSeek models have one key/value head per query head");
   }
-  if (!a.use_rope) out.errors.push_back({"/model/mla/use_rope", "HF DeepseekV3 always applies RoPE"});
-  if (a.sliding_window) out.errors.push_back({"/model/mla/sliding_window", "HF DeepseekV3 has no sliding window"});
-  if (e.score_func == "softmax" && e.n_group > 1) {
-    out.errors.push_back({"/model/moe/n_group", "group-limited softmax routing scores groups differently in HF"});
-  }
+  if (!a.use_rope) refuse("/model/mla/use_rope", "HF DeepSeek models always apply RoPE");
+  if (a.sliding_window) refuse("/model/mla/sliding_window", "HF DeepSeek models have no sliding window");
   if (e.shared_intermediate_size != e.expert_intermediate_size && e.num_shared_experts > 0) {
-    out.errors.push_back({"/model/moe/shared_intermediate_size",
-                          "HF sizes shared experts as n_shared_experts x moe_intermediate_size"});
+    refuse("/model/moe/shared_intermediate_size", "HF sizes shared experts as n_shared_experts x moe_intermediate_size");
   }
-  // Softmax top-k without groups is HF's "greedy"; sigmoid with the bias is "noaux_tc".
-  std::string method = "greedy";
-  if (e.use_aux_loss_free) method = "noaux_tc";
-  else if (e.n_group > 1) method = "group_limited_greedy";
-  if (e.use_aux_loss_free && e.score_func != "sigmoid") {
-    out.errors.push_back({"/model/moe/use_aux_loss_free", "HF's noaux_tc routing uses sigmoid scores"});
+  if (e.router_temperature != 1.0) {
+    refuse("/model/moe/router_temperature", "HF's routers have no softmax temperature; only 1 exports");
   }
+  if (v3) {
+    if (!e.use_aux_loss_free) {
+      refuse("/model/moe/use_aux_loss_free", "HF's DeepseekV3 router always adds e_score_correction_bias, which dsv3 "
+                                             "keeps only with the aux-loss-free balancing; set it true to export");
+    }
+    if (e.norm_topk_prob && e.num_experts_per_token == 1) {
+      refuse("/model/moe/norm_topk_prob", "HF's DeepseekV3 normalises a single gate to 1; dsv3 keeps the router "
+                                          "score for top-1 (so the router learns): set norm_topk_prob false to export");
+    }
+  } else {
+    if (e.use_aux_loss_free) {
+      refuse("/model/moe/use_aux_loss_free", "the aux-loss-free bias needs sigmoid scores in HF (DeepseekV3's noaux_tc)");
+    }
+    if (e.n_group > 1) refuse("/model/moe/n_group", "group-limited softmax routing scores groups differently in HF");
+    if (e.norm_topk_prob && e.num_experts_per_token > 1 && e.routed_scaling_factor != 1.0) {
+      refuse("/model/moe/routed_scaling_factor", "HF's DeepseekV2 drops routed_scaling_factor when it normalises the "
+                                                 "top-k gates (norm_topk_prob); only 1 exports with normalised gates");
+    }
+  }
+  if (!out.errors.empty()) {
+    for (auto& d : out.errors) d.message = "cannot export as HF " + type + ": " + d.message;
+  }
+  const std::string method = v3 ? "noaux_tc" : "greedy";
   const int64_t nextn = c.training.use_mtp ? c.training.num_predict_tokens - 1 : 0;
   out.config = {
-      {"architectures", {"DeepseekV3ForCausalLM"}},
-      {"model_type", "deepseek_v3"},
+      {"architectures", {type + "ForCausalLM"}},
+      {"model_type", v3 ? "deepseek_v3" : "deepseek_v2"},
       {"hidden_act", "silu"},
       {"hidden_size", a.d_model},
       {"num_hidden_layers", m.num_layers},

@@ -1,6 +1,7 @@
 // import-hf: HF DeepSeek-V2/V3 config.json -> a dsv3 config that loads as it is.
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -125,6 +126,69 @@ TEST(HfExport, WhatHfCannotExpressIsAnError) {
   for (const auto& e : ExportHfConfig(r.config).errors) paths.push_back(e.path);
   EXPECT_EQ(paths, (std::vector<std::string>{"/model/norm_type", "/model/dense_layer_interval",
                                              "/model/mla/num_kv_heads", "/model/mla/sliding_window"}));
+}
+
+// Each router exports as the HF type that computes it: sigmoid as DeepseekV3, softmax as
+// DeepseekV2 (which honours moe_layer_freq); the model type survives the round trip.
+TEST(HfExport, TheRouterPicksTheHfModelType) {
+  const LoadResult sigmoid = LoadConfigText(R"({"model": {"dense_layer_interval": 0,
+      "moe": {"score_func": "sigmoid", "use_aux_loss_free": true}}})");
+  const LoadResult softmax = LoadConfigText(R"({"model": {"dense_layer_interval": 2}})");
+  ASSERT_TRUE(sigmoid.ok() && softmax.ok());
+  const HfImportResult v3 = ExportHfConfig(sigmoid.config), v2 = ExportHfConfig(softmax.config);
+  ASSERT_TRUE(v3.ok() && v2.ok());
+  EXPECT_EQ(v3.config["model_type"], "deepseek_v3");
+  EXPECT_EQ(v3.config["architectures"][0], "DeepseekV3ForCausalLM");
+  EXPECT_EQ(v3.config["topk_method"], "noaux_tc");
+  EXPECT_EQ(v2.config["model_type"], "deepseek_v2");
+  EXPECT_EQ(v2.config["architectures"][0], "DeepseekV2ForCausalLM");
+  EXPECT_EQ(v2.config["moe_layer_freq"], 2);
+  EXPECT_EQ(v2.config["topk_method"], "greedy");
+  for (const LoadResult* r : {&sigmoid, &softmax}) {
+    const HfImportResult exported = ExportHfConfig(r->config);
+    EXPECT_TRUE(CompareWithHfConfig(r->config, exported.config).empty());
+    EXPECT_EQ(ToJson(Import(exported.config).config)["model"]["moe"]["score_func"], r->config.model.moe.score_func);
+  }
+}
+
+// What neither HF type computes as dsv3 does is refused with the reason.
+TEST(HfExport, RoutersHfComputesDifferentlyAreRefused) {
+  const auto refused = [](const char* text) {
+    const LoadResult r = LoadConfigText(text);
+    EXPECT_TRUE(r.ok()) << text;
+    std::vector<std::string> paths;
+    for (const auto& e : ExportHfConfig(r.config).errors) {
+      EXPECT_NE(e.message.find("cannot export as HF Deepseek"), std::string::npos) << e.message;
+      paths.push_back(e.path);
+    }
+    return paths;
+  };
+  using Paths = std::vector<std::string>;
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 2, "moe": {"score_func": "sigmoid",
+                       "use_aux_loss_free": true}}})"),
+            Paths{"/model/dense_layer_interval"});  // native V3 ignores moe_layer_freq
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 0, "moe": {"score_func": "sigmoid"}}})"),
+            Paths{"/model/moe/use_aux_loss_free"});  // V3 always adds the bias
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 0, "moe": {"score_func": "sigmoid",
+                       "use_aux_loss_free": true, "num_experts_per_token": 1}}})"),
+            Paths{"/model/moe/norm_topk_prob"});  // V3 normalises a single gate to 1
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 0, "moe": {"router_temperature": 2.0}}})"),
+            Paths{"/model/moe/router_temperature"});
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 0, "moe": {"routed_scaling_factor": 2.5}}})"),
+            Paths{"/model/moe/routed_scaling_factor"});  // V2 drops it for normalised gates
+  EXPECT_EQ(refused(R"({"model": {"dense_layer_interval": 0, "norm_eps": 1e-5}})"), Paths{"/model/norm_eps"});
+}
+
+// DeepSeek-V2 with normalised gates ignores routed_scaling_factor: imported as 1, said so.
+TEST(HfImport, DeepSeekV2NormalisedGatesImportWithoutTheScale) {
+  json hf = ReadHf("deepseek_v2_lite_config.json");
+  hf["norm_topk_prob"] = true;
+  hf["routed_scaling_factor"] = 16.0;
+  const HfImportResult r = ImportHfConfig(hf);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.config["model"]["moe"]["routed_scaling_factor"], 1.0);
+  ASSERT_FALSE(r.warnings.empty());
+  EXPECT_EQ(r.warnings.back().path, "/routed_scaling_factor");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <set>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include "dsv3/ckpt/checkpoint.h"
 #include "dsv3/common/config_io.h"
+#include "dsv3/common/hf_import.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/train/pipeline_schedule.h"
 #include "dsv3/train/reporter.h"
@@ -104,6 +106,39 @@ TEST_F(TrainerTest, ResumeIsExact) {
   joined.insert(joined.end(), part2.losses.begin(), part2.losses.end());
   EXPECT_EQ(joined, straight.losses);  // bit for bit, fp32 on the CPU
   EXPECT_LT(straight.losses.back(), straight.losses.front());
+}
+
+// Fine-tuning from an exported run (checkpointing.init_from_hf): it starts where the run
+// ended, not from random weights, keeps lowering the loss, and its checkpoints say where the
+// weights came from.
+TEST_F(TrainerTest, FineTuneFromHfWeightsStartsWhereTheRunEnded) {
+  const config::Config base = Config(dir_.path() / "base");
+  const TrainResult trained = Train(base);
+  ASSERT_TRUE(trained.finished);
+  const fs::path hf = dir_.path() / "hf";
+  fs::create_directories(hf);
+  fs::copy_file(fs::path(trained.last_checkpoint) / "model.safetensors", hf / "model.safetensors");
+  const config::HfImportResult exported = config::ExportHfConfig(base);
+  ASSERT_TRUE(exported.ok());
+  std::ofstream(hf / "config.json") << exported.config.dump(2);
+
+  const config::Config tune = Config(dir_.path() / "tune", {{"checkpointing", {{"init_from_hf", hf.string()}}}});
+  const TrainResult tuned = Train(tune);
+  ASSERT_TRUE(tuned.finished);
+  ASSERT_EQ(tuned.losses.size(), 6u);
+  // Random weights start near ln(272) = 5.6; the trained ones where the run ended.
+  EXPECT_LT(tuned.losses.front(), trained.losses.front() - 0.3);
+  EXPECT_LT(tuned.losses.back(), tuned.losses.front());
+  const json manifest = json::parse(std::ifstream(fs::path(tuned.last_checkpoint) / "manifest.json"));
+  EXPECT_EQ(manifest.value("weights_from", ""), hf.string());
+  std::ifstream metrics(tune.output_dir + "/metrics.jsonl");
+  std::string first;
+  std::getline(metrics, first);
+  const json start = json::parse(first);
+  EXPECT_EQ(start.value("event", ""), "start");
+  EXPECT_EQ(start.value("weights_from", ""), hf.string());
+  std::cout << "trained " << trained.losses.front() << " -> " << trained.losses.back() << ", fine-tuned "
+            << tuned.losses.front() << " -> " << tuned.losses.back() << "\n";
 }
 
 // A run that stops between log lines reports its last steps at the step it stopped.

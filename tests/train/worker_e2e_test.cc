@@ -84,6 +84,11 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
   EXPECT_EQ(config["num_hidden_layers"], 4);
   EXPECT_EQ(config["num_nextn_predict_layers"], 1);
   EXPECT_EQ(config["topk_method"], "noaux_tc");
+  EXPECT_EQ(config["model_type"], "deepseek_v3");
+  // The byte tokenizer's ids, so that HF's generate() starts and stops where dsv3's does.
+  EXPECT_EQ(config["bos_token_id"], 256);
+  EXPECT_EQ(config["eos_token_id"], 257);
+  EXPECT_EQ(config["pad_token_id"], 258);
   const auto nano = config::LoadConfigFile(std::string(DSV3_SOURCE_DIR) + "/configs/train_config_nano.json");
   std::map<std::string, int64_t> expected = test::HfTensors(nano.config.model, 1), got;
   for (const auto& [name, t] : ckpt::ReadSafetensors((hf / "model.safetensors").string()).tensors) got[name] = t.numel();

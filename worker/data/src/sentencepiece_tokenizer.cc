@@ -46,6 +46,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return processor_.GetPieceSize(); }
   int32_t eos_id() const override { return processor_.eos_id(); }
   int32_t bos_id() const override { return processor_.bos_id(); }
+  int32_t pad_id() const override { return processor_.pad_id(); }
   std::string Fingerprint() const override { return fingerprint_; }
 
  private:

@@ -30,6 +30,7 @@ class ByteTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return kByteVocab; }
   int32_t eos_id() const override { return kByteEos; }
   int32_t bos_id() const override { return kByteBos; }
+  int32_t pad_id() const override { return kBytePad; }
   std::string Fingerprint() const override { return "byte-v1"; }
 };
 

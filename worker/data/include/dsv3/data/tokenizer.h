@@ -21,6 +21,7 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int32_t eos_id() const = 0;  // appended after every document
   virtual int32_t bos_id() const = 0;
+  virtual int32_t pad_id() const { return -1; }  // -1: the tokenizer has none
   // Identifies the exact tokenization (type + model file contents), for the shard cache.
   virtual std::string Fingerprint() const = 0;
 };
