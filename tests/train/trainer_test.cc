@@ -17,6 +17,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/hf_import.h"
 #include "dsv3/data/synth.h"
+#include "dsv3/train/inference.h"
 #include "dsv3/train/pipeline_schedule.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/tfevents.h"
@@ -139,6 +140,60 @@ TEST_F(TrainerTest, FineTuneFromHfWeightsStartsWhereTheRunEnded) {
   EXPECT_EQ(start.value("weights_from", ""), hf.string());
   std::cout << "trained " << trained.losses.front() << " -> " << trained.losses.back() << ", fine-tuned "
             << tuned.losses.front() << " -> " << tuned.losses.back() << "\n";
+}
+
+// Sampling from a trained checkpoint through the MLA cache: greedy equals the argmax of a
+// full recomputation at every step, the log-probabilities are the model's, stop strings end
+// the text (and are never streamed), and the same weights as a HF directory sample the same.
+TEST_F(TrainerTest, GenerateFromACheckpointMatchesFullRecomputation) {
+  const config::Config base = Config(dir_.path() / "gen", {{"validation", {{"sample_tokens", 0}}}});
+  const TrainResult trained = Train(base);
+  ASSERT_TRUE(trained.finished);
+  InferenceModel m = LoadInferenceModel(trained.last_checkpoint, nullptr, torch::kCPU);
+  EXPECT_EQ(m.step, 6);
+  GenerationRequest request;
+  request.prompt = "The ";
+  request.max_tokens = 12;
+  request.stop_at_eos = false;
+  const Generation g = Generate(m, request);
+  ASSERT_EQ(g.ids.size(), 12u);
+  EXPECT_EQ(g.finish_reason, "length");
+  std::vector<int64_t> sequence = g.prompt_ids;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    const torch::Tensor logits = m.model->Logits(torch::tensor(sequence).view({1, -1}));
+    const torch::Tensor last = logits[0][logits.size(1) - 1].to(torch::kDouble);
+    EXPECT_EQ(last.argmax().item<int64_t>(), g.ids[i]) << "token " << i;
+    EXPECT_NEAR(torch::log_softmax(last, -1)[g.ids[i]].item<double>(), g.logprobs[i], 1e-4) << "token " << i;
+    sequence.push_back(g.ids[i]);
+  }
+  // A stop string from inside a sampled text (the same seed samples the same tokens): the text
+  // ends before its first occurrence, and streaming never showed any of it.
+  GenerationRequest sampled = request;
+  sampled.sampling.temperature = 1.0;
+  sampled.sampling.seed = 11;
+  const Generation free = Generate(m, sampled);
+  ASSERT_GE(free.text.size(), 8u) << free.text;
+  sampled.stop = {free.text.substr(5, 2)};
+  std::string streamed;
+  const Generation stopped = Generate(m, sampled, [&](const std::string& piece) { streamed += piece; });
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  EXPECT_EQ(stopped.text, free.text.substr(0, free.text.find(sampled.stop[0])));
+  EXPECT_EQ(streamed, stopped.text);
+
+  // The same weights as a HF directory (with the config for the tokenizer) sample the same.
+  const fs::path hf = dir_.path() / "gen_hf";
+  fs::create_directories(hf);
+  fs::copy_file(fs::path(trained.last_checkpoint) / "model.safetensors", hf / "model.safetensors");
+  std::ofstream(hf / "config.json") << config::ExportHfConfig(base).config.dump(2);
+  InferenceModel from_hf = LoadInferenceModel(hf.string(), &base, torch::kCPU);
+  EXPECT_EQ(Generate(from_hf, request).ids, g.ids);
+  try {
+    LoadInferenceModel(hf.string(), nullptr, torch::kCPU);
+    ADD_FAILURE() << "a HF directory without a config loaded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("give a config with its tokenizer"), std::string::npos) << e.what();
+  }
 }
 
 // A run that stops between log lines reports its last steps at the step it stopped.

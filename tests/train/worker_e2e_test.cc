@@ -97,6 +97,35 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
   }
   EXPECT_EQ(got, expected);
 
+  // dsv3ctl generate runs dsv3-worker generate: JSON holds each prompt's ids and their
+  // log-probabilities; the exported HF directory (with the config for its tokenizer) samples
+  // the same tokens as the checkpoint.
+  const auto generate = [&](const std::string& source, const std::string& extra) {
+    const std::string command = "cd " + dir_.path().string() + " && " + DSV3_BINARY_DIR + "/cli/dsv3ctl generate " +
+                                source + " --prompt 'The ' --prompt 'def ' --max-tokens 8 --ignore-eos --threads 1 " +
+                                "--output json" + extra + " 2>" + (dir_.path() / "generate.err").string();
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string text;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) text.append(buf, n);
+    EXPECT_EQ(pclose(pipe), 0) << Read(dir_.path() / "generate.err");
+    return json::parse(text, nullptr, false);
+  };
+  const json from_checkpoint = generate("outputs/nano/checkpoints/checkpoint_160", "");
+  ASSERT_EQ(from_checkpoint["generations"].size(), 2u) << from_checkpoint.dump();
+  EXPECT_EQ(from_checkpoint["step"], 160);
+  for (const json& g : from_checkpoint["generations"]) {
+    EXPECT_EQ(g["ids"].size(), 8u);
+    EXPECT_EQ(g["finish_reason"], "length");
+    ASSERT_EQ(g["logprobs"].size(), 8u);
+    for (const json& lp : g["logprobs"]) EXPECT_LE(lp.get<double>(), 0.0);
+    std::printf("nano generate: \"%s\" -> \"%s\", %.0f tokens/s\n", g["prompt"].get<std::string>().c_str(),
+                g["text"].get<std::string>().c_str(), g["tokens_per_s"].get<double>());
+  }
+  const json from_hf = generate(hf.string(), " --config configs/train_config_nano.json");
+  ASSERT_EQ(from_hf["generations"].size(), 2u) << from_hf.dump();
+  EXPECT_EQ(from_hf["generations"][1]["ids"], from_checkpoint["generations"][1]["ids"]);
+
   const pid_t again =
       StartWorker(dir_.path(), {"--config", "configs/train_config_nano.json", "--resume", "latest"}, dir_.path() / "log2.txt");
   ASSERT_EQ(WaitExit(again, 120), 0) << Read(dir_.path() / "log2.txt");

@@ -29,10 +29,11 @@ int64_t PickToken(const torch::Tensor& logits_V, const SamplingOptions& options,
   const torch::Tensor p = std::get<0>(sorted), idx = std::get<1>(sorted);
   const double* pp = p.data_ptr<double>();
   const int64_t* ip = idx.data_ptr<int64_t>();
-  // Nucleus: the smallest prefix whose mass reaches top_p.
+  // Top-k, then the nucleus: the smallest prefix whose mass reaches top_p.
+  const int64_t k = options.top_k > 0 ? std::min(options.top_k, p.numel()) : p.numel();
   int64_t n = 0;
   double mass = 0;
-  while (n < p.numel() && (n == 0 || mass < options.top_p)) mass += pp[n++];
+  while (n < k && (n == 0 || mass < options.top_p)) mass += pp[n++];
   double u = std::uniform_real_distribution<double>(0.0, mass)(rng);
   for (int64_t i = 0; i < n; ++i) {
     u -= pp[i];
@@ -297,8 +298,13 @@ std::vector<int64_t> DeepSeekV3Impl::Generate(const std::vector<int64_t>& prompt
   std::vector<int64_t> context(prompt.end() - std::min<int64_t>(prompt.size(), max_length), prompt.end());
   torch::Tensor logits = LogitsCached(torch::tensor(context, torch::kLong).view({1, -1}).to(device), caches);
   while (static_cast<int64_t>(generated.size()) < max_new_tokens) {
-    const int64_t next = PickToken(logits[0][logits.size(1) - 1], options, rng);
+    const torch::Tensor last = logits[0][logits.size(1) - 1];
+    const int64_t next = PickToken(last, options, rng);
     generated.push_back(next);
+    if (options.on_token) {
+      const double logprob = torch::log_softmax(last.to(torch::kDouble), -1)[next].item<double>();
+      if (!options.on_token(next, logprob)) break;
+    }
     if (options.eos_token && next == *options.eos_token) break;
     if (caches[0].length >= max_length) break;  // the context window is full
     logits = LogitsCached(torch::tensor({next}, torch::kLong).view({1, 1}).to(device), caches);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,8 +46,12 @@ struct ModelOutput {
 struct SamplingOptions {
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;        // nucleus: smallest set of tokens with probability >= top_p
+  int64_t top_k = 0;         // only the k most likely tokens (0: all)
   uint64_t seed = 0;         // for temperature > 0
   std::optional<int64_t> eos_token;  // stop after emitting it
+  // Called with each new token and its log-probability under the model (temperature 1, before
+  // top-k/top-p); returning false stops the generation after that token (stop strings).
+  std::function<bool(int64_t token, double logprob)> on_token;
 };
 
 class DeepSeekV3Impl : public torch::nn::Module {

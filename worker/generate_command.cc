@@ -1,0 +1,185 @@
+#include "generate_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "dsv3/common/config_io.h"
+#include "dsv3/common/exit_codes.h"
+#include "dsv3/train/inference.h"
+
+namespace dsv3::worker {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kUsage =
+    "usage: dsv3-worker generate CHECKPOINT|HF_DIR [--config FILE] (--prompt TEXT ... | --prompts-file FILE)\n"
+    "         [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop TEXT ...]\n"
+    "         [--ignore-eos] [--output text|json] [--threads N]\n";
+
+int Usage(const std::string& problem) {
+  std::cerr << "dsv3-worker generate: " << problem << "\n" << kUsage;
+  return exit_status::kUsage;
+}
+
+struct Args {
+  std::string source, config, output = "text";
+  std::vector<std::string> prompts;
+  train::GenerationRequest request;
+  int threads = 0;
+};
+
+// A number in [min, max] from `text`, or false.
+bool Number(const char* text, double min, double max, double& out) {
+  if (text == nullptr) return false;
+  char* end = nullptr;
+  out = std::strtod(text, &end);
+  return end != text && *end == '\0' && out >= min && out <= max;
+}
+
+// The exit status when the command ends here, or -1.
+int Parse(int argc, char** argv, Args& a) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const char* v = nullptr;
+    double x = 0;
+    if (arg == "--help" || arg == "-h") {
+      std::cout << "dsv3-worker generate: sample from a dsv3 checkpoint or a HF DeepSeek directory through the "
+                   "compressed MLA cache\n"
+                << kUsage;
+      return exit_status::kOk;
+    } else if (arg == "--config") {
+      if (!(v = value())) return Usage("--config needs a file");
+      a.config = v;
+    } else if (arg == "--prompt") {
+      if (!(v = value())) return Usage("--prompt needs a text");
+      a.prompts.push_back(v);
+    } else if (arg == "--prompts-file") {
+      if (!(v = value())) return Usage("--prompts-file needs a file (one prompt per line)");
+      std::ifstream in(v);
+      if (!in) return Usage(std::string("--prompts-file ") + v + " cannot be opened");
+      for (std::string line; std::getline(in, line);) {
+        if (!line.empty()) a.prompts.push_back(line);
+      }
+    } else if (arg == "--max-tokens") {
+      if (!Number(value(), 1, 1e9, x)) return Usage("--max-tokens needs a number >= 1");
+      a.request.max_tokens = static_cast<int64_t>(x);
+    } else if (arg == "--temperature") {
+      if (!Number(value(), 0, 100, x)) return Usage("--temperature needs a number in [0, 100] (0: greedy)");
+      a.request.sampling.temperature = x;
+    } else if (arg == "--top-p") {
+      if (!Number(value(), 1e-9, 1, x)) return Usage("--top-p needs a number in (0, 1]");
+      a.request.sampling.top_p = x;
+    } else if (arg == "--top-k") {
+      if (!Number(value(), 0, 1e9, x)) return Usage("--top-k needs a number >= 0 (0: all tokens)");
+      a.request.sampling.top_k = static_cast<int64_t>(x);
+    } else if (arg == "--seed") {
+      if (!Number(value(), 0, 1.8e19, x)) return Usage("--seed needs a number >= 0");
+      a.request.sampling.seed = static_cast<uint64_t>(x);
+    } else if (arg == "--stop") {
+      if (!(v = value()) || *v == '\0') return Usage("--stop needs a non-empty text");
+      a.request.stop.push_back(v);
+    } else if (arg == "--ignore-eos") {
+      a.request.stop_at_eos = false;
+    } else if (arg == "--output") {
+      if (!(v = value()) || (std::string(v) != "text" && std::string(v) != "json")) {
+        return Usage("--output needs text or json");
+      }
+      a.output = v;
+    } else if (arg == "--threads") {
+      if (!Number(value(), 1, 4096, x)) return Usage("--threads needs a number >= 1");
+      a.threads = static_cast<int>(x);
+    } else if (!arg.empty() && arg[0] == '-') {
+      return Usage("unknown argument " + arg);
+    } else if (a.source.empty()) {
+      a.source = arg;
+    } else {
+      return Usage("one CHECKPOINT or HF_DIR only (got " + a.source + " and " + arg + ")");
+    }
+  }
+  if (a.source.empty()) return Usage("CHECKPOINT or HF_DIR is required");
+  if (a.prompts.empty()) return Usage("--prompt or --prompts-file is required");
+  return -1;
+}
+
+json ToJson(const train::Generation& g) {
+  return {{"prompt", g.prompt},
+          {"text", g.text},
+          {"prompt_ids", g.prompt_ids},
+          {"ids", g.ids},
+          {"logprobs", g.logprobs},
+          {"finish_reason", g.finish_reason},
+          {"tokens", g.ids.size()},
+          {"seconds", g.seconds},
+          {"prompt_seconds", g.prompt_seconds},
+          {"tokens_per_s", g.tokens_per_second()}};
+}
+
+}  // namespace
+
+int RunGenerate(int argc, char** argv) {
+  Args a;
+  if (const int status = Parse(argc, argv, a); status >= 0) return status;
+  torch::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  config::LoadResult cfg;
+  if (!a.config.empty()) {
+    cfg = config::LoadConfigFile(a.config);
+    if (!cfg.ok()) {
+      for (const auto& e : cfg.errors) std::cerr << a.config << ": " << e.ToString() << "\n";
+      return exit_status::kConfigRefused;
+    }
+  }
+  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  train::InferenceModel model;
+  try {
+    model = train::LoadInferenceModel(a.source, a.config.empty() ? nullptr : &cfg.config, device);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker generate: " << e.what() << "\n";
+    return exit_status::kCheckpointUnreadable;
+  }
+  const bool json_out = a.output == "json", tty = isatty(STDOUT_FILENO) == 1;
+  json generations = json::array();
+  for (const std::string& prompt : a.prompts) {
+    train::GenerationRequest request = a.request;
+    request.prompt = prompt;
+    train::Generation g;
+    try {
+      if (!json_out && tty) {
+        std::cout << "\033[1m" << prompt << "\033[0m" << std::flush;  // the prompt in bold, then the tokens as they come
+        g = train::Generate(model, request, [](const std::string& piece) { std::cout << piece << std::flush; });
+        std::cout << "\n";
+      } else {
+        g = train::Generate(model, request);
+        if (!json_out) std::cout << g.text << "\n";
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "dsv3-worker generate: " << e.what() << "\n";
+      return exit_status::kFailed;
+    }
+    if (json_out) generations.push_back(ToJson(g));
+    char line[200];
+    std::snprintf(line, sizeof(line), "[%zu tokens, %.1f tokens/s, first after %.3f s, %s]", g.ids.size(),
+                  g.tokens_per_second(), g.prompt_seconds, g.finish_reason.c_str());
+    std::cerr << line << "\n";
+  }
+  if (json_out) {
+    std::cout << json{{"source", model.source}, {"step", model.step}, {"device", device.str()},
+                      {"generations", generations}}
+                     .dump(2)
+              << "\n";
+  }
+  return exit_status::kOk;
+}
+
+}  // namespace dsv3::worker
