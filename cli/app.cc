@@ -10,7 +10,7 @@
 #include "dsv3/common/build_info.h"
 #include "data_commands.h"
 #include "export_command.h"
-#include "generate_command.h"
+#include "model_commands.h"
 #include "job_commands.h"
 #include "output.h"
 #include "slurm_commands.h"
@@ -34,7 +34,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   AddConfigCommands(app, ctx);
   AddDataCommands(app, ctx);
   AddExportCommand(app, ctx);
-  AddGenerateCommand(app, ctx);
+  AddModelCommands(app, ctx);
   AddJobCommands(app, ctx);
   AddSlurmCommands(app, ctx);
   CLI::App* completion = app.add_subcommand("completion", "Print a shell completion script (bash or zsh)");

@@ -1,6 +1,6 @@
 // dsv3-worker: one training rank. Standalone: `dsv3-worker --config X [--resume P|latest]
-// [--output-dir D] [--threads N] [--max-steps N]`; `dsv3-worker generate ...` samples from a
-// trained model instead (generate_command.h). Under a launcher (dsv3d, torchrun, srun,
+// [--output-dir D] [--threads N] [--max-steps N]`; `dsv3-worker generate|eval ...` sample
+// from or evaluate a trained model instead (inference_commands.h). Under a launcher (dsv3d, torchrun, srun,
 // mpirun) it finds its rank from the launcher's variables (dist::DiscoverLaunch) and meets
 // the other ranks at MASTER_ADDR:MASTER_PORT. DSV3_RENDEZVOUS_TIMEOUT and
 // DSV3_COLLECTIVE_TIMEOUT (seconds; 300 and 600) bound the waits for other ranks.
@@ -30,7 +30,7 @@
 #include "dsv3/dist/launch.h"
 #include "dsv3/train/reporter.h"
 #include "dsv3/train/trainer.h"
-#include "generate_command.h"
+#include "inference_commands.h"
 #include "stack_dump.h"
 #ifdef DSV3_HAVE_GRPC
 #include "controller_reporter.h"
@@ -177,6 +177,7 @@ int main(int argc, char** argv) {
   dsv3::PreferFastOpenBlasKernels(argv);
   dsv3::LimitOpenBlasThreads(1);  // LibTorch owns the threads (2.5x slower otherwise)
   if (argc > 1 && std::string(argv[1]) == "generate") return dsv3::worker::RunGenerate(argc - 1, argv + 1);
+  if (argc > 1 && std::string(argv[1]) == "eval") return dsv3::worker::RunEval(argc - 1, argv + 1);
   std::string config_path;
   dsv3::train::TrainerOptions options;
   std::string log_level = "info", log_format = "text";

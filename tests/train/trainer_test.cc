@@ -196,6 +196,49 @@ TEST_F(TrainerTest, GenerateFromACheckpointMatchesFullRecomputation) {
   }
 }
 
+// Evaluating a checkpoint (dsv3ctl eval) gives the run's own final evaluation, from the
+// checkpoint and from the same weights as a HF directory; a text's score is the sum of the
+// model's log-probabilities, window after window.
+TEST_F(TrainerTest, EvalOfACheckpointEqualsTheRunsFinalEvaluation) {
+  const config::Config base = Config(dir_.path() / "eval");
+  const TrainResult trained = Train(base);
+  ASSERT_TRUE(trained.finished);
+  const auto listing = [&] {
+    std::set<std::string> names;
+    for (const auto& e : fs::recursive_directory_iterator(base.output_dir)) names.insert(e.path().string());
+    return names;
+  };
+  const std::set<std::string> before = listing();
+  const EvalResult again = EvaluateWeights(base, trained.last_checkpoint, false, 1);
+  EXPECT_EQ(again.step, 6);
+  EXPECT_NEAR(again.loss, trained.last_eval_loss, 1e-9);
+  EXPECT_EQ(again.per_source_loss.size(), 3u);
+  const fs::path hf = dir_.path() / "eval_hf";
+  fs::create_directories(hf);
+  fs::copy_file(fs::path(trained.last_checkpoint) / "model.safetensors", hf / "model.safetensors");
+  std::ofstream(hf / "config.json") << config::ExportHfConfig(base).config.dump(2);
+  EXPECT_NEAR(EvaluateWeights(base, hf.string(), true, 1).loss, trained.last_eval_loss, 1e-9);
+  EXPECT_EQ(listing(), before);  // the run's folders are untouched
+
+  InferenceModel m = LoadInferenceModel(trained.last_checkpoint, nullptr, torch::kCPU);
+  std::string text;
+  for (int i = 0; i < 12; ++i) text += "the quick brown fox jumps over the lazy dog. ";  // > one 64-token window
+  const TextScore score = ScoreText(m, text);
+  ASSERT_EQ(score.logprobs.size(), score.ids.size() - 1);
+  ASSERT_GT(score.ids.size(), static_cast<size_t>(base.model.mla.max_context_length));
+  double expected = 0;
+  torch::NoGradGuard no_grad;
+  const int64_t W = base.model.mla.max_context_length, n = static_cast<int64_t>(score.ids.size());
+  for (int64_t begin = 0; begin + 1 < n; begin += W - 1) {
+    const int64_t len = std::min(W, n - begin);
+    const torch::Tensor ids = torch::tensor(std::vector<int64_t>(score.ids.begin() + begin, score.ids.begin() + begin + len));
+    const torch::Tensor logp = torch::log_softmax(m.model->Logits(ids.view({1, -1}))[0].to(torch::kDouble), -1);
+    for (int64_t i = 1; i < len; ++i) expected += logp[i - 1][ids[i].item<int64_t>()].item<double>();
+  }
+  EXPECT_NEAR(score.total, expected, 1e-6 * std::abs(expected));
+  EXPECT_LT(score.mean(), 0.0);
+}
+
 // A run that stops between log lines reports its last steps at the step it stopped.
 TEST_F(TrainerTest, StopBetweenLogLinesReportsTheLastSteps) {
   const config::Config cfg = Config(dir_.path() / "stopped", {{"training", {{"log_interval", 2}}}});

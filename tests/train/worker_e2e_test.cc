@@ -122,6 +122,30 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
     std::printf("nano generate: \"%s\" -> \"%s\", %.0f tokens/s\n", g["prompt"].get<std::string>().c_str(),
                 g["text"].get<std::string>().c_str(), g["tokens_per_s"].get<double>());
   }
+  // dsv3ctl eval on the final checkpoint reports the run's own final evaluation (within fp32
+  // rounding: the run summed with the cores it had, eval with one thread).
+  const auto run_json = [&](const std::string& args) {
+    const std::string command = "cd " + dir_.path().string() + " && " + DSV3_BINARY_DIR + "/cli/dsv3ctl " + args +
+                                " --output json 2>" + (dir_.path() / "command.err").string();
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string text;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) text.append(buf, n);
+    EXPECT_EQ(pclose(pipe), 0) << Read(dir_.path() / "command.err");
+    return json::parse(text, nullptr, false);
+  };
+  const json evaluated = run_json("eval outputs/nano/checkpoints/checkpoint_160 --threads 1");
+  ASSERT_TRUE(evaluated.contains("loss")) << evaluated.dump();
+  EXPECT_NEAR(evaluated["loss"].get<double>(), last_eval, 1e-6 * last_eval);
+  ASSERT_EQ(evaluated["per_source_loss"].size(), eval.back()["per_source_loss"].size());
+  for (const auto& [name, loss] : eval.back()["per_source_loss"].items()) {
+    EXPECT_NEAR(evaluated["per_source_loss"][name].get<double>(), loss.get<double>(), 1e-6 * loss.get<double>()) << name;
+  }
+  std::ofstream(dir_.path() / "text.txt") << "def main():\n    return 0\n";
+  const json scored = run_json("eval outputs/nano/checkpoints/checkpoint_160 --text text.txt --threads 1");
+  EXPECT_EQ(scored["scored_tokens"], 24);  // 25 bytes, the first without context
+  EXPECT_LT(scored["total_logprob"].get<double>(), 0.0);
+
   const json from_hf = generate(hf.string(), " --config configs/train_config_nano.json");
   ASSERT_EQ(from_hf["generations"].size(), 2u) << from_hf.dump();
   EXPECT_EQ(from_hf["generations"][1]["ids"], from_checkpoint["generations"][1]["ids"]);

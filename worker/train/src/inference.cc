@@ -1,5 +1,7 @@
 #include "dsv3/train/inference.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -10,6 +12,7 @@
 #include "dsv3/common/config_io.h"
 #include "dsv3/model/hf_state_dict.h"
 #include "dsv3/train/hf_weights.h"
+#include "dsv3/train/trainer.h"
 
 namespace dsv3::train {
 
@@ -70,6 +73,67 @@ InferenceModel LoadInferenceModel(const std::string& path, const config::Config*
   m.model->eval();
   m.tokenizer = data::MakeTokenizer(m.cfg.data.tokenizer, m.cfg.model.vocab_size);
   return m;
+}
+
+EvalResult EvaluateWeights(config::Config cfg, const std::string& source, bool hf, int threads) {
+  char scratch_template[] = "/tmp/dsv3-eval-XXXXXX";
+  if (mkdtemp(scratch_template) == nullptr) throw std::runtime_error("cannot create a temporary directory in /tmp");
+  const std::string scratch = scratch_template;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{scratch};
+  // One process: no parallel split; the run's outputs go to the scratch folder.
+  nlohmann::json j = config::ToJson(cfg);
+  auto& d = j["distributed"];
+  for (const char* size : {"data_parallel_size", "tensor_parallel_size", "pipeline_parallel_size",
+                           "expert_parallel_size"}) {
+    if (d.contains(size)) d[size] = 1;
+  }
+  j["output_dir"] = scratch;
+  j["checkpointing"]["dir"] = scratch + "/checkpoints";
+  j["checkpointing"]["resume_from"] = nullptr;
+  j["checkpointing"]["init_from_hf"] = hf ? nlohmann::json(source) : nlohmann::json();
+  j["logging"]["tensorboard"]["enabled"] = false;
+  j["logging"]["wandb"]["enabled"] = false;
+  j["logging"]["peak_tflops"] = 1.0;  // no start-up measurement: evaluation reports no MFU
+  j["validation"]["enabled"] = true;
+  j["slurm"]["enabled"] = false;
+  config::LoadOptions options;
+  options.world_size = 1;
+  const config::LoadResult loaded = config::LoadConfigText(j.dump(), options);
+  if (!loaded.ok()) throw std::runtime_error("the config for evaluation: " + loaded.errors[0].ToString());
+  TrainerOptions opt;
+  if (!hf) opt.resume = source;
+  opt.threads = threads;
+  Trainer trainer(loaded.config, opt, {});
+  return trainer.Evaluate();
+}
+
+TextScore ScoreText(InferenceModel& m, const std::string& text) {
+  TextScore out;
+  const std::vector<int32_t> ids = m.tokenizer->Encode(text);
+  out.ids.assign(ids.begin(), ids.end());
+  const int64_t window = m.cfg.model.mla.max_context_length, n = static_cast<int64_t>(out.ids.size());
+  const torch::Device device = m.model->embed_tokens->weight.device();
+  torch::NoGradGuard no_grad;
+  // Windows overlap by one token, so that every token after the first is scored once.
+  for (int64_t begin = 0; begin + 1 < n; begin += window - 1) {
+    const int64_t len = std::min(window, n - begin);
+    if (len < 2) break;
+    const torch::Tensor tokens =
+        torch::tensor(std::vector<int64_t>(out.ids.begin() + begin, out.ids.begin() + begin + len)).view({1, len});
+    const torch::Tensor logp =
+        torch::log_softmax(m.model->Logits(tokens.to(device)).to(torch::kCPU).to(torch::kDouble)[0], -1);
+    for (int64_t i = 1; i < len; ++i) {
+      out.logprobs.push_back(logp[i - 1][out.ids[static_cast<size_t>(begin + i)]].item<double>());
+      out.total += out.logprobs.back();
+    }
+  }
+  return out;
 }
 
 Generation Generate(InferenceModel& m, const GenerationRequest& request,

@@ -192,6 +192,8 @@ Trainer::Trainer(config::Config cfg, TrainerOptions options, std::vector<std::un
 
 Trainer::~Trainer() = default;
 
+EvalResult Trainer::Evaluate() { return s_->Evaluate(); }
+
 TrainResult Trainer::Run() {
   State& s = *s_;
   const config::Config& c = s.cfg;

@@ -13,6 +13,7 @@
 #include "dsv3/common/config.h"
 #include "dsv3/data/tokenizer.h"
 #include "dsv3/model/model.h"
+#include "dsv3/train/reporter.h"
 
 namespace dsv3::train {
 
@@ -48,6 +49,23 @@ struct Generation {
   double prompt_seconds = 0, seconds = 0;  // prompt + every new token
   double tokens_per_second() const { return seconds > 0 ? static_cast<double>(ids.size()) / seconds : 0; }
 };
+
+// The validation of `cfg`'s data on the weights of `source` (a checkpoint, or a HF directory
+// when `hf`), as the trainer's own evaluation computes it, on one process: the parallel sizes
+// are set to 1, and the run's folders are a temporary directory (the config's checkpoint
+// folder is never touched). Throws std::runtime_error (a config or data problem names it).
+EvalResult EvaluateWeights(config::Config cfg, const std::string& source, bool hf, int threads);
+
+struct TextScore {
+  std::vector<int64_t> ids;        // the text's tokens
+  std::vector<double> logprobs;    // of ids[1..] given what precedes them (the first has no context)
+  double total = 0;                // sum of logprobs
+  double mean() const { return logprobs.empty() ? 0 : total / static_cast<double>(logprobs.size()); }
+};
+
+// The log-likelihood of `text` under the model, in windows of the model's context length
+// (each window restarts the context, overlapping the last by one token).
+TextScore ScoreText(InferenceModel& m, const std::string& text);
 
 // Samples a continuation of request.prompt; `stream` (optional) gets each new piece of text
 // as it is decided (text held back while it could still become a stop string).

@@ -51,6 +51,11 @@ class Trainer {
   // non-finite loss names the step).
   TrainResult Run();
 
+  // The validation of the weights as they are (initialised, resumed or trained): loss,
+  // perplexity and per-source losses, exactly as the run's own evaluation reports them.
+  // Collective in a distributed run.
+  EvalResult Evaluate();
+
   // Async-signal-safe: finish the current step, save a checkpoint, return from Run().
   void RequestStop() { stop_.store(true); }
   // Async-signal-safe: save a checkpoint after the current step.

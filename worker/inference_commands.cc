@@ -1,8 +1,9 @@
-#include "generate_command.h"
+#include "inference_commands.h"
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -15,7 +16,9 @@
 
 #include "dsv3/common/config_io.h"
 #include "dsv3/common/exit_codes.h"
+#include "dsv3/ckpt/manifest.h"
 #include "dsv3/train/inference.h"
+#include "dsv3/train/trainer.h"
 
 namespace dsv3::worker {
 namespace {
@@ -29,6 +32,14 @@ constexpr const char* kUsage =
 
 int Usage(const std::string& problem) {
   std::cerr << "dsv3-worker generate: " << problem << "\n" << kUsage;
+  return exit_status::kUsage;
+}
+
+constexpr const char* kEvalUsage =
+    "usage: dsv3-worker eval CHECKPOINT|HF_DIR [--config FILE] [--text FILE] [--output text|json] [--threads N]\n";
+
+int EvalUsage(const std::string& problem) {
+  std::cerr << "dsv3-worker eval: " << problem << "\n" << kEvalUsage;
   return exit_status::kUsage;
 }
 
@@ -178,6 +189,148 @@ int RunGenerate(int argc, char** argv) {
                       {"generations", generations}}
                      .dump(2)
               << "\n";
+  }
+  return exit_status::kOk;
+}
+
+namespace {
+
+std::string ReadFile(const std::string& path, bool& ok) {
+  std::ifstream in(path, std::ios::binary);
+  ok = static_cast<bool>(in);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool IsHfDirectory(const std::string& path) {
+  std::ifstream config(path + "/config.json"), manifest(path + "/manifest.json");
+  return config && !manifest;
+}
+
+}  // namespace
+
+int RunEval(int argc, char** argv) {
+  std::string source, config_path, text_path, output = "text";
+  int threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const char* v = nullptr;
+    double x = 0;
+    if (arg == "--help" || arg == "-h") {
+      std::cout << "dsv3-worker eval: the validation of a config's data (loss, perplexity, per source) on a "
+                   "checkpoint or a HF directory, or the log-likelihood of a text\n"
+                << kEvalUsage;
+      return exit_status::kOk;
+    } else if (arg == "--config") {
+      if (!(v = value())) return EvalUsage("--config needs a file");
+      config_path = v;
+    } else if (arg == "--text") {
+      if (!(v = value())) return EvalUsage("--text needs a file");
+      text_path = v;
+    } else if (arg == "--output") {
+      if (!(v = value()) || (std::string(v) != "text" && std::string(v) != "json")) {
+        return EvalUsage("--output needs text or json");
+      }
+      output = v;
+    } else if (arg == "--threads") {
+      if (!Number(value(), 1, 4096, x)) return EvalUsage("--threads needs a number >= 1");
+      threads = static_cast<int>(x);
+    } else if (!arg.empty() && arg[0] == '-') {
+      return EvalUsage("unknown argument " + arg);
+    } else if (source.empty()) {
+      source = arg;
+    } else {
+      return EvalUsage("one CHECKPOINT or HF_DIR only (got " + source + " and " + arg + ")");
+    }
+  }
+  if (source.empty()) return EvalUsage("CHECKPOINT or HF_DIR is required");
+  torch::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  config::LoadResult cfg;
+  if (!config_path.empty()) {
+    cfg = config::LoadConfigFile(config_path);
+    if (!cfg.ok()) {
+      for (const auto& e : cfg.errors) std::cerr << config_path << ": " << e.ToString() << "\n";
+      return exit_status::kConfigRefused;
+    }
+  }
+  const bool hf = IsHfDirectory(source), json_out = output == "json";
+  if (!text_path.empty()) {
+    bool ok = false;
+    const std::string text = ReadFile(text_path, ok);
+    if (!ok) return EvalUsage("--text " + text_path + " cannot be read");
+    train::TextScore score;
+    std::string loaded_from;
+    try {
+      const torch::Device device =
+          torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+      train::InferenceModel model = train::LoadInferenceModel(source, config_path.empty() ? nullptr : &cfg.config, device);
+      loaded_from = model.source;
+      score = train::ScoreText(model, text);
+    } catch (const std::exception& e) {
+      std::cerr << "dsv3-worker eval: " << e.what() << "\n";
+      return exit_status::kCheckpointUnreadable;
+    }
+    const double ppl = std::exp(-score.mean());
+    if (json_out) {
+      std::cout << json{{"source", loaded_from}, {"text_file", text_path}, {"tokens", score.ids.size()},
+                        {"scored_tokens", score.logprobs.size()}, {"total_logprob", score.total},
+                        {"mean_logprob", score.mean()}, {"perplexity", ppl}, {"ids", score.ids},
+                        {"logprobs", score.logprobs}}
+                       .dump(2)
+                << "\n";
+    } else {
+      char line[300];
+      std::snprintf(line, sizeof(line), "%s: %zu tokens, log-likelihood %.4f (%.4f per token), perplexity %.3f\n",
+                    text_path.c_str(), score.logprobs.size(), score.total, score.mean(), ppl);
+      std::cout << line;
+    }
+    return exit_status::kOk;
+  }
+  // The config's validation: the checkpoint's own config unless one is given.
+  config::Config use;
+  if (!config_path.empty()) {
+    use = cfg.config;
+  } else if (hf) {
+    return EvalUsage(source + " is a HF directory: --config gives the data, tokenizer and model to evaluate it with");
+  } else {
+    try {
+      const config::LoadResult r =
+          config::LoadConfigText(ckpt::VerifyCheckpoint(source).at("config").dump());
+      if (!r.ok()) throw std::runtime_error("its config does not load: " + r.errors[0].ToString());
+      use = r.config;
+    } catch (const std::exception& e) {
+      std::cerr << "dsv3-worker eval: " << source << ": " << e.what() << "\n";
+      return exit_status::kCheckpointUnreadable;
+    }
+  }
+  train::EvalResult r;
+  try {
+    r = train::EvaluateWeights(use, source, hf, threads);
+  } catch (const PermanentError& e) {
+    std::cerr << "dsv3-worker eval: " << e.what() << "\n";
+    return e.status();
+  } catch (const std::exception& e) {
+    std::cerr << "dsv3-worker eval: " << e.what() << "\n";
+    return exit_status::kFailed;
+  }
+  if (json_out) {
+    json per_source = json::object();
+    for (const auto& [name, loss] : r.per_source_loss) per_source[name] = loss;
+    std::cout << json{{"source", source}, {"step", r.step}, {"loss", r.loss}, {"perplexity", r.perplexity},
+                      {"tokens", r.tokens}, {"per_source_loss", per_source}, {"sample_prompt", r.sample_prompt},
+                      {"sample", r.sample}}
+                     .dump(2)
+              << "\n";
+  } else {
+    char line[300];
+    std::snprintf(line, sizeof(line), "%s (step %lld): validation loss %.4f, perplexity %.3f over %lld tokens\n",
+                  source.c_str(), static_cast<long long>(r.step), r.loss, r.perplexity,
+                  static_cast<long long>(r.tokens));
+    std::cout << line;
+    for (const auto& [name, loss] : r.per_source_loss) {
+      std::snprintf(line, sizeof(line), "  %-32s %.4f\n", name.c_str(), loss);
+      std::cout << line;
+    }
   }
   return exit_status::kOk;
 }

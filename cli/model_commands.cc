@@ -1,4 +1,4 @@
-#include "generate_command.h"
+#include "model_commands.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,19 +18,25 @@ namespace dsv3::cli {
 namespace {
 
 // Runs `argv` with this process's terminal and waits; its exit status, or why it did not run.
-int RunWorker(const std::vector<std::string>& argv, std::ostream& err) {
+int RunWorker(std::vector<std::string> argv, std::ostream& err) {
+  const auto worker = procs::FindSiblingBinary("dsv3-worker");
+  if (!worker) {
+    err << "dsv3ctl " << argv[0] << ": dsv3-worker is not installed next to dsv3ctl (it runs the model)\n";
+    return kExitFailed;
+  }
+  argv.insert(argv.begin(), *worker);
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::cout.flush();
   const pid_t pid = fork();
   if (pid < 0) {
-    err << "dsv3ctl generate: cannot start " << argv[0] << ": " << std::strerror(errno) << "\n";
+    err << "dsv3ctl " << argv[1] << ": cannot start " << argv[0] << ": " << std::strerror(errno) << "\n";
     return kExitFailed;
   }
   if (pid == 0) {
     execv(args[0], args.data());
-    const std::string why = std::string("dsv3ctl generate: cannot run ") + argv[0] + ": " + std::strerror(errno) + "\n";
+    const std::string why = "dsv3ctl " + argv[1] + ": cannot run " + argv[0] + ": " + std::strerror(errno) + "\n";
     (void)!write(STDERR_FILENO, why.data(), why.size());
     _exit(127);
   }
@@ -41,9 +47,7 @@ int RunWorker(const std::vector<std::string>& argv, std::ostream& err) {
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
-}  // namespace
-
-void AddGenerateCommand(CLI::App& app, CliContext& ctx) {
+void AddGenerate(CLI::App& app, CliContext& ctx) {
   struct State {
     std::string source, config, prompts_file;
     std::vector<std::string> prompts, stops;
@@ -80,13 +84,7 @@ void AddGenerateCommand(CLI::App& app, CliContext& ctx) {
       ctx.exit_code = kExitUsage;
       return;
     }
-    const auto worker = procs::FindSiblingBinary("dsv3-worker");
-    if (!worker) {
-      ctx.err << "dsv3ctl generate: dsv3-worker is not installed next to dsv3ctl (it runs the model)\n";
-      ctx.exit_code = kExitFailed;
-      return;
-    }
-    std::vector<std::string> argv = {*worker, "generate", st->source};
+    std::vector<std::string> argv = {"generate", st->source};
     const auto add = [&](const char* flag, const std::string& value) {
       argv.push_back(flag);
       argv.push_back(value);
@@ -105,6 +103,40 @@ void AddGenerateCommand(CLI::App& app, CliContext& ctx) {
     add("--output", st->format == OutputFormat::kJson ? "json" : "text");
     ctx.exit_code = RunWorker(argv, ctx.err);
   });
+}
+
+void AddEval(CLI::App& app, CliContext& ctx) {
+  struct State {
+    std::string source, config, text;
+    int threads = 0;
+    OutputFormat format = OutputFormat::kText;
+  };
+  auto st = std::make_shared<State>();
+  CLI::App* verb = app.add_subcommand(
+      "eval", "Evaluate a checkpoint or a HF DeepSeek directory on this machine: the config's validation data "
+              "(loss, perplexity, per source; the checkpoint's own config by default), or a text's log-likelihood");
+  verb->add_option("SOURCE", st->source, "A checkpoint (checkpoint_<step> or .pt) or a HF directory")->required();
+  verb->add_option("--config", st->config, "Config with the data, validation and tokenizer to use (required for a HF "
+                                           "directory; its model section must match)");
+  verb->add_option("--text", st->text, "Score this file instead: total and per-token log-likelihood")
+      ->check(CLI::ExistingFile);
+  verb->add_option("--threads", st->threads, "CPU threads (default: every core)")->check(CLI::PositiveNumber);
+  AddOutputOption(*verb, st->format);
+  verb->callback([st, &ctx] {
+    std::vector<std::string> argv = {"eval", st->source};
+    if (!st->config.empty()) argv.insert(argv.end(), {"--config", st->config});
+    if (!st->text.empty()) argv.insert(argv.end(), {"--text", st->text});
+    if (st->threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(st->threads)});
+    argv.insert(argv.end(), {"--output", st->format == OutputFormat::kJson ? "json" : "text"});
+    ctx.exit_code = RunWorker(argv, ctx.err);
+  });
+}
+
+}  // namespace
+
+void AddModelCommands(CLI::App& app, CliContext& ctx) {
+  AddGenerate(app, ctx);
+  AddEval(app, ctx);
 }
 
 }  // namespace dsv3::cli
