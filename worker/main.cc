@@ -96,7 +96,10 @@ class Forward final : public dsv3::train::Reporter {
 int Usage(const std::string& problem) {
   std::cerr << "dsv3-worker: " << problem << "\n"
             << "usage: dsv3-worker --config FILE [--resume PATH|latest] [--output-dir DIR] [--threads N] "
-               "[--max-steps N] [--log-level debug|info|warning|error] [--log-format text|json] | --version\n";
+               "[--max-steps N] [--log-level debug|info|warning|error] [--log-format text|json] | --version\n"
+               "       dsv3-worker generate CHECKPOINT|HF_DIR --prompt TEXT [--prompts-file FILE] [--max-tokens N] "
+               "[--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop TEXT] [--ignore-eos] [--output FORMAT]\n"
+               "       dsv3-worker eval CHECKPOINT|HF_DIR [--config FILE] [--text FILE] [--output text|json]\n";
   return 2;
 }
 

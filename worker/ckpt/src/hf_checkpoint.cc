@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -236,52 +237,82 @@ int64_t HfCheckpoint::total_bytes() const {
   return n;
 }
 
-void HfCheckpoint::Copy(const Stored& s, void* out) {
+const char* HfCheckpoint::Map(const Stored& s) {
+  const int64_t begin = s.shard->header.data_start + s.entry.begin, bytes = s.entry.end - s.entry.begin;
+  if (bytes > 0) {
+#ifdef MADV_POPULATE_READ
+    // One call maps the range's pages (Linux 5.14+), instead of a page fault every few pages;
+    // where the kernel lacks it, the copy faults them in.
+    const int64_t page = sysconf(_SC_PAGESIZE), first = begin / page * page;
+    madvise(const_cast<char*>(s.shard->data) + first, static_cast<size_t>(begin + bytes - first), MADV_POPULATE_READ);
+#endif
+  }
+  bytes_read_ += bytes;
+  return s.shard->data + begin;
+}
+
+void HfCheckpoint::Unmap(const Stored& s) {
+  // The copy is all this process keeps: unmap the pages it touched (the page cache keeps them).
   const int64_t begin = s.shard->header.data_start + s.entry.begin, bytes = s.entry.end - s.entry.begin;
   if (bytes == 0) return;
-  std::memcpy(out, s.shard->data + begin, static_cast<size_t>(bytes));
-  bytes_read_ += bytes;
-  // The copy is all this process keeps: unmap the pages it touched (the page cache keeps them).
-  const int64_t page = sysconf(_SC_PAGESIZE);
-  const int64_t first = begin / page * page;
+  const int64_t page = sysconf(_SC_PAGESIZE), first = begin / page * page;
   madvise(const_cast<char*>(s.shard->data) + first, static_cast<size_t>(begin + bytes - first), MADV_DONTNEED);
 }
 
 torch::Tensor HfCheckpoint::Read(const std::string& name) {
+  torch::Tensor out = torch::empty(Find(name).weight.entry.shape, torch::kFloat);
+  ReadInto(name, out);
+  return out;
+}
+
+void HfCheckpoint::ReadInto(const std::string& name, torch::Tensor target) {
   const Location& loc = Find(name);
   const SafetensorsEntry& e = loc.weight.entry;
+  const std::string at = name + " in " + loc.weight.shard->path;
+  if (target.sizes().vec() != e.shape) throw std::runtime_error(at + ": its shape does not match the destination");
+  const bool direct = target.device().is_cpu() && target.scalar_type() == torch::kFloat && target.is_contiguous();
+  if (!direct) {  // dequantize on the host, then one copy to the device or dtype
+    target.copy_(Read(name));
+    return;
+  }
+  torch::NoGradGuard no_grad;
   if (IsFp8(e.dtype)) {
-    torch::Tensor q = torch::empty(e.shape, torch::kByte);
-    Copy(loc.weight, q.data_ptr());
     torch::Tensor scale = torch::empty(loc.scale->entry.shape, torch::kFloat);
-    Copy(*loc.scale, scale.data_ptr());
-    torch::Tensor out = torch::empty(e.shape, torch::kFloat);
+    std::memcpy(scale.data_ptr(), Map(*loc.scale), static_cast<size_t>(loc.scale->entry.end - loc.scale->entry.begin));
+    Unmap(*loc.scale);
+    const auto* in = reinterpret_cast<const uint8_t*>(Map(loc.weight));
     const std::array<float, 256>& table = Fp8Table(e.dtype);
-    const int64_t rows = e.shape[0], cols = e.shape[1], scale_cols = scale.size(1);
-    const uint8_t* in = q.data_ptr<uint8_t>();
+    const int64_t rows = e.shape[0], cols = e.shape[1], scale_cols = scale.size(1), b0 = block_[0], b1 = block_[1];
     const float* s = scale.data_ptr<float>();
-    float* o = out.data_ptr<float>();
-    const int64_t b0 = block_[0], b1 = block_[1];
+    float* o = target.data_ptr<float>();
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* srow = s + (r / b0) * scale_cols;
-        for (int64_t c = 0; c < cols; ++c) o[r * cols + c] = table[in[r * cols + c]] * srow[c / b1];
+        const uint8_t* irow = in + r * cols;
+        float* orow = o + r * cols;
+        for (int64_t c0 = 0; c0 < cols; c0 += b1) {  // one scale per block of columns
+          const float scale_of_block = srow[c0 / b1];
+          for (int64_t c = c0, c1 = std::min(cols, c0 + b1); c < c1; ++c) orow[c] = table[irow[c]] * scale_of_block;
+        }
       }
     });
-    return out;
+    Unmap(loc.weight);
+    return;
   }
   const auto type = FloatDtypes().find(e.dtype);
   if (type == FloatDtypes().end()) {
-    throw std::runtime_error(name + " in " + loc.weight.shard->path + " has dtype " + e.dtype +
+    throw std::runtime_error(at + " has dtype " + e.dtype +
                              ", not a floating-point weight (F32, F64, BF16, F16, F8_E4M3, F8_E5M2)");
   }
   if (loc.scale) {  // a scaled non-FP8 weight (e.g. a bf16 cast that kept the scales) is refused, not guessed at
-    throw std::runtime_error(name + " in " + loc.weight.shard->path + " is " + e.dtype + " but has block scales " +
-                             name + kScaleSuffix + "; only FP8 weights are block-scaled");
+    throw std::runtime_error(at + " is " + e.dtype + " but has block scales " + name + kScaleSuffix +
+                             "; only FP8 weights are block-scaled");
   }
-  torch::Tensor raw = torch::empty(e.shape, type->second);
-  Copy(loc.weight, raw.data_ptr());
-  return type->second == torch::kFloat ? raw : raw.to(torch::kFloat);
+  // Converted straight from the mapping into the destination: no intermediate copy.
+  const torch::Tensor stored =
+      torch::from_blob(const_cast<char*>(Map(loc.weight)), e.shape, torch::TensorOptions().dtype(type->second));
+  target.copy_(stored);
+  Unmap(loc.weight);
 }
 
 }  // namespace dsv3::ckpt

@@ -134,7 +134,7 @@ HfLoadReport LoadHfWeights(const config::Config& cfg, const ModelShare& share, m
       ++report.tensors_skipped;
       continue;
     }
-    target.copy_(hf.Read(name));
+    hf.ReadInto(name, target);
     ++report.tensors_read;
   }
   report.bytes_read = hf.bytes_read() - before;

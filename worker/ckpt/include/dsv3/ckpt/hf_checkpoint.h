@@ -59,6 +59,9 @@ class HfCheckpoint {
   // Reads `name` as a contiguous fp32 CPU tensor, dequantized. Throws naming the tensor and
   // its file when it is absent or of a dtype that is not a floating-point weight.
   torch::Tensor Read(const std::string& name);
+  // The same into `target` (of its shape, any dtype and device); straight from the mapping
+  // when it is a contiguous fp32 CPU tensor (a parameter, or a view of one expert's rows).
+  void ReadInto(const std::string& name, torch::Tensor target);
 
   // Bytes copied out of the files so far (weights and scales), and the total they hold.
   int64_t bytes_read() const { return bytes_read_; }
@@ -76,8 +79,10 @@ class HfCheckpoint {
   };
   const Location& Find(const std::string& name) const;
   Shard& OpenShard(const std::string& file);
-  // Copies `s`'s bytes out of its mapping into `out` (of the matching size).
-  void Copy(const Stored& s, void* out);
+  // `s`'s bytes in the mapping, its pages mapped in (and counted as read); Unmap drops them
+  // from this process again.
+  const char* Map(const Stored& s);
+  void Unmap(const Stored& s);
 
   std::string dir_;
   nlohmann::json config_;
