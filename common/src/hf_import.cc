@@ -6,6 +6,7 @@
 
 #include "config_codec.h"
 #include "dsv3/common/config.h"
+#include "dsv3/common/estimator.h"
 
 namespace dsv3::config {
 namespace {
@@ -185,6 +186,37 @@ HfImportResult ImportHfConfig(const json& hf) {
   return out;
 }
 
+namespace {
+
+struct HfLayerPlan {
+  bool found = false;
+  int64_t first_k_dense = 0, moe_layer_freq = 1;
+};
+
+// first_k_dense_replace and moe_layer_freq (1 only for V3, whose port ignores it) that give
+// `plan` (true = MoE) in HF.
+HfLayerPlan FindHfLayerPlan(const std::vector<bool>& plan, bool v3) {
+  HfLayerPlan out;
+  while (out.first_k_dense < static_cast<int64_t>(plan.size()) && !plan[static_cast<size_t>(out.first_k_dense)]) {
+    ++out.first_k_dense;
+  }
+  for (int64_t freq : v3 ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 2}) {
+    bool same = true;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const auto layer = static_cast<int64_t>(i);
+      same = same && plan[i] == (layer >= out.first_k_dense && layer % freq == 0);
+    }
+    if (same) {
+      out.found = true;
+      out.moe_layer_freq = freq;
+      return out;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 HfImportResult ExportHfConfig(const Config& c) {
   HfImportResult out;
   const ModelConfig& m = c.model;
@@ -203,12 +235,15 @@ HfImportResult ExportHfConfig(const Config& c) {
     refuse("/model/norm_eps", "HF's latent norms (q_a_layernorm, kv_a_layernorm) always use eps 1e-6; dsv3's use "
                               "norm_eps, so only 1e-6 exports");
   }
-  if (v3 && m.dense_layer_interval != 0) {
-    refuse("/model/dense_layer_interval", "HF's DeepseekV3 ignores moe_layer_freq (every layer from "
-                                          "first_k_dense_replace on is MoE); only 0 exports with a sigmoid router");
-  } else if (m.dense_layer_interval != 0 && m.dense_layer_interval != 2) {
-    refuse("/model/dense_layer_interval", std::to_string(m.dense_layer_interval) +
-                                              " has no moe_layer_freq equivalent (0 or 2 have)");
+  // The layer plan as HF writes it: the leading dense layers (first_k_dense_replace), then
+  // MoE layers, every one (V3) or every moe_layer_freq-th (V2).
+  const HfLayerPlan plan = FindHfLayerPlan(LayerPlan(m), v3);
+  if (!plan.found) {
+    refuse("/model/dense_layer_interval",
+           v3 ? "HF's DeepseekV3 ignores moe_layer_freq: its layers are dense up to first_k_dense_replace and MoE "
+                "after, which this layer plan (first_k_dense_layers, dense_layer_interval) is not"
+              : "HF's DeepseekV2 makes layer i MoE when i >= first_k_dense_replace and i % moe_layer_freq == 0, "
+                "which no frequency gives for this layer plan (first_k_dense_layers, dense_layer_interval)");
   }
   if (a.num_kv_heads != a.num_heads) {
     refuse("/model/mla/num_kv_heads", "HF DeepSeek models have one key/value head per query head");
@@ -268,8 +303,8 @@ HfImportResult ExportHfConfig(const Config& c) {
       {"n_routed_experts", e.num_experts},
       {"n_shared_experts", e.num_shared_experts},
       {"num_experts_per_tok", e.num_experts_per_token},
-      {"first_k_dense_replace", m.first_k_dense_layers},
-      {"moe_layer_freq", m.dense_layer_interval == 2 ? 2 : 1},
+      {"first_k_dense_replace", plan.first_k_dense},
+      {"moe_layer_freq", plan.moe_layer_freq},
       {"n_group", e.n_group},
       {"topk_group", e.topk_group},
       {"topk_method", method},
@@ -305,8 +340,7 @@ std::vector<Diagnostic> CompareWithHfConfig(const Config& config, const json& hf
   // Every field that decides a weight's shape or what the weights compute.
   static const char* const kFields[] = {
       "/model/num_layers", "/model/vocab_size", "/model/norm_type", "/model/norm_eps",
-      "/model/tie_word_embeddings", "/model/dense_layer_interval", "/model/first_k_dense_layers",
-      "/model/dense_intermediate_size", "/model/mla/d_model", "/model/mla/d_latent", "/model/mla/num_heads",
+      "/model/tie_word_embeddings", "/model/dense_intermediate_size", "/model/mla/d_model", "/model/mla/d_latent", "/model/mla/num_heads",
       "/model/mla/num_kv_heads", "/model/mla/q_lora_rank", "/model/mla/qk_nope_head_dim",
       "/model/mla/qk_rope_head_dim", "/model/mla/v_head_dim", "/model/mla/rope_theta", "/model/mla/use_rope",
       "/model/mla/sliding_window", "/model/moe/num_experts", "/model/moe/num_experts_per_token",
@@ -320,6 +354,17 @@ std::vector<Diagnostic> CompareWithHfConfig(const Config& config, const json& hf
     const json a = ours.contains(p) ? ours.at(p) : json(), b = hf_as_ours.contains(p) ? hf_as_ours.at(p) : json();
     const bool same = a.is_number() && b.is_number() ? a.get<double>() == b.get<double>() : a == b;
     if (!same) out.push_back({field, Show(a) + " here, " + Show(b) + " in the HF config"});
+  }
+  // The layer plan, however each spells it (first_k_dense_layers, dense_layer_interval).
+  const auto show_plan = [](const std::vector<bool>& plan) {
+    std::string s;
+    for (bool moe : plan) s += moe ? 'M' : 'D';
+    return s;
+  };
+  const std::vector<bool> our_plan = LayerPlan(config.model), their_plan = LayerPlan(theirs.config.model);
+  if (our_plan != their_plan) {
+    out.push_back({"/model/dense_layer_interval", "the layers are " + show_plan(our_plan) + " here (D dense, M MoE), " +
+                                                      show_plan(their_plan) + " in the HF config"});
   }
   const int64_t predicted = config.training.use_mtp ? config.training.num_predict_tokens - 1 : 0;
   if (predicted > HfMtpLayers(hf)) {

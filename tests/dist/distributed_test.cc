@@ -20,6 +20,8 @@
 
 #include "dsv3/ckpt/checkpoint.h"
 #include "dsv3/ckpt/safetensors.h"
+#include "dsv3/common/config_io.h"
+#include "dsv3/common/hf_import.h"
 #include "dsv3/data/synth.h"
 #include "dsv3/dist/communicator.h"
 #include "dsv3/dist/launch.h"
@@ -365,6 +367,24 @@ TEST_F(DistributedTest, ExpertParallelTwoEqualsOne) {
   const auto s0 = Shard(ep2, 4, 0), s1 = Shard(ep2, 4, 1);
   EXPECT_TRUE(torch::equal(s0.at("router_bias.0"), s1.at("router_bias.0")));
   EXPECT_NE(ep2.logs[0].find("expert-parallel 2"), std::string::npos) << ep2.logs[0];
+  // Initialised from ep1's weights as a HF directory, each expert-parallel rank reads its own
+  // experts only, and the checkpoint of the untrained weights gathers them back bit for bit.
+  const fs::path hf = dir_->path() / "ep1_hf";
+  fs::create_directories(hf);
+  fs::copy_file(ep1.out / "checkpoints" / "checkpoint_4" / "model.safetensors", hf / "model.safetensors");
+  const config::LoadResult ep1_config = config::LoadConfigText(Config("ep1", json::object()).dump());
+  std::ofstream(hf / "config.json") << config::ExportHfConfig(ep1_config.config).config.dump(2);
+  const JobResult from_hf = Run("ep2_from_hf", {{"distributed", {{"zero_stage", 1}, {"expert_parallel_size", 2}}},
+                                                {"checkpointing", {{"init_from_hf", hf.string()}}}},
+                                2, Launcher::kTorchrun, {"--max-steps", "0"});
+  ExpectSucceeded(from_hf);
+  const auto loaded = Weights(from_hf, 0), source = Weights(ep1, 4);
+  ASSERT_EQ(loaded.size(), source.size());
+  for (const auto& [name, t] : source) EXPECT_TRUE(torch::equal(loaded.at(name), t)) << name;
+  for (const std::string& log : from_hf.logs) {
+    EXPECT_NE(log.find("initial weights from " + hf.string()), std::string::npos) << log;
+    EXPECT_EQ(log.find("(0 held by other ranks"), std::string::npos) << log;
+  }
   // Parameter sharding on top: expert weights gathered per layer from their replica group.
   const JobResult ep2z3 = Run("ep2z3", {{"distributed", {{"zero_stage", 3}, {"expert_parallel_size", 2}}}}, 2);
   ExpectSucceeded(ep2z3);
