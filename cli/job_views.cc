@@ -113,6 +113,7 @@ void PrintJobDetail(const v1::Job& j, std::ostream& os) {
      << "\njob folder:   " << j.job_dir() << "\noutputs:      " << j.output_dir()
      << "\ncheckpoints:  " << j.checkpoint_dir() << "\ntensorboard:  "
      << (j.tensorboard_dir().empty() ? "off" : j.tensorboard_dir()) << "\n";
+  if (!j.weights_from().empty()) os << "weights from: " << j.weights_from() << " (HF)\n";
   if (!j.last_checkpoint().empty()) {
     os << "last checkpoint: step " << j.last_checkpoint_step() << " " << j.last_checkpoint() << "\n";
   }

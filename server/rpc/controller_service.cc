@@ -236,6 +236,12 @@ void ControllerService::FillJob(const JobRecord& j, bool detail, bool include_co
     al->set_updated_unix_ms(a.updated_ms);
   }
   if (include_config) out->set_config_json(j.config_json);
+  // Where the weights came from (checkpointing.init_from_hf), from the resolved config.
+  const nlohmann::json config = nlohmann::json::parse(j.config_json, nullptr, false);
+  const nlohmann::json::json_pointer init("/checkpointing/init_from_hf");
+  if (config.is_object() && config.contains(init) && config.at(init).is_string()) {
+    out->set_weights_from(config.at(init).get<std::string>());
+  }
   if (j.state == JobState::kFailed) {
     // The end of each rank's log: usually the error that failed the job.
     for (int r = 0; r < j.num_ranks; ++r) {

@@ -167,6 +167,39 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
   ASSERT_TRUE(std::regex_search(scrape, m, std::regex(R"(dsv3_job_last_checkpoint_timestamp_seconds\{[^}]*\} (\S+))")));
   EXPECT_NEAR(std::stod(m[1].str()), static_cast<double>(std::time(nullptr)), 600.0);
 
+  // Fine-tuning from the run's weights as a HF directory: a config whose model differs is
+  // refused field by field, by dsv3ctl and by dsv3d; a matching one starts from them, and
+  // `status` says where its weights came from.
+  const fs::path hf = dir_.path() / "quick_hf";
+  ASSERT_EQ(Cli({"export-hf", job.last_checkpoint(), hf.string()}, &out), 0) << out;
+  json other = QuickConfig(2, 0);
+  other["model"]["mla"]["rope_theta"] = 50000.0;
+  const fs::path other_cfg = dir_.path() / "other.json";
+  std::ofstream(other_cfg) << other.dump(2);
+  EXPECT_EQ(Cli({"submit", other_cfg.string(), "--init-from-hf", hf.string(), "--controller", d.address()}, &out), 1);
+  EXPECT_NE(out.find("/model/mla/rope_theta: 50000.0 here, 10000.0 in the HF config"), std::string::npos) << out;
+  EXPECT_NE(out.find("dsv3ctl config import-hf " + hf.string() + "/config.json"), std::string::npos) << out;
+  {
+    other["checkpointing"]["init_from_hf"] = hf.string();
+    grpc::ClientContext ctx;
+    v1::SubmitJobRequest req;
+    req.set_config_json(other.dump());
+    v1::SubmitJobResponse resp;
+    const grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+    ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("/model/mla/rope_theta"), std::string::npos) << s.error_message();
+  }
+  const fs::path tune_cfg = dir_.path() / "tune.json";
+  json tune = QuickConfig(2, 0);
+  tune["output_dir"] = "./outputs/tune";
+  std::ofstream(tune_cfg) << tune.dump(2);
+  ASSERT_EQ(Cli({"submit", tune_cfg.string(), "--init-from-hf", hf.string(), "--follow", "--controller", d.address()},
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("initial weights from " + hf.string()), std::string::npos) << out;
+  ASSERT_EQ(Cli({"status", "2", "--controller", d.address()}, &out), 0) << out;
+  EXPECT_NE(out.find("weights from: " + hf.string() + " (HF)"), std::string::npos) << out;
 }
 
 // Two ranks on the local allocator: submit --gpus 2 --deepspeed trains data-parallel with
