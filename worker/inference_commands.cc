@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -25,30 +26,17 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kUsage =
+constexpr const char* kGenerateUsage =
     "usage: dsv3-worker generate CHECKPOINT|HF_DIR [--config FILE] (--prompt TEXT ... | --prompts-file FILE)\n"
     "         [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop TEXT ...]\n"
     "         [--ignore-eos] [--output text|json] [--threads N]\n";
-
-int Usage(const std::string& problem) {
-  std::cerr << "dsv3-worker generate: " << problem << "\n" << kUsage;
-  return exit_status::kUsage;
-}
-
 constexpr const char* kEvalUsage =
     "usage: dsv3-worker eval CHECKPOINT|HF_DIR [--config FILE] [--text FILE] [--output text|json] [--threads N]\n";
 
-int EvalUsage(const std::string& problem) {
-  std::cerr << "dsv3-worker eval: " << problem << "\n" << kEvalUsage;
+int Usage(const char* verb, const char* usage, const std::string& problem) {
+  std::cerr << "dsv3-worker " << verb << ": " << problem << "\n" << usage;
   return exit_status::kUsage;
 }
-
-struct Args {
-  std::string source, config, output = "text";
-  std::vector<std::string> prompts;
-  train::GenerationRequest request;
-  int threads = 0;
-};
 
 // A number in [min, max] from `text`, or false.
 bool Number(const char* text, double min, double max, double& out) {
@@ -58,70 +46,103 @@ bool Number(const char* text, double min, double max, double& out) {
   return end != text && *end == '\0' && out >= min && out <= max;
 }
 
-// The exit status when the command ends here, or -1.
-int Parse(int argc, char** argv, Args& a) {
+// What every verb takes: SOURCE, --config, --output, --threads (and --help).
+struct VerbArgs {
+  std::string source, config, output = "text";
+  int threads = 0;
+};
+
+// A verb's own flags: "" when it took `flag` (reading its value through `value`, which gives
+// nullptr at the end of the line), a problem to report, or kNotMine.
+constexpr const char* kNotMine = "\x01";
+using OwnFlags = std::function<std::string(const std::string& flag, const std::function<const char*()>& value)>;
+
+// The exit status when the command ends here (help, or a usage error), or -1.
+int ParseVerb(int argc, char** argv, const char* verb, const char* about, const char* usage, VerbArgs& a,
+              const OwnFlags& own) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const std::function<const char*()> value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
     const char* v = nullptr;
     double x = 0;
     if (arg == "--help" || arg == "-h") {
-      std::cout << "dsv3-worker generate: sample from a dsv3 checkpoint or a HF DeepSeek directory through the "
-                   "compressed MLA cache\n"
-                << kUsage;
+      std::cout << "dsv3-worker " << verb << ": " << about << "\n" << usage;
       return exit_status::kOk;
     } else if (arg == "--config") {
-      if (!(v = value())) return Usage("--config needs a file");
+      if (!(v = value())) return Usage(verb, usage, "--config needs a file");
       a.config = v;
-    } else if (arg == "--prompt") {
-      if (!(v = value())) return Usage("--prompt needs a text");
-      a.prompts.push_back(v);
-    } else if (arg == "--prompts-file") {
-      if (!(v = value())) return Usage("--prompts-file needs a file (one prompt per line)");
-      std::ifstream in(v);
-      if (!in) return Usage(std::string("--prompts-file ") + v + " cannot be opened");
-      for (std::string line; std::getline(in, line);) {
-        if (!line.empty()) a.prompts.push_back(line);
-      }
-    } else if (arg == "--max-tokens") {
-      if (!Number(value(), 1, 1e9, x)) return Usage("--max-tokens needs a number >= 1");
-      a.request.max_tokens = static_cast<int64_t>(x);
-    } else if (arg == "--temperature") {
-      if (!Number(value(), 0, 100, x)) return Usage("--temperature needs a number in [0, 100] (0: greedy)");
-      a.request.sampling.temperature = x;
-    } else if (arg == "--top-p") {
-      if (!Number(value(), 1e-9, 1, x)) return Usage("--top-p needs a number in (0, 1]");
-      a.request.sampling.top_p = x;
-    } else if (arg == "--top-k") {
-      if (!Number(value(), 0, 1e9, x)) return Usage("--top-k needs a number >= 0 (0: all tokens)");
-      a.request.sampling.top_k = static_cast<int64_t>(x);
-    } else if (arg == "--seed") {
-      if (!Number(value(), 0, 1.8e19, x)) return Usage("--seed needs a number >= 0");
-      a.request.sampling.seed = static_cast<uint64_t>(x);
-    } else if (arg == "--stop") {
-      if (!(v = value()) || *v == '\0') return Usage("--stop needs a non-empty text");
-      a.request.stop.push_back(v);
-    } else if (arg == "--ignore-eos") {
-      a.request.stop_at_eos = false;
     } else if (arg == "--output") {
       if (!(v = value()) || (std::string(v) != "text" && std::string(v) != "json")) {
-        return Usage("--output needs text or json");
+        return Usage(verb, usage, "--output needs text or json");
       }
       a.output = v;
     } else if (arg == "--threads") {
-      if (!Number(value(), 1, 4096, x)) return Usage("--threads needs a number >= 1");
+      if (!Number(value(), 1, 4096, x)) return Usage(verb, usage, "--threads needs a number >= 1");
       a.threads = static_cast<int>(x);
     } else if (!arg.empty() && arg[0] == '-') {
-      return Usage("unknown argument " + arg);
+      const std::string problem = own(arg, value);
+      if (problem == kNotMine) return Usage(verb, usage, "unknown argument " + arg);
+      if (!problem.empty()) return Usage(verb, usage, problem);
     } else if (a.source.empty()) {
       a.source = arg;
     } else {
-      return Usage("one CHECKPOINT or HF_DIR only (got " + a.source + " and " + arg + ")");
+      return Usage(verb, usage, "one CHECKPOINT or HF_DIR only (got " + a.source + " and " + arg + ")");
     }
   }
-  if (a.source.empty()) return Usage("CHECKPOINT or HF_DIR is required");
-  if (a.prompts.empty()) return Usage("--prompt or --prompts-file is required");
+  if (a.source.empty()) return Usage(verb, usage, "CHECKPOINT or HF_DIR is required");
+  torch::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   return -1;
+}
+
+// generate's own flags into `prompts` and `request`.
+OwnFlags GenerateFlags(std::vector<std::string>& prompts, train::GenerationRequest& request) {
+  return [&prompts, &request](const std::string& flag, const std::function<const char*()>& value) -> std::string {
+    const char* v = nullptr;
+    double x = 0;
+    if (flag == "--prompt") {
+      if (!(v = value())) return "--prompt needs a text";
+      prompts.push_back(v);
+    } else if (flag == "--prompts-file") {
+      if (!(v = value())) return "--prompts-file needs a file (one prompt per line)";
+      std::ifstream in(v);
+      if (!in) return std::string("--prompts-file ") + v + " cannot be opened";
+      for (std::string line; std::getline(in, line);) {
+        if (!line.empty()) prompts.push_back(line);
+      }
+    } else if (flag == "--max-tokens") {
+      if (!Number(value(), 1, 1e9, x)) return "--max-tokens needs a number >= 1";
+      request.max_tokens = static_cast<int64_t>(x);
+    } else if (flag == "--temperature") {
+      if (!Number(value(), 0, 100, x)) return "--temperature needs a number in [0, 100] (0: greedy)";
+      request.sampling.temperature = x;
+    } else if (flag == "--top-p") {
+      if (!Number(value(), 1e-9, 1, x)) return "--top-p needs a number in (0, 1]";
+      request.sampling.top_p = x;
+    } else if (flag == "--top-k") {
+      if (!Number(value(), 0, 1e9, x)) return "--top-k needs a number >= 0 (0: all tokens)";
+      request.sampling.top_k = static_cast<int64_t>(x);
+    } else if (flag == "--seed") {
+      if (!Number(value(), 0, 1.8e19, x)) return "--seed needs a number >= 0";
+      request.sampling.seed = static_cast<uint64_t>(x);
+    } else if (flag == "--stop") {
+      if (!(v = value()) || *v == '\0') return "--stop needs a non-empty text";
+      request.stop.push_back(v);
+    } else if (flag == "--ignore-eos") {
+      request.stop_at_eos = false;
+    } else {
+      return kNotMine;
+    }
+    return "";
+  };
+}
+
+// The config given with --config, or an exit status.
+int LoadGivenConfig(const std::string& path, config::LoadResult& out) {
+  if (path.empty()) return -1;
+  out = config::LoadConfigFile(path);
+  if (out.ok()) return -1;
+  for (const auto& e : out.errors) std::cerr << path << ": " << e.ToString() << "\n";
+  return exit_status::kConfigRefused;
 }
 
 json ToJson(const train::Generation& g) {
@@ -140,17 +161,19 @@ json ToJson(const train::Generation& g) {
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
-  Args a;
-  if (const int status = Parse(argc, argv, a); status >= 0) return status;
-  torch::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  config::LoadResult cfg;
-  if (!a.config.empty()) {
-    cfg = config::LoadConfigFile(a.config);
-    if (!cfg.ok()) {
-      for (const auto& e : cfg.errors) std::cerr << a.config << ": " << e.ToString() << "\n";
-      return exit_status::kConfigRefused;
-    }
+  VerbArgs a;
+  std::vector<std::string> prompts;
+  train::GenerationRequest request;
+  if (const int status = ParseVerb(argc, argv, "generate",
+                                   "sample from a dsv3 checkpoint or a HF DeepSeek directory through the compressed "
+                                   "MLA cache",
+                                   kGenerateUsage, a, GenerateFlags(prompts, request));
+      status >= 0) {
+    return status;
   }
+  if (prompts.empty()) return Usage("generate", kGenerateUsage, "--prompt or --prompts-file is required");
+  config::LoadResult cfg;
+  if (const int status = LoadGivenConfig(a.config, cfg); status >= 0) return status;
   const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   train::InferenceModel model;
   try {
@@ -161,8 +184,7 @@ int RunGenerate(int argc, char** argv) {
   }
   const bool json_out = a.output == "json", tty = isatty(STDOUT_FILENO) == 1;
   json generations = json::array();
-  for (const std::string& prompt : a.prompts) {
-    train::GenerationRequest request = a.request;
+  for (const std::string& prompt : prompts) {
     request.prompt = prompt;
     train::Generation g;
     try {
@@ -209,55 +231,31 @@ bool IsHfDirectory(const std::string& path) {
 }  // namespace
 
 int RunEval(int argc, char** argv) {
-  std::string source, config_path, text_path, output = "text";
-  int threads = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    const char* v = nullptr;
-    double x = 0;
-    if (arg == "--help" || arg == "-h") {
-      std::cout << "dsv3-worker eval: the validation of a config's data (loss, perplexity, per source) on a "
-                   "checkpoint or a HF directory, or the log-likelihood of a text\n"
-                << kEvalUsage;
-      return exit_status::kOk;
-    } else if (arg == "--config") {
-      if (!(v = value())) return EvalUsage("--config needs a file");
-      config_path = v;
-    } else if (arg == "--text") {
-      if (!(v = value())) return EvalUsage("--text needs a file");
-      text_path = v;
-    } else if (arg == "--output") {
-      if (!(v = value()) || (std::string(v) != "text" && std::string(v) != "json")) {
-        return EvalUsage("--output needs text or json");
-      }
-      output = v;
-    } else if (arg == "--threads") {
-      if (!Number(value(), 1, 4096, x)) return EvalUsage("--threads needs a number >= 1");
-      threads = static_cast<int>(x);
-    } else if (!arg.empty() && arg[0] == '-') {
-      return EvalUsage("unknown argument " + arg);
-    } else if (source.empty()) {
-      source = arg;
-    } else {
-      return EvalUsage("one CHECKPOINT or HF_DIR only (got " + source + " and " + arg + ")");
-    }
+  VerbArgs a;
+  std::string text_path;
+  const OwnFlags own = [&text_path](const std::string& flag, const std::function<const char*()>& value) -> std::string {
+    if (flag != "--text") return kNotMine;
+    const char* v = value();
+    if (v == nullptr) return "--text needs a file";
+    text_path = v;
+    return "";
+  };
+  if (const int status = ParseVerb(argc, argv, "eval",
+                                   "the validation of a config's data (loss, perplexity, per source) on a checkpoint "
+                                   "or a HF directory, or the log-likelihood of a text",
+                                   kEvalUsage, a, own);
+      status >= 0) {
+    return status;
   }
-  if (source.empty()) return EvalUsage("CHECKPOINT or HF_DIR is required");
-  torch::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   config::LoadResult cfg;
-  if (!config_path.empty()) {
-    cfg = config::LoadConfigFile(config_path);
-    if (!cfg.ok()) {
-      for (const auto& e : cfg.errors) std::cerr << config_path << ": " << e.ToString() << "\n";
-      return exit_status::kConfigRefused;
-    }
-  }
+  if (const int status = LoadGivenConfig(a.config, cfg); status >= 0) return status;
+  const std::string &source = a.source, &config_path = a.config, &output = a.output;
+  const int threads = a.threads;
   const bool hf = IsHfDirectory(source), json_out = output == "json";
   if (!text_path.empty()) {
     bool ok = false;
     const std::string text = ReadFile(text_path, ok);
-    if (!ok) return EvalUsage("--text " + text_path + " cannot be read");
+    if (!ok) return Usage("eval", kEvalUsage, "--text " + text_path + " cannot be read");
     train::TextScore score;
     std::string loaded_from;
     try {
@@ -291,7 +289,8 @@ int RunEval(int argc, char** argv) {
   if (!config_path.empty()) {
     use = cfg.config;
   } else if (hf) {
-    return EvalUsage(source + " is a HF directory: --config gives the data, tokenizer and model to evaluate it with");
+    return Usage("eval", kEvalUsage,
+                 source + " is a HF directory: --config gives the data, tokenizer and model to evaluate it with");
   } else {
     try {
       const config::LoadResult r =

@@ -100,16 +100,19 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
   // dsv3ctl generate runs dsv3-worker generate: JSON holds each prompt's ids and their
   // log-probabilities; the exported HF directory (with the config for its tokenizer) samples
   // the same tokens as the checkpoint.
-  const auto generate = [&](const std::string& source, const std::string& extra) {
-    const std::string command = "cd " + dir_.path().string() + " && " + DSV3_BINARY_DIR + "/cli/dsv3ctl generate " +
-                                source + " --prompt 'The ' --prompt 'def ' --max-tokens 8 --ignore-eos --threads 1 " +
-                                "--output json" + extra + " 2>" + (dir_.path() / "generate.err").string();
+  const auto run_json = [&](const std::string& args) {
+    const std::string command = "cd " + dir_.path().string() + " && " + DSV3_BINARY_DIR + "/cli/dsv3ctl " + args +
+                                " --output json 2>" + (dir_.path() / "command.err").string();
     FILE* pipe = popen(command.c_str(), "r");
     std::string text;
     char buf[4096];
     for (size_t n; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) text.append(buf, n);
-    EXPECT_EQ(pclose(pipe), 0) << Read(dir_.path() / "generate.err");
+    EXPECT_EQ(pclose(pipe), 0) << Read(dir_.path() / "command.err");
     return json::parse(text, nullptr, false);
+  };
+  const auto generate = [&](const std::string& source, const std::string& extra) {
+    return run_json("generate " + source + " --prompt 'The ' --prompt 'def ' --max-tokens 8 --ignore-eos --threads 1" +
+                    extra);
   };
   const json from_checkpoint = generate("outputs/nano/checkpoints/checkpoint_160", "");
   ASSERT_EQ(from_checkpoint["generations"].size(), 2u) << from_checkpoint.dump();
@@ -124,16 +127,6 @@ TEST_F(WorkerTest, NanoTrainsToALossWellBelowItsStartAndResumeLatestIsANoOp) {
   }
   // dsv3ctl eval on the final checkpoint reports the run's own final evaluation (within fp32
   // rounding: the run summed with the cores it had, eval with one thread).
-  const auto run_json = [&](const std::string& args) {
-    const std::string command = "cd " + dir_.path().string() + " && " + DSV3_BINARY_DIR + "/cli/dsv3ctl " + args +
-                                " --output json 2>" + (dir_.path() / "command.err").string();
-    FILE* pipe = popen(command.c_str(), "r");
-    std::string text;
-    char buf[4096];
-    for (size_t n; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) text.append(buf, n);
-    EXPECT_EQ(pclose(pipe), 0) << Read(dir_.path() / "command.err");
-    return json::parse(text, nullptr, false);
-  };
   const json evaluated = run_json("eval outputs/nano/checkpoints/checkpoint_160 --threads 1");
   ASSERT_TRUE(evaluated.contains("loss")) << evaluated.dump();
   EXPECT_NEAR(evaluated["loss"].get<double>(), last_eval, 1e-6 * last_eval);
