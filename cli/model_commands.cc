@@ -10,7 +10,20 @@
 #include <string>
 #include <vector>
 
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "dsv3/ckpt/manifest.h"
+#include "dsv3/common/config_io.h"
 #include "dsv3/procs/host.h"
+#include "job_rpc.h"
+#include "job_views.h"
 #include "output.h"
 
 namespace dsv3::cli {
@@ -105,12 +118,109 @@ void AddGenerate(CLI::App& app, CliContext& ctx) {
   });
 }
 
+struct EvalState {
+  std::string source, config, text;
+  int threads = 0;
+  bool submit = false;
+  OutputFormat format = OutputFormat::kText;
+  Common common;  // --submit: the controller
+};
+
+// The config an evaluation job runs: --config, or the checkpoint's own (from its manifest),
+// made a training.skip_train run from SOURCE whose outputs stay in the job's folder. "" or
+// why not.
+std::string EvaluationConfig(const EvalState& st, nlohmann::json& out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool hf = fs::exists(fs::path(st.source) / "config.json", ec) && !fs::exists(fs::path(st.source) / "manifest.json", ec);
+  if (!st.config.empty()) {
+    const config::LoadResult r = config::LoadConfigFile(st.config);
+    if (!r.ok()) return st.config + ": " + r.errors[0].ToString();
+    out = config::ToJson(r.config);
+  } else if (hf) {
+    return st.source + " is a HF directory: --config gives the data, tokenizer and model to evaluate it with";
+  } else {
+    try {
+      const std::string dir = ckpt::ResolveCheckpointPath(st.source);
+      std::ifstream in(fs::path(dir) / "manifest.json");
+      std::stringstream text;
+      text << in.rdbuf();
+      if (!in) return "cannot read " + dir + "/manifest.json here: give --config";
+      out = ckpt::ParseManifest(text.str(), dir + "/manifest.json").at("config");
+    } catch (const std::exception& e) {
+      return std::string(e.what()) + " (give --config when the checkpoint is not readable here)";
+    }
+  }
+  const std::string source = fs::absolute(st.source, ec).lexically_normal().string();
+  out["experiment_name"] = out.value("experiment_name", std::string("run")) + "_eval";
+  out["output_dir"] = "./outputs/eval";
+  out["training"]["skip_train"] = true;
+  out["validation"]["enabled"] = true;
+  out["logging"]["tensorboard"]["log_dir"] = "./outputs/eval/tensorboard";
+  out["checkpointing"]["dir"] = nullptr;
+  out["checkpointing"]["resume_from"] = hf ? nlohmann::json() : nlohmann::json(source);
+  out["checkpointing"]["init_from_hf"] = hf ? nlohmann::json(source) : nlohmann::json();
+  return "";
+}
+
+void PrintEvaluation(const std::string& source, int64_t job_id, const v1::Evaluation& e, OutputFormat format,
+                     std::ostream& os) {
+  if (format == OutputFormat::kJson) {
+    nlohmann::json per_source = nlohmann::json::object();
+    for (const auto& [name, loss] : e.per_source_loss()) per_source[name] = loss;
+    os << nlohmann::json{{"source", source}, {"job_id", job_id}, {"step", e.step()}, {"loss", e.loss()},
+                         {"perplexity", e.perplexity()}, {"tokens", e.tokens()}, {"per_source_loss", per_source},
+                         {"sample", e.sample()}}
+                 .dump(2)
+       << "\n";
+    return;
+  }
+  char line[300];
+  std::snprintf(line, sizeof(line), "%s (step %lld, job %lld): validation loss %.4f, perplexity %.3f over %lld tokens\n",
+                source.c_str(), static_cast<long long>(e.step()), static_cast<long long>(job_id), e.loss(),
+                e.perplexity(), static_cast<long long>(e.tokens()));
+  os << line;
+  for (const auto& [name, loss] : e.per_source_loss()) {
+    std::snprintf(line, sizeof(line), "  %-32s %.4f\n", name.c_str(), loss);
+    os << line;
+  }
+}
+
+// dsv3ctl eval --submit: the evaluation as a dsv3d job, waited for; its result from the job.
+void SubmitEvaluation(EvalState& st, CliContext& ctx) {
+  ctx.exit_code = kExitFailed;
+  st.common.format = st.format;
+  nlohmann::json cfg;
+  if (const std::string why = EvaluationConfig(st, cfg); !why.empty()) {
+    ctx.err << "dsv3ctl eval: " << why << "\n";
+    return;
+  }
+  v1::SubmitJobRequest req;
+  req.set_config_json(cfg.dump());
+  req.set_name(cfg["experiment_name"].get<std::string>());
+  std::error_code ec;
+  req.set_working_dir(std::filesystem::current_path(ec).string());
+  v1::SubmitJobResponse resp;
+  if (!Call(st.common, ctx, &v1::Controller::Stub::SubmitJob, req, &resp)) return;
+  const int64_t id = resp.job().id();
+  if (st.format == OutputFormat::kText) ctx.err << "dsv3ctl eval: job " << id << " evaluates " << st.source << "\n";
+  auto stub = st.common.Stub();
+  std::optional<v1::Job> job;
+  while ((job = FetchJob(*stub, id, st.common, ctx)) && !IsTerminal(job->state())) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  if (!job) return;
+  if (job->state() != v1::JOB_STATE_COMPLETED || job->evaluations_size() == 0) {
+    ctx.err << "dsv3ctl eval: job " << id << " ended " << StateName(job->state()) << ": " << job->state_reason()
+            << " (dsv3ctl logs " << id << ")\n";
+    return;
+  }
+  PrintEvaluation(st.source, id, job->evaluations(job->evaluations_size() - 1), st.format, ctx.out);
+  ctx.exit_code = kExitOk;
+}
+
 void AddEval(CLI::App& app, CliContext& ctx) {
-  struct State {
-    std::string source, config, text;
-    int threads = 0;
-    OutputFormat format = OutputFormat::kText;
-  };
+  using State = EvalState;
   auto st = std::make_shared<State>();
   CLI::App* verb = app.add_subcommand(
       "eval", "Evaluate a checkpoint or a HF DeepSeek directory on this machine: the config's validation data "
@@ -121,8 +231,20 @@ void AddEval(CLI::App& app, CliContext& ctx) {
   verb->add_option("--text", st->text, "Score this file instead: total and per-token log-likelihood")
       ->check(CLI::ExistingFile);
   verb->add_option("--threads", st->threads, "CPU threads (default: every core)")->check(CLI::PositiveNumber);
+  verb->add_flag("--submit", st->submit,
+                 "Run it as a job under dsv3d (on its ranks and hosts, training.skip_train) and wait for the result");
   AddOutputOption(*verb, st->format);
+  st->common.connection.Add(*verb);
   verb->callback([st, &ctx] {
+    if (st->submit) {
+      if (!st->text.empty()) {
+        ctx.err << "dsv3ctl eval: --text scores here only (not with --submit)\n";
+        ctx.exit_code = kExitUsage;
+        return;
+      }
+      SubmitEvaluation(*st, ctx);
+      return;
+    }
     std::vector<std::string> argv = {"eval", st->source};
     if (!st->config.empty()) argv.insert(argv.end(), {"--config", st->config});
     if (!st->text.empty()) argv.insert(argv.end(), {"--text", st->text});

@@ -128,6 +128,7 @@ template <class V> void Visit(V& v, TrainingConfig& c) {
   v.Field("mtp_loss_weight", c.mtp_loss_weight, AtLeast(0));
   v.Field("intra_op_threads", c.intra_op_threads, Between(0, 4096));
   v.Field("skip_nonfinite_steps", c.skip_nonfinite_steps, None());
+  v.Field("skip_train", c.skip_train, None());
 }
 
 template <class V> void Visit(V& v, DataSource& c) {

@@ -290,6 +290,9 @@ void CheckDeepSpeed(Config& c, Checker& ck) {
 void CheckTraining(Config& c, const Estimate* estimate, Checker& ck) {
   TrainingConfig& t = c.training;
   DerivedValues& out = c.derived;
+  if (t.skip_train && !c.validation.enabled) {
+    ck.Error("/training/skip_train", "true needs validation.enabled: evaluating is all such a run does");
+  }
   if (t.use_fp16 && t.use_bf16) {
     ck.Error("/training/use_fp16", "true together with use_bf16; choose one mixed-precision mode");
   }

@@ -200,6 +200,17 @@ TEST_F(ControllerTest, SubmittedJobCompletesWithMetricsAndCheckpoints) {
   EXPECT_NE(out.find("initial weights from " + hf.string()), std::string::npos) << out;
   ASSERT_EQ(Cli({"status", "2", "--controller", d.address()}, &out), 0) << out;
   EXPECT_NE(out.find("weights from: " + hf.string() + " (HF)"), std::string::npos) << out;
+
+  // dsv3ctl eval --submit: job 1's last checkpoint evaluated as a job of its own
+  // (training.skip_train) reports job 1's final evaluation.
+  ASSERT_EQ(Cli({"eval", job.last_checkpoint(), "--submit", "--controller", d.address(), "--output", "json"}, &out), 0)
+      << out;
+  const json evaluated = json::parse(out.substr(out.find('{')), nullptr, false);
+  ASSERT_TRUE(evaluated.is_object()) << out;
+  EXPECT_EQ(evaluated["job_id"], 3);
+  EXPECT_EQ(evaluated["step"], 20);
+  EXPECT_NEAR(evaluated["loss"].get<double>(), job.evaluations(1).loss(), 1e-6 * job.evaluations(1).loss());
+  EXPECT_EQ(GetJob(*stub, 3).state(), v1::JOB_STATE_COMPLETED);
 }
 
 // Two ranks on the local allocator: submit --gpus 2 --deepspeed trains data-parallel with

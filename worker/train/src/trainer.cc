@@ -203,6 +203,17 @@ TrainResult Trainer::Run() {
   for (auto& r : s.reporters) r->OnStart(s.Info());
 
   TrainResult result;
+  if (t.skip_train) {  // evaluate the weights as loaded, and end
+    dist::FlightRecorder::Get().SetPhase(dist::TrainPhase::kEvaluation);
+    result.last_eval_loss = s.Evaluate().loss;
+    dist::FlightRecorder::Get().SetPhase(dist::TrainPhase::kDone);
+    result.step = s.step;
+    result.finished = true;
+    for (auto& r : s.reporters) {
+      r->OnEnd(s.step, "evaluated the weights of step " + std::to_string(s.step) + " (training.skip_train)");
+    }
+    return result;
+  }
   int64_t run_steps = 0;
   MetricWindow window;
   bool stopped_by_signal = false;

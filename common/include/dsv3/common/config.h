@@ -116,7 +116,10 @@ struct TrainingConfig {
   // (dsv3)
   double mtp_loss_weight = 0.3;  // lambda of eq. (25)
   int64_t intra_op_threads = 0;  // LibTorch threads per rank; 0 = cores / ranks on the node
-  bool skip_nonfinite_steps = false;  // false: a NaN/Inf loss stops the run naming the step
+  bool skip_nonfinite_steps = false;
+  // (dsv3) Megatron's --skip-train: no training step; the initial weights (resumed or from
+  // HF) are evaluated once on the validation data and the run ends (dsv3ctl eval --submit).
+  bool skip_train = false;  // false: a NaN/Inf loss stops the run naming the step
 };
 
 // ---------------------------------------------------------------- data
