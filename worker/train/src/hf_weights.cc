@@ -14,21 +14,23 @@
 namespace dsv3::train {
 namespace {
 
-// The decoder layer an HF name belongs to (model.layers.<i>.…), or -1.
-int64_t LayerOf(const std::string& name) {
-  static const std::string kPrefix = "model.layers.";
-  if (name.rfind(kPrefix, 0) != 0) return -1;
-  return std::stoll(name.substr(kPrefix.size(), name.find('.', kPrefix.size()) - kPrefix.size()));
+// The number that follows `part` in `name` (up to the next '.'), or -1 when there is none.
+int64_t NumberAfter(const std::string& name, const std::string& part, bool at_start) {
+  const size_t at = at_start ? (name.rfind(part, 0) == 0 ? 0 : std::string::npos) : name.find(part);
+  if (at == std::string::npos) return -1;
+  int64_t n = -1;
+  for (size_t i = at + part.size(); i < name.size() && name[i] != '.'; ++i) {
+    if (name[i] < '0' || name[i] > '9' || n > (int64_t{1} << 40)) return -1;
+    n = (n < 0 ? 0 : n * 10) + (name[i] - '0');
+  }
+  return n;
 }
 
+// The decoder layer an HF name belongs to (model.layers.<i>.…), or -1.
+int64_t LayerOf(const std::string& name) { return NumberAfter(name, "model.layers.", true); }
+
 // The routed expert an HF name belongs to (….mlp.experts.<e>.…), or -1.
-int64_t ExpertOf(const std::string& name) {
-  static const std::string kPart = ".mlp.experts.";
-  const size_t at = name.find(kPart);
-  if (at == std::string::npos) return -1;
-  const size_t begin = at + kPart.size();
-  return std::stoll(name.substr(begin, name.find('.', begin) - begin));
-}
+int64_t ExpertOf(const std::string& name) { return NumberAfter(name, ".mlp.experts.", false); }
 
 // Whether this rank keeps HF tensor `name` once the model is sharded (parallelize.h).
 class Holdings {
