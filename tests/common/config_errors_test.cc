@@ -144,6 +144,8 @@ const BadConfig kBadConfigs[] = {
     {"dp_mismatch_with_world", R"({"distributed": {"data_parallel_size": 4},
                                   "slurm": {"enabled": true, "nodes": 1, "ntasks_per_node": 2, "gpus_per_node": 2}})",
      {}},  // without a world size from the launcher, dp 4 defines the world (4); see WorldSizeConflict
+    {"skip_train_needs_validation", R"({"training": {"skip_train": true}, "validation": {"enabled": false}})",
+     {"/training/skip_train: true needs validation.enabled: evaluating is all such a run does"}},
     {"offload_needs_zero", R"({"distributed": {"zero_stage": 0, "zero_offload": true}})",
      {"/distributed/zero_offload: true needs zero_stage >= 1 (the offloaded optimizer state is the sharded one)"}},
     {"deepspeed_stage_conflict", R"({"distributed": {"zero_stage": 1},
