@@ -23,7 +23,7 @@ class Browser:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-extensions", "--disable-sync", "--mute-audio",
+                 "--no-first-run", "--disable-extensions", "--disable-sync", "--mute-audio", "--window-size=1400,1000",
                  "--user-data-dir=" + profile, "--remote-debugging-pipe", "about:blank"]
         cmd = "exec %s %s 3<&%d 4>&%d" % (chromium, " ".join(flags), to_browser_r, from_browser_w)
         self.proc = subprocess.Popen(["bash", "-c", cmd], pass_fds=(to_browser_r, from_browser_w),
@@ -121,7 +121,16 @@ class Page:
         raise RuntimeError("timed out waiting for %s (last: %r) on %s" % (expression, last, self.eval("location.href")))
 
     def screenshot(self, path):
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        # Right after a navigation Chromium can report a page of 0 width ("Cannot take
+        # screenshot with 0 width") until it has laid the page out: wait for it, then retry.
+        for attempt in range(50):
+            try:
+                data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+                break
+            except RuntimeError as e:
+                if "0 width" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.1)
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
 
